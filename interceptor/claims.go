@@ -1,0 +1,165 @@
+package interceptor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Claims are the claims of a session access token.
+//
+// The registered claims iss, sub, aud, exp, iat and jti come from the
+// embedded [jwt.RegisteredClaims]; jti is new for every token. SessionID
+// (sid) and AuthTime (auth_time, the OIDC login time) are set at login and
+// stay the same across renewals. Fresh is true only on the token minted at
+// login. Custom holds the application's own claims as raw JSON; renewals
+// copy them byte for byte.
+//
+// Claims taken from a context with [ClaimsFromContext] are shared with the
+// interceptor and must not be modified.
+type Claims struct {
+	jwt.RegisteredClaims
+	SessionID string           `json:"sid,omitempty"`
+	AuthTime  *jwt.NumericDate `json:"auth_time,omitempty"`
+	Fresh     bool             `json:"fresh,omitempty"`
+	// Custom holds the application's claims, keyed by claim name. It never
+	// holds a name from the session model; see [Server.StartSession].
+	Custom map[string]json.RawMessage `json:"-"`
+}
+
+// registered is Claims without its custom JSON methods.
+type registered struct {
+	jwt.RegisteredClaims
+	SessionID string           `json:"sid,omitempty"`
+	AuthTime  *jwt.NumericDate `json:"auth_time,omitempty"`
+	Fresh     bool             `json:"fresh,omitempty"`
+}
+
+// reservedClaims are the names the session model owns. A custom claim may
+// not use them, and they are never copied into Claims.Custom.
+var reservedClaims = map[string]bool{
+	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true,
+	"jti": true, "sid": true, "auth_time": true, "fresh": true,
+}
+
+// MarshalJSON encodes the registered claims followed by the custom claims
+// in name order.
+func (c Claims) MarshalJSON() ([]byte, error) {
+	base, err := json.Marshal(registered{c.RegisteredClaims, c.SessionID, c.AuthTime, c.Fresh})
+	if err != nil || len(c.Custom) == 0 {
+		return base, err
+	}
+	var buf bytes.Buffer
+	buf.Write(base[:len(base)-1]) // drop the closing brace
+	first := len(base) == 2       // "{}"
+	for _, name := range slices.Sorted(maps.Keys(c.Custom)) {
+		if reservedClaims[name] {
+			return nil, fmt.Errorf("%w: %q", ErrReservedClaim, name)
+		}
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
+		k, _ := json.Marshal(name)
+		buf.Write(k)
+		buf.WriteByte(':')
+		if err := json.Compact(&buf, c.Custom[name]); err != nil {
+			return nil, fmt.Errorf("slidejwt: custom claim %q: %w", name, err)
+		}
+	}
+	buf.WriteByte('}')
+	return buf.Bytes(), nil
+}
+
+// UnmarshalJSON decodes the registered claims and keeps every other member
+// as a custom claim.
+func (c *Claims) UnmarshalJSON(data []byte) error {
+	var r registered
+	if err := json.Unmarshal(data, &r); err != nil {
+		return err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(data, &all); err != nil {
+		return err
+	}
+	for name := range reservedClaims {
+		delete(all, name)
+	}
+	if len(all) == 0 {
+		all = nil
+	}
+	*c = Claims{RegisteredClaims: r.RegisteredClaims, SessionID: r.SessionID, AuthTime: r.AuthTime, Fresh: r.Fresh, Custom: all}
+	return nil
+}
+
+// Validate implements [jwt.ClaimsValidator]: it enforces the claims every
+// session token carries. golang-jwt calls it after the signature verified.
+func (c *Claims) Validate() error {
+	switch {
+	case c.Subject == "":
+		return errClaimMissing
+	case c.ID == "":
+		return errClaimMissing
+	case c.SessionID == "":
+		return errClaimMissing
+	case c.IssuedAt == nil || c.AuthTime == nil || c.ExpiresAt == nil:
+		return errClaimMissing
+	case c.ExpiresAt.Unix() <= 0 || c.AuthTime.Unix() <= 0:
+		return errClaimRange
+	case c.AuthTime.After(c.IssuedAt.Time):
+		return errClaimRange
+	case !c.ExpiresAt.After(c.IssuedAt.Time):
+		return errClaimRange
+	}
+	return nil
+}
+
+var (
+	errClaimMissing = errors.New("a session claim is missing")
+	errClaimRange   = errors.New("a session claim is out of range")
+)
+
+// Lookup decodes the custom claim name into v. It reports false, with a
+// nil error, when the token has no such claim.
+func (c *Claims) Lookup(name string, v any) (bool, error) {
+	raw, ok := c.Custom[name]
+	if !ok {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return true, fmt.Errorf("slidejwt: custom claim %q: %w", name, err)
+	}
+	return true, nil
+}
+
+type claimsKey struct{}
+
+// ClaimsFromContext returns the verified claims that the server interceptor
+// put into the handler's context. It reports false in an exempt method or
+// outside an authenticated call.
+func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
+	c, ok := ctx.Value(claimsKey{}).(*Claims)
+	return c, ok && c != nil
+}
+
+// RequireFresh returns nil when the caller's token was minted at login
+// (and has not been renewed since), and otherwise a codes.PermissionDenied
+// error with reason [ReasonFreshTokenRequired]. Call it first in a handler
+// that must not run on a long-lived session alone, such as a password
+// change. Without claims in ctx it returns a codes.Unauthenticated error.
+func RequireFresh(ctx context.Context) error {
+	c, ok := ClaimsFromContext(ctx)
+	if !ok {
+		return reject(ReasonTokenMissing, "no verified claims in context")
+	}
+	if !c.Fresh {
+		return reject(ReasonFreshTokenRequired, "token was renewed since login")
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package interceptor
+
+import (
+	"errors"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrorDomain is the domain of every google.rpc.ErrorInfo detail this
+// package attaches to an error status.
+const ErrorDomain = "slidejwt"
+
+// Reason is the machine-readable cause of an authentication failure. It is
+// sent to the client as the reason of a google.rpc.ErrorInfo detail in the
+// domain [ErrorDomain], beside codes.Unauthenticated (or
+// codes.PermissionDenied for [ReasonFreshTokenRequired]).
+type Reason string
+
+// The reasons a server sends. Clients branch on them; see [ReasonOf].
+const (
+	// ReasonTokenMissing: no bearer token in the "authorization" metadata.
+	ReasonTokenMissing Reason = "TOKEN_MISSING"
+	// ReasonTokenInvalid: the token is malformed, not signed by a trusted
+	// key, or breaks a verifier rule. Refreshing will not help.
+	ReasonTokenInvalid Reason = "TOKEN_INVALID"
+	// ReasonTokenExpired: the token was valid but its idle window lapsed.
+	// A refresh token can restore the session.
+	ReasonTokenExpired Reason = "TOKEN_EXPIRED"
+	// ReasonSessionExpired: the session is past its absolute maximum
+	// lifetime. The user must log in again.
+	ReasonSessionExpired Reason = "SESSION_EXPIRED"
+	// ReasonSessionRevoked: the session was revoked (logout, theft).
+	ReasonSessionRevoked Reason = "SESSION_REVOKED"
+	// ReasonFreshTokenRequired: the method demands a token minted at login
+	// (see [RequireFresh]); a renewed token is not enough. Sent with
+	// codes.PermissionDenied: the caller is known but must log in again.
+	ReasonFreshTokenRequired Reason = "FRESH_TOKEN_REQUIRED"
+)
+
+// Errors returned by constructors and by the client. Test them with
+// errors.Is.
+var (
+	// ErrKeyTooShort is returned by [NewKey] for an HMAC secret shorter than
+	// the hash output of its algorithm (RFC 7518 §3.2) and never less than
+	// 32 bytes, or an RSA key below 2048 bits.
+	ErrKeyTooShort = errors.New("slidejwt: key too short")
+	// ErrUnsupportedAlgorithm is returned by [NewKey] for an algorithm
+	// outside HS256/384/512, ES256/384, EdDSA, RS256 and PS256.
+	ErrUnsupportedAlgorithm = errors.New("slidejwt: unsupported signing algorithm")
+	// ErrKeyType is returned by [NewKey] when the key does not fit the
+	// algorithm (an RSA key for ES256, a P-384 key for ES256, ...).
+	ErrKeyType = errors.New("slidejwt: key type does not match algorithm")
+	// ErrInvalidKeySet is returned by [NewKeySet] for a set without a
+	// signing key or with two keys sharing a kid.
+	ErrInvalidKeySet = errors.New("slidejwt: invalid key set")
+	// ErrInvalidPolicy is returned for a [Policy] whose durations are
+	// negative or inconsistent.
+	ErrInvalidPolicy = errors.New("slidejwt: invalid policy")
+	// ErrInvalidOption is returned by constructors for an option value that
+	// cannot work (an empty metadata key, a negative leeway, ...).
+	ErrInvalidOption = errors.New("slidejwt: invalid option")
+	// ErrReservedClaim is returned by [Server.StartSession] when a custom
+	// claim uses a name the session model owns (exp, sid, auth_time, ...).
+	ErrReservedClaim = errors.New("slidejwt: reserved claim name")
+	// ErrTokenTooLarge is returned when a minted token would exceed the
+	// configured maximum size.
+	ErrTokenTooLarge = errors.New("slidejwt: token too large")
+	// ErrMalformedToken is returned by [NewTokenHolder] for a token that does
+	// not decode as a session token of this package.
+	ErrMalformedToken = errors.New("slidejwt: malformed token")
+)
+
+// authError is a rejection decided by the server. Its detail is a fixed
+// phrase chosen by this package: it never contains the token, its claims or
+// any other attacker-controlled text.
+type authError struct {
+	reason Reason
+	detail string
+}
+
+func (e *authError) Error() string {
+	if e.detail == "" {
+		return "slidejwt: " + reasonPhrase(e.reason)
+	}
+	return "slidejwt: " + reasonPhrase(e.reason) + ": " + e.detail
+}
+
+func reasonPhrase(r Reason) string {
+	switch r {
+	case ReasonTokenMissing:
+		return "bearer token missing"
+	case ReasonTokenInvalid:
+		return "token invalid"
+	case ReasonTokenExpired:
+		return "token expired"
+	case ReasonSessionExpired:
+		return "session past its maximum lifetime"
+	case ReasonSessionRevoked:
+		return "session revoked"
+	case ReasonFreshTokenRequired:
+		return "fresh login required"
+	}
+	return "unauthenticated"
+}
+
+func reject(r Reason, detail string) *authError { return &authError{reason: r, detail: detail} }
+
+// GRPCStatus makes the error a gRPC status: codes.Unauthenticated (or
+// PermissionDenied for a freshness failure) with an ErrorInfo detail.
+func (e *authError) GRPCStatus() *status.Status {
+	code := codes.Unauthenticated
+	if e.reason == ReasonFreshTokenRequired {
+		code = codes.PermissionDenied
+	}
+	st := status.New(code, e.Error())
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: string(e.reason), Domain: ErrorDomain}); err == nil {
+		return withInfo
+	}
+	return st
+}
+
+// ReasonOf returns the [Reason] carried by a gRPC error from a slidejwt
+// server, read from its google.rpc.ErrorInfo detail in [ErrorDomain]. It
+// reports false for any other error, including nil.
+func ReasonOf(err error) (Reason, bool) {
+	if err == nil {
+		return "", false
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return "", false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return Reason(info.GetReason()), true
+		}
+	}
+	return "", false
+}

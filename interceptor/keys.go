@@ -1,0 +1,189 @@
+package interceptor
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"fmt"
+	"slices"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// minRSABits is the smallest RSA modulus NewKey accepts.
+const minRSABits = 2048
+
+// A Key is one signing or verification key, bound to exactly one algorithm
+// and named by a key id (the JOSE "kid" header). A token is verified only
+// with the key its kid names and only if its "alg" header equals that key's
+// algorithm, which rules out algorithm confusion (an HS256 token "signed"
+// with an RSA public key, "none", ...).
+//
+// A Key is immutable and safe for concurrent use.
+type Key struct {
+	id        string
+	method    jwt.SigningMethod
+	signKey   any // nil for a verification-only key
+	verifyKey any
+}
+
+// NewKey binds key to method under the key id id. The accepted pairs are:
+//
+//   - jwt.SigningMethodHS256/384/512 with a []byte secret at least as long
+//     as the hash output (32, 48, 64 bytes; RFC 7518 §3.2);
+//   - jwt.SigningMethodES256 with a P-256 and ES384 with a P-384
+//     *ecdsa.PrivateKey or *ecdsa.PublicKey;
+//   - jwt.SigningMethodEdDSA with an ed25519.PrivateKey or ed25519.PublicKey;
+//   - jwt.SigningMethodRS256 and jwt.SigningMethodPS256 with an
+//     *rsa.PrivateKey or *rsa.PublicKey of at least 2048 bits.
+//
+// A private key (or HMAC secret) signs and verifies; a public key only
+// verifies. The HMAC secret is copied. Anything else is refused with
+// [ErrUnsupportedAlgorithm], [ErrKeyType] or [ErrKeyTooShort].
+func NewKey(id string, method jwt.SigningMethod, key any) (*Key, error) {
+	if id == "" {
+		return nil, fmt.Errorf("%w: empty key id", ErrInvalidKeySet)
+	}
+	if method == nil {
+		return nil, fmt.Errorf("%w: nil method", ErrUnsupportedAlgorithm)
+	}
+	k := &Key{id: id, method: method}
+	switch method.Alg() {
+	case "HS256", "HS384", "HS512":
+		secret, ok := key.([]byte)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s needs a []byte secret", ErrKeyType, method.Alg())
+		}
+		if min := max(32, method.(*jwt.SigningMethodHMAC).Hash.Size()); len(secret) < min {
+			return nil, fmt.Errorf("%w: %s secret has %d bytes, need at least %d", ErrKeyTooShort, method.Alg(), len(secret), min)
+		}
+		secret = slices.Clone(secret)
+		k.signKey, k.verifyKey = secret, secret
+	case "ES256", "ES384":
+		curve := elliptic.P256()
+		if method.Alg() == "ES384" {
+			curve = elliptic.P384()
+		}
+		switch kk := key.(type) {
+		case *ecdsa.PrivateKey:
+			if kk == nil || kk.Curve != curve {
+				return nil, fmt.Errorf("%w: %s needs a %s key", ErrKeyType, method.Alg(), curve.Params().Name)
+			}
+			k.signKey, k.verifyKey = kk, &kk.PublicKey
+		case *ecdsa.PublicKey:
+			if kk == nil || kk.Curve != curve {
+				return nil, fmt.Errorf("%w: %s needs a %s key", ErrKeyType, method.Alg(), curve.Params().Name)
+			}
+			k.verifyKey = kk
+		default:
+			return nil, fmt.Errorf("%w: %s needs an ECDSA key", ErrKeyType, method.Alg())
+		}
+	case "EdDSA":
+		switch kk := key.(type) {
+		case ed25519.PrivateKey:
+			if len(kk) != ed25519.PrivateKeySize {
+				return nil, fmt.Errorf("%w: bad Ed25519 private key length", ErrKeyType)
+			}
+			k.signKey, k.verifyKey = kk, kk.Public()
+		case ed25519.PublicKey:
+			if len(kk) != ed25519.PublicKeySize {
+				return nil, fmt.Errorf("%w: bad Ed25519 public key length", ErrKeyType)
+			}
+			k.verifyKey = kk
+		default:
+			return nil, fmt.Errorf("%w: EdDSA needs an Ed25519 key", ErrKeyType)
+		}
+	case "RS256", "PS256":
+		var pub *rsa.PublicKey
+		switch kk := key.(type) {
+		case *rsa.PrivateKey:
+			if kk != nil {
+				k.signKey, pub = kk, &kk.PublicKey
+			}
+		case *rsa.PublicKey:
+			pub = kk
+		}
+		if pub == nil || pub.N == nil {
+			return nil, fmt.Errorf("%w: %s needs an RSA key", ErrKeyType, method.Alg())
+		}
+		if pub.N.BitLen() < minRSABits {
+			return nil, fmt.Errorf("%w: RSA key has %d bits, need at least %d", ErrKeyTooShort, pub.N.BitLen(), minRSABits)
+		}
+		k.verifyKey = pub
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrUnsupportedAlgorithm, method.Alg())
+	}
+	return k, nil
+}
+
+// ID returns the key id.
+func (k *Key) ID() string { return k.id }
+
+// Algorithm returns the JOSE algorithm name the key is bound to.
+func (k *Key) Algorithm() string { return k.method.Alg() }
+
+// CanSign reports whether the key holds private material.
+func (k *Key) CanSign() bool { return k.signKey != nil }
+
+// A KeySet is the keys a server trusts: tokens are signed with the active
+// key and verified with whichever key their kid names. To rotate, start
+// every replica on a set whose active key is new and which still holds the
+// old key for verification; once the old tokens have expired (one TTL),
+// drop the old key. Sessions survive the rotation because each renewal is
+// signed with the new active key.
+//
+// A KeySet is immutable and safe for concurrent use.
+type KeySet struct {
+	active *Key
+	byID   map[string]*Key
+	algs   []string
+}
+
+// NewKeySet returns a set that signs with active and verifies with active
+// and every key in verifyOnly. active must hold private material. Key ids
+// must be unique.
+func NewKeySet(active *Key, verifyOnly ...*Key) (*KeySet, error) {
+	if active == nil || !active.CanSign() {
+		return nil, fmt.Errorf("%w: the active key must be able to sign", ErrInvalidKeySet)
+	}
+	ks := &KeySet{active: active, byID: make(map[string]*Key, 1+len(verifyOnly))}
+	for _, k := range append([]*Key{active}, verifyOnly...) {
+		if k == nil {
+			return nil, fmt.Errorf("%w: nil key", ErrInvalidKeySet)
+		}
+		if _, dup := ks.byID[k.id]; dup {
+			return nil, fmt.Errorf("%w: duplicate key id %q", ErrInvalidKeySet, k.id)
+		}
+		ks.byID[k.id] = k
+		if !slices.Contains(ks.algs, k.method.Alg()) {
+			ks.algs = append(ks.algs, k.method.Alg())
+		}
+	}
+	return ks, nil
+}
+
+// Active returns the signing key.
+func (ks *KeySet) Active() *Key { return ks.active }
+
+// keyFor is the jwt.Keyfunc body: it enforces the JOSE header rules and
+// returns the verification key. It runs after golang-jwt decoded the header
+// and before it checks the signature.
+func (ks *KeySet) keyFor(t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		return nil, errCritHeader
+	}
+	typ, _ := t.Header["typ"].(string)
+	if !isAccessTokenType(typ) {
+		return nil, errWrongType
+	}
+	kid, _ := t.Header["kid"].(string)
+	k := ks.byID[kid]
+	if k == nil {
+		return nil, errUnknownKey
+	}
+	if t.Method == nil || t.Method.Alg() != k.method.Alg() {
+		return nil, errAlgMismatch
+	}
+	return k.verifyKey, nil
+}

@@ -1,0 +1,318 @@
+package interceptor
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// Server verifies and renews session tokens. Its interceptors authenticate
+// every call, put the claims into the handler's context and send a renewed
+// token in response metadata when the [Policy] says so. Its
+// [Server.StartSession] mints the first token of a session.
+//
+// Every replica configured with the same keys, issuer, audience and policy
+// verifies and renews the same sessions without shared state; only
+// revocation needs a shared [RevocationList].
+//
+// A Server is safe for concurrent use.
+type Server struct {
+	cfg serverConfig
+	ver atomic.Pointer[verifier]
+}
+
+// NewServer returns a Server that trusts keys. It fails on an invalid
+// option or [Policy].
+func NewServer(keys *KeySet, opts ...ServerOption) (*Server, error) {
+	if keys == nil {
+		return nil, fmt.Errorf("%w: nil key set", ErrInvalidKeySet)
+	}
+	cfg := defaultServerConfig()
+	for _, o := range opts {
+		o.applyServer(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg}
+	s.ver.Store(newVerifier(keys, &s.cfg))
+	return s, nil
+}
+
+// RotateKeys replaces the trusted key set. Calls in flight finish with the
+// old set; later calls verify with, and renew under, the new one.
+func (s *Server) RotateKeys(keys *KeySet) error {
+	if keys == nil {
+		return fmt.Errorf("%w: nil key set", ErrInvalidKeySet)
+	}
+	s.ver.Store(newVerifier(keys, &s.cfg))
+	return nil
+}
+
+// Policy returns the effective policy, with defaults filled in.
+func (s *Server) Policy() Policy { return s.cfg.policy }
+
+// Session describes a session's current access token.
+type Session struct {
+	// AccessToken is the compact JWT to send as "authorization: Bearer ...".
+	AccessToken string
+	// SessionID is the sid claim, stable for the session's life.
+	SessionID string
+	// Expiry is the access token's exp.
+	Expiry time.Time
+	// AuthTime is the login time (auth_time).
+	AuthTime time.Time
+	// End is the session's absolute end: AuthTime + MaxLifetime.
+	End time.Time
+}
+
+// StartSession mints the first access token of a new session for subject,
+// to be called by the application's login handler once it has checked the
+// user's credentials. The token carries a new random sid, auth_time = now,
+// the freshness marker (see [RequireFresh]), and the custom claims, which
+// every renewal copies unchanged. A custom claim must not use a name of the
+// session model ([ErrReservedClaim]) and must marshal to JSON.
+func (s *Server) StartSession(ctx context.Context, subject string, custom map[string]any) (Session, error) {
+	if subject == "" {
+		return Session{}, fmt.Errorf("%w: empty subject", ErrInvalidOption)
+	}
+	var raw map[string]json.RawMessage
+	for name, v := range custom {
+		if reservedClaims[name] {
+			return Session{}, fmt.Errorf("%w: %q", ErrReservedClaim, name)
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return Session{}, fmt.Errorf("slidejwt: custom claim %q: %w", name, err)
+		}
+		if raw == nil {
+			raw = make(map[string]json.RawMessage, len(custom))
+		}
+		raw[name] = b
+	}
+	now := s.cfg.now().Truncate(jwt.TimePrecision)
+	c := &Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    s.cfg.issuer,
+			Subject:   subject,
+			Audience:  s.cfg.audience,
+			ExpiresAt: jwt.NewNumericDate(s.cfg.policy.firstExpiry(now)),
+			IssuedAt:  jwt.NewNumericDate(now),
+			ID:        randomID(),
+		},
+		SessionID: randomID(),
+		AuthTime:  jwt.NewNumericDate(now),
+		Fresh:     true,
+		Custom:    raw,
+	}
+	tok, err := s.sign(c)
+	if err != nil {
+		return Session{}, err
+	}
+	s.emit(ctx, Event{Kind: EventSessionStarted, Subject: subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time})
+	return Session{
+		AccessToken: tok,
+		SessionID:   c.SessionID,
+		Expiry:      c.ExpiresAt.Time,
+		AuthTime:    now,
+		End:         s.cfg.policy.SessionEnd(now),
+	}, nil
+}
+
+// sign mints c under the active key with the JOSE header typ=at+jwt and
+// the key's kid, and enforces the token size bound.
+func (s *Server) sign(c *Claims) (string, error) {
+	k := s.ver.Load().keys.active
+	t := jwt.NewWithClaims(k.method, c)
+	t.Header["typ"] = accessTokenType
+	t.Header["kid"] = k.id
+	tok, err := t.SignedString(k.signKey)
+	if err != nil {
+		return "", fmt.Errorf("slidejwt: sign token: %w", err)
+	}
+	if len(tok) > s.cfg.maxTokenSize {
+		return "", fmt.Errorf("%w: %d bytes, limit %d", ErrTokenTooLarge, len(tok), s.cfg.maxTokenSize)
+	}
+	return tok, nil
+}
+
+// randomID returns 128 random bits, base64url-encoded.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+).
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// authenticate is the one place where a call is authenticated and its
+// renewal decided; the interceptors and AuthFunc only adapt it. It returns
+// the handler's context (carrying the claims) and the renewed token, or ""
+// when none is due. Its error is a gRPC status error and the handler must
+// not run.
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, string, error) {
+	c, err := s.check(ctx)
+	if err != nil {
+		ev := Event{Kind: EventRejected, Method: method, Err: err}
+		if ae, ok := err.(*authError); ok {
+			ev.Reason = ae.reason
+		}
+		if c != nil {
+			ev.Subject, ev.SessionID = c.Subject, c.SessionID
+		}
+		s.emit(ctx, ev)
+		return ctx, "", err
+	}
+	ctx = context.WithValue(ctx, claimsKey{}, c)
+	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.Subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time}
+	renewed, exp, err := s.renew(c)
+	switch {
+	case err != nil:
+		// The presented token is still good; the call goes on and the
+		// client keeps its token. Report the failure.
+		ev.Kind, ev.Err = EventRenewalFailed, err
+	case renewed != "":
+		ev.Kind, ev.Expiry = EventRenewed, exp
+	}
+	s.emit(ctx, ev)
+	return ctx, renewed, nil
+}
+
+// check extracts and verifies the bearer token and applies the session
+// rules. On rejection it may return the verified claims (for events).
+func (s *Server) check(ctx context.Context) (*Claims, error) {
+	switch n := len(metadata.ValueFromIncomingContext(ctx, "authorization")); {
+	case n == 0:
+		return nil, reject(ReasonTokenMissing, "")
+	case n > 1:
+		return nil, reject(ReasonTokenInvalid, "more than one authorization value")
+	}
+	raw, err := auth.AuthFromMD(ctx, "bearer")
+	if err != nil || raw == "" {
+		return nil, reject(ReasonTokenMissing, "authorization is not a bearer token")
+	}
+	if len(raw) > s.cfg.maxTokenSize {
+		return nil, reject(ReasonTokenInvalid, "token too long")
+	}
+	c, aerr := s.ver.Load().verify(raw)
+	now := s.cfg.now()
+	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
+		return c, reject(ReasonSessionExpired, "")
+	}
+	if aerr != nil {
+		return c, aerr
+	}
+	if s.cfg.revocations != nil {
+		revoked, err := s.cfg.revocations.IsRevoked(ctx, c.SessionID)
+		if err != nil {
+			return c, status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
+		}
+		if revoked {
+			return c, reject(ReasonSessionRevoked, "")
+		}
+	}
+	return c, nil
+}
+
+// renew mints the renewed token for the verified claims c, and its exp,
+// when the policy says one is due; it returns "" otherwise. Everything but
+// exp, iat, jti and the freshness marker is copied from c.
+func (s *Server) renew(c *Claims) (string, time.Time, error) {
+	now := s.cfg.now()
+	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
+	if !d.Renew {
+		return "", time.Time{}, nil
+	}
+	next := *c
+	next.ExpiresAt = jwt.NewNumericDate(d.Expiry)
+	next.IssuedAt = jwt.NewNumericDate(now)
+	next.ID = randomID()
+	next.Fresh = false
+	tok, err := s.sign(&next)
+	return tok, d.Expiry, err
+}
+
+func (s *Server) exempt(method string) bool { return s.cfg.exempt[method] }
+
+func (s *Server) emit(ctx context.Context, e Event) {
+	if s.cfg.onEvent != nil {
+		s.cfg.onEvent(ctx, e)
+	}
+}
+
+// UnaryServerInterceptor authenticates unary calls. A renewed token goes
+// into the response trailer, also when the handler returns an error.
+func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if s.exempt(info.FullMethod) {
+			return handler(ctx, req)
+		}
+		ctx, renewed, err := s.authenticate(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		if renewed != "" {
+			// Set before the handler runs; handler trailers are joined to it.
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(s.cfg.renewalHeader, renewed))
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamServerInterceptor authenticates streaming calls. A renewed token is
+// set in the response header before the handler runs, so it arrives with
+// the first message, and in the trailer.
+func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if s.exempt(info.FullMethod) {
+			return handler(srv, ss)
+		}
+		ctx, renewed, err := s.authenticate(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		if renewed != "" {
+			md := metadata.Pairs(s.cfg.renewalHeader, renewed)
+			if err := ss.SetHeader(md); err != nil {
+				return status.Error(codes.Internal, "slidejwt: cannot set response header")
+			}
+			ss.SetTrailer(md)
+		}
+		wrapped := middleware.WrapServerStream(ss)
+		wrapped.WrappedContext = ctx
+		return handler(srv, wrapped)
+	}
+}
+
+// AuthFunc returns the same check as an [auth.AuthFunc], for servers that
+// already chain go-grpc-middleware's auth interceptors. A renewed token is
+// set in both the header and the trailer, since an AuthFunc cannot tell a
+// unary call from a stream. Exempt methods pass through.
+func (s *Server) AuthFunc() auth.AuthFunc {
+	return func(ctx context.Context) (context.Context, error) {
+		method, _ := grpc.Method(ctx)
+		if s.exempt(method) {
+			return ctx, nil
+		}
+		ctx, renewed, err := s.authenticate(ctx, method)
+		if err != nil {
+			return nil, err
+		}
+		if renewed != "" {
+			md := metadata.Pairs(s.cfg.renewalHeader, renewed)
+			_ = grpc.SetHeader(ctx, md)
+			_ = grpc.SetTrailer(ctx, md)
+		}
+		return ctx, nil
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -48,6 +49,13 @@ var reservedClaims = map[string]bool{
 	"jti": true, "sid": true, "auth_time": true, "fresh": true,
 }
 
+// isReservedClaim reports whether name is, in any case, a name of the
+// session model. encoding/json matches member names case-insensitively
+// when it decodes, so a custom "SID" would overwrite sid.
+func isReservedClaim(name string) bool {
+	return reservedClaims[strings.ToLower(name)]
+}
+
 // MarshalJSON encodes the registered claims followed by the custom claims
 // in name order.
 func (c Claims) MarshalJSON() ([]byte, error) {
@@ -59,7 +67,7 @@ func (c Claims) MarshalJSON() ([]byte, error) {
 	buf.Write(base[:len(base)-1]) // drop the closing brace
 	first := len(base) == 2       // "{}"
 	for _, name := range slices.Sorted(maps.Keys(c.Custom)) {
-		if reservedClaims[name] {
+		if isReservedClaim(name) {
 			return nil, fmt.Errorf("%w: %q", ErrReservedClaim, name)
 		}
 		if !first {
@@ -88,8 +96,21 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &all); err != nil {
 		return err
 	}
-	for name := range reservedClaims {
-		delete(all, name)
+	// golang-jwt reads dates through json.Number, which also takes a quoted
+	// number; RFC 7519 says a NumericDate is a JSON number.
+	for _, name := range [...]string{"exp", "iat", "nbf", "auth_time"} {
+		if v, ok := all[name]; ok && !isJSONNumber(v) {
+			return errDateNotNumber
+		}
+	}
+	for name := range all {
+		if reservedClaims[name] {
+			delete(all, name)
+		} else if isReservedClaim(name) {
+			// encoding/json matches member names case-insensitively, so
+			// "SID" would have overwritten sid above.
+			return errShadowClaim
+		}
 	}
 	if len(all) == 0 {
 		all = nil
@@ -120,9 +141,17 @@ func (c *Claims) Validate() error {
 	return nil
 }
 
+// isJSONNumber reports whether raw (a JSON value) is a number.
+func isJSONNumber(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9')
+}
+
 var (
-	errClaimMissing = errors.New("a session claim is missing")
-	errClaimRange   = errors.New("a session claim is out of range")
+	errDateNotNumber = errors.New("a date claim is not a JSON number")
+	errShadowClaim   = errors.New("a claim name differs from a session claim only in case")
+	errClaimMissing  = errors.New("a session claim is missing")
+	errClaimRange    = errors.New("a session claim is out of range")
 )
 
 // Lookup decodes the custom claim name into v. It reports false, with a

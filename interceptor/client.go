@@ -28,17 +28,33 @@ import (
 type TokenHolder struct {
 	cfg clientConfig
 	cur atomic.Pointer[heldToken]
-	mu  sync.Mutex // serializes swaps and their OnSwap calls
+	mu  sync.Mutex // serializes swaps and their OnSwap and OnRefresh calls
+
+	fmu    sync.Mutex // guards flight and failed
+	flight *refreshFlight
+	failed *refreshFailure
 }
 
-// heldToken is one immutable generation of the held token.
+// heldToken is one immutable generation of the held tokens. It is also the
+// call credentials of the calls that send it, so that a call knows exactly
+// which generation it sent.
 type heldToken struct {
-	raw string
-	sid string
-	sub string
-	exp time.Time
-	md  map[string]string // request metadata, built once per token
+	raw      string
+	sid      string
+	sub      string
+	exp      time.Time
+	md       map[string]string // request metadata, built once per token
+	refresh  string            // the refresh token; "" without one
+	insecure bool              // AllowInsecureTransport
 }
+
+// GetRequestMetadata implements [credentials.PerRPCCredentials].
+func (t *heldToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return t.md, nil
+}
+
+// RequireTransportSecurity implements [credentials.PerRPCCredentials].
+func (t *heldToken) RequireTransportSecurity() bool { return !t.insecure }
 
 // NewTokenHolder returns a holder for token, the access token from
 // [Server.StartSession] or a login RPC. It fails with [ErrMalformedToken]
@@ -56,6 +72,7 @@ func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	if err != nil {
 		return nil, err
 	}
+	t.refresh = cfg.refreshToken
 	h.cur.Store(t)
 	return h, nil
 }
@@ -83,15 +100,16 @@ func (h *TokenHolder) decode(raw string) (*heldToken, error) {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedToken, err)
 	}
 	typ, _ := t.Header["typ"].(string)
-	if !isAccessTokenType(typ) || c.SessionID == "" || c.Subject == "" || c.ExpiresAt == nil {
+	if !isType(typ, accessTokenType) || c.SessionID == "" || c.Subject == "" || c.ExpiresAt == nil {
 		return nil, fmt.Errorf("%w: not a session access token", ErrMalformedToken)
 	}
 	return &heldToken{
-		raw: raw,
-		sid: c.SessionID,
-		sub: c.Subject,
-		exp: c.ExpiresAt.Time,
-		md:  map[string]string{"authorization": "Bearer " + raw},
+		raw:      raw,
+		sid:      c.SessionID,
+		sub:      c.Subject,
+		exp:      c.ExpiresAt.Time,
+		md:       map[string]string{"authorization": "Bearer " + raw},
+		insecure: h.cfg.allowInsecure,
 	}, nil
 }
 
@@ -111,6 +129,7 @@ func (h *TokenHolder) offer(raw string) bool {
 	if t.sid != old.sid || t.sub != old.sub || !t.exp.After(old.exp) {
 		return false
 	}
+	t.refresh = old.refresh
 	h.cur.Store(t)
 	if h.cfg.onSwap != nil {
 		h.cfg.onSwap(t.raw, t.exp)
@@ -127,8 +146,8 @@ func (h *TokenHolder) pick(md metadata.MD) {
 
 // GetRequestMetadata implements [credentials.PerRPCCredentials]: it attaches
 // "authorization: Bearer <token>".
-func (h *TokenHolder) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return h.cur.Load().md, nil
+func (h *TokenHolder) GetRequestMetadata(ctx context.Context, uri ...string) (map[string]string, error) {
+	return h.cur.Load().GetRequestMetadata(ctx, uri...)
 }
 
 // RequireTransportSecurity implements [credentials.PerRPCCredentials]. It
@@ -149,49 +168,157 @@ func (h *TokenHolder) PerRPCCredentials() credentials.PerRPCCredentials { return
 // renewed token from the response header or trailer. It reads them with
 // its own grpc.Header and grpc.Trailer call options, so the caller's own
 // options still receive the metadata.
+//
+// With a refresh token ([WithRefreshToken]) it also refreshes: before a
+// call when the token expires within the margin ([WithRefreshMargin]), and
+// after a call that failed with TOKEN_EXPIRED, which it then retries once.
 func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		var header, trailer metadata.MD
-		all := make([]grpc.CallOption, len(opts), len(opts)+3)
-		copy(all, opts) // never append into the caller's slice
-		all = append(all, grpc.PerRPCCredentials(h), grpc.Header(&header), grpc.Trailer(&trailer))
-		err := invoker(ctx, method, req, reply, cc, all...)
-		h.pick(header)
-		h.pick(trailer)
-		return err
+		if isRefreshCall(ctx) {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		held := h.beforeCall(ctx, cc)
+		err := h.invoke(ctx, held, method, req, reply, cc, invoker, opts)
+		if !h.shouldRefresh(err) {
+			return err
+		}
+		if rerr := h.refreshFrom(ctx, cc, held); rerr != nil {
+			return rerr
+		}
+		return h.invoke(ctx, h.cur.Load(), method, req, reply, cc, invoker, opts)
 	}
+}
+
+// invoke makes one attempt of a unary call with the tokens held.
+func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+	var header, trailer metadata.MD
+	all := make([]grpc.CallOption, len(opts), len(opts)+3)
+	copy(all, opts) // never append into the caller's slice
+	all = append(all, grpc.PerRPCCredentials(held), grpc.Header(&header), grpc.Trailer(&trailer))
+	err := invoker(ctx, method, req, reply, cc, all...)
+	h.pick(header)
+	h.pick(trailer)
+	return err
 }
 
 // StreamClientInterceptor attaches the token to streams and swaps in a
 // renewed token from the response header (read once the first message has
 // arrived, or when the caller asks for it) and the trailer (read once the
 // stream has ended). It never blocks the caller.
+//
+// With a refresh token it refreshes before opening a stream when the token
+// expires within the margin, and reopens a stream once when it fails with
+// TOKEN_EXPIRED before any response arrived, replaying the messages sent
+// so far (the server rejected them before its handler ran). A stream that
+// has received a message or header is never replayed.
 func (h *TokenHolder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		all := make([]grpc.CallOption, len(opts), len(opts)+1)
-		copy(all, opts)
-		all = append(all, grpc.PerRPCCredentials(h))
-		cs, err := streamer(ctx, desc, cc, method, all...)
-		if err != nil {
-			return nil, err
+		if isRefreshCall(ctx) {
+			return streamer(ctx, desc, cc, method, opts...)
 		}
-		return &clientStream{ClientStream: cs, h: h, serverStreams: desc.ServerStreams}, nil
+		held := h.beforeCall(ctx, cc)
+		s := &clientStream{h: h, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts, held: held}
+		cs, err := s.open(held)
+		if err != nil {
+			if !h.shouldRefresh(err) {
+				return nil, err
+			}
+			if rerr := h.refreshFrom(ctx, cc, held); rerr != nil {
+				return nil, rerr
+			}
+			s.held = h.cur.Load()
+			if cs, err = s.open(s.held); err != nil {
+				return nil, err
+			}
+			s.retried = true
+		}
+		s.cs = cs
+		return s, nil
 	}
 }
 
-// clientStream watches a stream's header and trailer for renewed tokens.
+// maxReplay bounds the messages a stream keeps for a reopen; a stream that
+// sends more before its first response is not reopened.
+const maxReplay = 64
+
+// clientStream watches a stream's header and trailer for renewed tokens,
+// and can reopen the stream once after TOKEN_EXPIRED.
 type clientStream struct {
-	grpc.ClientStream
-	h             *TokenHolder
-	serverStreams bool
-	headerSeen    bool // touched only by RecvMsg, which gRPC forbids calling concurrently
+	h        *TokenHolder
+	ctx      context.Context
+	desc     *grpc.StreamDesc
+	cc       *grpc.ClientConn
+	method   string
+	streamer grpc.Streamer
+	opts     []grpc.CallOption
+
+	headerSeen bool // touched only by RecvMsg, which gRPC forbids calling concurrently
+
+	mu        sync.Mutex // guards the fields below; held during a reopen
+	cs        grpc.ClientStream
+	held      *heldToken
+	sent      []any // messages sent before the first response, for a reopen
+	closed    bool  // CloseSend was called
+	committed bool  // a response arrived, or too many messages were sent: no reopen
+	retried   bool  // the one reopen was used
+}
+
+func (s *clientStream) open(held *heldToken) (grpc.ClientStream, error) {
+	all := make([]grpc.CallOption, len(s.opts), len(s.opts)+1)
+	copy(all, s.opts)
+	all = append(all, grpc.PerRPCCredentials(held))
+	return s.streamer(s.ctx, s.desc, s.cc, s.method, all...)
+}
+
+func (s *clientStream) current() grpc.ClientStream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cs
+}
+
+// Context returns the current stream's context.
+func (s *clientStream) Context() context.Context { return s.current().Context() }
+
+// Trailer returns the current stream's trailer.
+func (s *clientStream) Trailer() metadata.MD { return s.current().Trailer() }
+
+// SendMsg sends m, keeping it for a reopen until the first response.
+func (s *clientStream) SendMsg(m any) error {
+	s.mu.Lock()
+	if !s.committed && s.h.canRefresh() {
+		if len(s.sent) < maxReplay {
+			s.sent = append(s.sent, m)
+		} else {
+			s.committed, s.sent = true, nil
+		}
+	}
+	cs := s.cs
+	s.mu.Unlock()
+	return cs.SendMsg(m)
+}
+
+// CloseSend half-closes the stream, and remembers it for a reopen.
+func (s *clientStream) CloseSend() error {
+	s.mu.Lock()
+	s.closed = true
+	cs := s.cs
+	s.mu.Unlock()
+	return cs.CloseSend()
 }
 
 // Header waits for the header, as the embedded stream does, and picks a
 // renewed token from it.
 func (s *clientStream) Header() (metadata.MD, error) {
-	md, err := s.ClientStream.Header()
+	md, err := s.current().Header()
+	if err != nil {
+		if reopened, rerr := s.reopen(err); reopened {
+			md, err = s.current().Header()
+		} else if rerr != nil {
+			return md, rerr
+		}
+	}
 	if err == nil {
+		s.commit()
 		s.h.pick(md)
 	}
 	return md, err
@@ -201,17 +328,69 @@ func (s *clientStream) Header() (metadata.MD, error) {
 // the stream is done. Neither call blocks: the header has arrived with the
 // first message, and the trailer with the end of the stream.
 func (s *clientStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
+	cs := s.current()
+	err := cs.RecvMsg(m)
+	if err != nil {
+		if reopened, rerr := s.reopen(err); reopened {
+			cs = s.current()
+			err = cs.RecvMsg(m)
+		} else if rerr != nil {
+			s.h.pick(cs.Trailer())
+			return rerr
+		}
+	}
+	if err == nil {
+		s.commit()
+	}
 	if !s.headerSeen {
 		s.headerSeen = true
-		if md, herr := s.ClientStream.Header(); herr == nil {
+		if md, herr := cs.Header(); herr == nil {
 			s.h.pick(md)
 		}
 	}
 	// A stream with a single response (client streaming) is done after its
 	// first successful RecvMsg; gRPC has read the trailer by then.
-	if err != nil || !s.serverStreams {
-		s.h.pick(s.ClientStream.Trailer())
+	if err != nil || !s.desc.ServerStreams {
+		s.h.pick(cs.Trailer())
 	}
 	return err
+}
+
+// commit records that a response arrived: the stream is never replayed.
+func (s *clientStream) commit() {
+	s.mu.Lock()
+	s.committed, s.sent = true, nil
+	s.mu.Unlock()
+}
+
+// reopen refreshes and reopens the stream after err, once, if err is
+// TOKEN_EXPIRED and no response has arrived. It replays the messages sent
+// so far and the half-close. It holds s.mu throughout, so that concurrent
+// senders wait for the new stream. It reports whether the stream was
+// reopened, or else the refresh's error, if a refresh was tried and failed.
+func (s *clientStream) reopen(err error) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.committed || s.retried || !s.h.shouldRefresh(err) {
+		return false, nil
+	}
+	s.retried = true
+	if rerr := s.h.refreshFrom(s.ctx, s.cc, s.held); rerr != nil {
+		return false, rerr
+	}
+	held := s.h.cur.Load()
+	cs, oerr := s.open(held)
+	if oerr != nil {
+		return false, oerr
+	}
+	for _, m := range s.sent {
+		if cs.SendMsg(m) != nil {
+			break // the new stream failed too; RecvMsg reports why
+		}
+	}
+	if s.closed {
+		_ = cs.CloseSend()
+	}
+	s.cs, s.held, s.sent = cs, held, nil
+	return true, nil
 }

@@ -2,42 +2,57 @@ package interceptor
 
 import (
 	"errors"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 )
 
 // ErrorDomain is the domain of every google.rpc.ErrorInfo detail this
 // package attaches to an error status.
 const ErrorDomain = "slidejwt"
 
-// Reason is the machine-readable cause of an authentication failure. It is
-// sent to the client as the reason of a google.rpc.ErrorInfo detail in the
-// domain [ErrorDomain], beside codes.Unauthenticated (or
-// codes.PermissionDenied for [ReasonFreshTokenRequired]).
-type Reason string
+// Reason is the machine-readable cause of an authentication failure: the
+// generated enum slidejwt.v1.ErrorReason. It travels as the reason of a
+// google.rpc.ErrorInfo detail in the domain [ErrorDomain], spelled as the
+// value's name without the ERROR_REASON_ prefix ([WireReason]), beside
+// codes.Unauthenticated (codes.PermissionDenied for
+// [ReasonFreshTokenRequired]).
+type Reason = slidejwtv1.ErrorReason
 
 // The reasons a server sends. Clients branch on them; see [ReasonOf].
 const (
 	// ReasonTokenMissing: no bearer token in the "authorization" metadata.
-	ReasonTokenMissing Reason = "TOKEN_MISSING"
+	ReasonTokenMissing = slidejwtv1.ErrorReason_ERROR_REASON_TOKEN_MISSING
 	// ReasonTokenInvalid: the token is malformed, not signed by a trusted
 	// key, or breaks a verifier rule. Refreshing will not help.
-	ReasonTokenInvalid Reason = "TOKEN_INVALID"
+	ReasonTokenInvalid = slidejwtv1.ErrorReason_ERROR_REASON_TOKEN_INVALID
 	// ReasonTokenExpired: the token was valid but its idle window lapsed.
 	// A refresh token can restore the session.
-	ReasonTokenExpired Reason = "TOKEN_EXPIRED"
+	ReasonTokenExpired = slidejwtv1.ErrorReason_ERROR_REASON_TOKEN_EXPIRED
 	// ReasonSessionExpired: the session is past its absolute maximum
-	// lifetime. The user must log in again.
-	ReasonSessionExpired Reason = "SESSION_EXPIRED"
-	// ReasonSessionRevoked: the session was revoked (logout, theft).
-	ReasonSessionRevoked Reason = "SESSION_REVOKED"
+	// lifetime, or its refresh token lapsed. The user must log in again.
+	ReasonSessionExpired = slidejwtv1.ErrorReason_ERROR_REASON_SESSION_EXPIRED
+	// ReasonSessionRevoked: the session was revoked (logout, refresh-token
+	// reuse). The user must log in again.
+	ReasonSessionRevoked = slidejwtv1.ErrorReason_ERROR_REASON_SESSION_REVOKED
 	// ReasonFreshTokenRequired: the method demands a token minted at login
 	// (see [RequireFresh]); a renewed token is not enough. Sent with
 	// codes.PermissionDenied: the caller is known but must log in again.
-	ReasonFreshTokenRequired Reason = "FRESH_TOKEN_REQUIRED"
+	ReasonFreshTokenRequired = slidejwtv1.ErrorReason_ERROR_REASON_FRESH_TOKEN_REQUIRED
 )
+
+// reasonPrefix is the enum's value prefix, which the wire form drops.
+const reasonPrefix = "ERROR_REASON_"
+
+// WireReason returns r as it travels in google.rpc.ErrorInfo.reason: the
+// enum value's name without the ERROR_REASON_ prefix, as "TOKEN_EXPIRED".
+func WireReason(r Reason) string {
+	return strings.TrimPrefix(r.String(), reasonPrefix)
+}
 
 // Errors returned by constructors and by the client. Test them with
 // errors.Is.
@@ -53,7 +68,8 @@ var (
 	// algorithm (an RSA key for ES256, a P-384 key for ES256, ...).
 	ErrKeyType = errors.New("slidejwt: key type does not match algorithm")
 	// ErrInvalidKeySet is returned by [NewKeySet] for a set without a
-	// signing key or with two keys sharing a kid.
+	// signing key or with two keys sharing a kid, and by [NewKey] for an
+	// empty kid.
 	ErrInvalidKeySet = errors.New("slidejwt: invalid key set")
 	// ErrInvalidPolicy is returned for a [Policy] whose durations are
 	// negative or inconsistent.
@@ -115,7 +131,7 @@ func (e *authError) GRPCStatus() *status.Status {
 		code = codes.PermissionDenied
 	}
 	st := status.New(code, e.Error())
-	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: string(e.reason), Domain: ErrorDomain}); err == nil {
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: WireReason(e.reason), Domain: ErrorDomain}); err == nil {
 		return withInfo
 	}
 	return st
@@ -123,19 +139,24 @@ func (e *authError) GRPCStatus() *status.Status {
 
 // ReasonOf returns the [Reason] carried by a gRPC error from a slidejwt
 // server, read from its google.rpc.ErrorInfo detail in [ErrorDomain]. It
-// reports false for any other error, including nil.
+// reports false for any other error, including nil, and for a reason this
+// version does not know.
 func ReasonOf(err error) (Reason, bool) {
 	if err == nil {
-		return "", false
+		return 0, false
 	}
 	st, ok := status.FromError(err)
 	if !ok {
-		return "", false
+		return 0, false
 	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
-			return Reason(info.GetReason()), true
+			v, known := slidejwtv1.ErrorReason_value[reasonPrefix+info.GetReason()]
+			if !known || v == 0 {
+				return 0, false
+			}
+			return Reason(v), true
 		}
 	}
-	return "", false
+	return 0, false
 }

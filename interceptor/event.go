@@ -19,6 +19,10 @@ const (
 	EventRejected
 	// EventSessionStarted: [Server.StartSession] minted a session's first token.
 	EventSessionStarted
+	// EventRefreshed: [Server.Refresh] rotated a refresh token.
+	EventRefreshed
+	// EventRevoked: a session was revoked (a logout, or [Server.RevokeSession]).
+	EventRevoked
 )
 
 func (k EventKind) String() string {
@@ -33,6 +37,10 @@ func (k EventKind) String() string {
 		return "rejected"
 	case EventSessionStarted:
 		return "session-started"
+	case EventRefreshed:
+		return "refreshed"
+	case EventRevoked:
+		return "revoked"
 	}
 	return "unknown"
 }

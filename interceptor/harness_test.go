@@ -253,3 +253,6 @@ func wantReason(t testing.TB, err error, want Reason) {
 		t.Fatalf("reason = %q, %v (err %v), want %q", got, ok, err, want)
 	}
 }
+
+// noReason stands for "no rejection" in tables of expected reasons.
+const noReason Reason = 0

@@ -40,13 +40,17 @@ type Key struct {
 //
 // A private key (or HMAC secret) signs and verifies; a public key only
 // verifies. The HMAC secret is copied. Anything else is refused with
-// [ErrUnsupportedAlgorithm], [ErrKeyType] or [ErrKeyTooShort].
+// [ErrUnsupportedAlgorithm], [ErrKeyType] or [ErrKeyTooShort], and an empty
+// id with [ErrInvalidKeySet].
 func NewKey(id string, method jwt.SigningMethod, key any) (*Key, error) {
 	if id == "" {
 		return nil, fmt.Errorf("%w: empty key id", ErrInvalidKeySet)
 	}
-	if method == nil {
-		return nil, fmt.Errorf("%w: nil method", ErrUnsupportedAlgorithm)
+	// Only golang-jwt's own method values: the verifier looks methods up by
+	// name in golang-jwt's registry, so a foreign method that borrows a name
+	// would sign one way and be verified another.
+	if method == nil || jwt.GetSigningMethod(method.Alg()) != method {
+		return nil, fmt.Errorf("%w: not one of golang-jwt's signing methods", ErrUnsupportedAlgorithm)
 	}
 	k := &Key{id: id, method: method}
 	switch method.Alg() {
@@ -166,24 +170,26 @@ func NewKeySet(active *Key, verifyOnly ...*Key) (*KeySet, error) {
 // Active returns the signing key.
 func (ks *KeySet) Active() *Key { return ks.active }
 
-// keyFor is the jwt.Keyfunc body: it enforces the JOSE header rules and
-// returns the verification key. It runs after golang-jwt decoded the header
-// and before it checks the signature.
-func (ks *KeySet) keyFor(t *jwt.Token) (any, error) {
-	if _, ok := t.Header["crit"]; ok {
-		return nil, errCritHeader
+// keyFunc returns the jwt.Keyfunc for tokens of JOSE type typ: it
+// enforces the header rules and returns the verification key. golang-jwt
+// calls it after decoding the header and before checking the signature.
+func (ks *KeySet) keyFunc(typ string) jwt.Keyfunc {
+	return func(t *jwt.Token) (any, error) {
+		if _, ok := t.Header["crit"]; ok {
+			return nil, errCritHeader
+		}
+		got, _ := t.Header["typ"].(string)
+		if !isType(got, typ) {
+			return nil, errWrongType
+		}
+		kid, _ := t.Header["kid"].(string)
+		k := ks.byID[kid]
+		if k == nil {
+			return nil, errUnknownKey
+		}
+		if t.Method == nil || t.Method.Alg() != k.method.Alg() {
+			return nil, errAlgMismatch
+		}
+		return k.verifyKey, nil
 	}
-	typ, _ := t.Header["typ"].(string)
-	if !isAccessTokenType(typ) {
-		return nil, errWrongType
-	}
-	kid, _ := t.Header["kid"].(string)
-	k := ks.byID[kid]
-	if k == nil {
-		return nil, errUnknownKey
-	}
-	if t.Method == nil || t.Method.Alg() != k.method.Alg() {
-		return nil, errAlgMismatch
-	}
-	return k.verifyKey, nil
 }

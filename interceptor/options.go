@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 )
 
 // A ServerOption configures a [Server].
@@ -44,6 +46,9 @@ type serverConfig struct {
 	renewalHeader string
 	maxTokenSize  int
 	onEvent       func(context.Context, Event)
+	store         SessionStore
+	refreshTTL    time.Duration
+	refreshGrace  time.Duration
 }
 
 func defaultServerConfig() serverConfig {
@@ -52,6 +57,8 @@ func defaultServerConfig() serverConfig {
 		now:           time.Now,
 		renewalHeader: DefaultRenewalHeader,
 		maxTokenSize:  DefaultMaxTokenSize,
+		refreshTTL:    DefaultRefreshTTL,
+		refreshGrace:  DefaultRefreshGrace,
 	}
 }
 
@@ -76,28 +83,53 @@ func (c *serverConfig) validate() error {
 	if c.maxTokenSize < 256 {
 		return fmt.Errorf("%w: max token size %d is below 256 bytes", ErrInvalidOption, c.maxTokenSize)
 	}
+	if c.refreshTTL < time.Second {
+		return fmt.Errorf("%w: refresh TTL %v is below one second", ErrInvalidOption, c.refreshTTL)
+	}
+	if c.refreshGrace < 0 || c.refreshGrace > c.refreshTTL {
+		return fmt.Errorf("%w: refresh grace period %v outside [0, refresh TTL]", ErrInvalidOption, c.refreshGrace)
+	}
+	if c.store != nil {
+		if c.revocations != nil {
+			return fmt.Errorf("%w: WithSessionStore already serves as the revocation list; drop WithRevocationList", ErrInvalidOption)
+		}
+		c.revocations = c.store
+	}
 	return nil
 }
 
 type clientConfig struct {
-	renewalHeader string
-	allowInsecure bool
-	onSwap        func(token string, expiry time.Time)
-	now           func() time.Time
-	maxTokenSize  int
+	renewalHeader  string
+	allowInsecure  bool
+	onSwap         func(token string, expiry time.Time)
+	now            func() time.Time
+	maxTokenSize   int
+	refreshToken   string
+	refresher      Refresher
+	refreshMargin  time.Duration
+	refreshTimeout time.Duration
+	onRefresh      func(*slidejwtv1.TokenPair)
 }
 
 func defaultClientConfig() clientConfig {
 	return clientConfig{
-		renewalHeader: DefaultRenewalHeader,
-		now:           time.Now,
-		maxTokenSize:  DefaultMaxTokenSize,
+		renewalHeader:  DefaultRenewalHeader,
+		now:            time.Now,
+		maxTokenSize:   DefaultMaxTokenSize,
+		refreshMargin:  DefaultRefreshMargin,
+		refreshTimeout: DefaultRefreshTimeout,
 	}
 }
 
 func (c *clientConfig) validate() error {
 	if c.now == nil {
 		return fmt.Errorf("%w: nil clock", ErrInvalidOption)
+	}
+	if c.refresher != nil && c.refreshToken == "" {
+		return fmt.Errorf("%w: WithRefresher needs WithRefreshToken", ErrInvalidOption)
+	}
+	if c.refreshMargin < 0 || c.refreshTimeout <= 0 {
+		return fmt.Errorf("%w: refresh margin must not be negative, refresh timeout must be positive", ErrInvalidOption)
 	}
 	if c.maxTokenSize < 256 {
 		return fmt.Errorf("%w: max token size %d is below 256 bytes", ErrInvalidOption, c.maxTokenSize)
@@ -150,6 +182,31 @@ func WithLeeway(d time.Duration) ServerOption {
 // Default: none. See [MemoryRevocationList].
 func WithRevocationList(r RevocationList) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.revocations = r })
+}
+
+// WithSessionStore enables refresh tokens: [Server.StartSession] also
+// mints a refresh token and records the session in store, and
+// [Server.TokenService] rotates refresh tokens and revokes sessions through
+// it. The store is also the server's [RevocationList], so it cannot be
+// combined with [WithRevocationList]. Default: none, and sessions have no
+// refresh token.
+func WithSessionStore(store SessionStore) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.store = store })
+}
+
+// WithRefreshTTL sets the idle lifetime of refresh tokens: each one expires
+// this long after it was minted, and never after the session's absolute
+// end. Default [DefaultRefreshTTL].
+func WithRefreshTTL(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.refreshTTL = d })
+}
+
+// WithRefreshGrace sets how long a retired refresh token may be presented
+// again and get the same successor, for a client that lost the response
+// to its refresh. After it, reuse is treated as theft and revokes the
+// session. Default [DefaultRefreshGrace]; 0 treats any reuse as theft.
+func WithRefreshGrace(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.refreshGrace = d })
 }
 
 // WithExemptMethods names full methods ("/pkg.Service/Method") that skip
@@ -206,7 +263,9 @@ func WithMaxTokenSize(n int) Option {
 // OnSwap sets a function called after the holder swapped in a renewed
 // token, for example to persist it. Calls are serialized and come in the
 // order of the swaps, so the last call names the held token. It must not
-// block for long: a swap waits for the previous call.
+// block for long: a swap waits for the previous call. It must not make a
+// call through the same holder: that call's renewal would wait for the
+// hook to return, which deadlocks.
 func OnSwap(f func(token string, expiry time.Time)) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.onSwap = f })
 }

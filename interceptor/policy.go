@@ -21,6 +21,11 @@ const (
 	// DefaultMaxTokenSize bounds the length of a presented token before it
 	// is parsed, and of every token this package mints.
 	DefaultMaxTokenSize = 8 << 10
+	// DefaultRefreshTTL is the idle lifetime of a refresh token.
+	DefaultRefreshTTL = 7 * 24 * time.Hour
+	// DefaultRefreshGrace is how long a retired refresh token still gets
+	// its successor (a client that lost the response retries).
+	DefaultRefreshGrace = 30 * time.Second
 	// DefaultRenewalHeader is the response metadata key that carries a
 	// renewed token.
 	DefaultRenewalHeader = "renewed-token"
@@ -76,12 +81,14 @@ type Decision struct {
 // Decide is the renewal decision for a valid token with the given exp and
 // auth_time, at time now. It is a pure function; the caller has already
 // checked that the token is valid at now. p must have its defaults filled
-// (as [Server] does); a zero RenewBefore never renews.
+// (as [Server] does); a zero RenewBefore never renews. No renewal is due
+// when the new expiry would not be later than both exp and now, as happens
+// at the cap within the leeway.
 //
 // Times are compared at the resolution of JWT NumericDate (one second):
 // the new expiry is truncated to it before it is compared with exp.
 func (p Policy) Decide(now, exp, authTime time.Time) Decision {
-	if exp.Sub(now) >= p.RenewBefore {
+	if p.RenewBefore <= 0 || exp.Sub(now) >= p.RenewBefore {
 		return Decision{}
 	}
 	next := now.Add(p.TTL)
@@ -89,7 +96,7 @@ func (p Policy) Decide(now, exp, authTime time.Time) Decision {
 		next = end
 	}
 	next = next.Truncate(jwt.TimePrecision)
-	if !next.After(exp) {
+	if !next.After(exp) || !next.After(now) {
 		return Decision{}
 	}
 	return Decision{Renew: true, Expiry: next}
@@ -98,9 +105,4 @@ func (p Policy) Decide(now, exp, authTime time.Time) Decision {
 // SessionEnd is the absolute end of a session that began at authTime.
 func (p Policy) SessionEnd(authTime time.Time) time.Time {
 	return authTime.Add(p.MaxLifetime)
-}
-
-// firstExpiry is the exp of the token minted at login.
-func (p Policy) firstExpiry(now time.Time) time.Time {
-	return now.Add(min(p.TTL, p.MaxLifetime)).Truncate(jwt.TimePrecision)
 }

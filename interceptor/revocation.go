@@ -30,7 +30,7 @@ func (f RevocationFunc) IsRevoked(ctx context.Context, sessionID string) (bool, 
 // ready to use, and all methods are safe for concurrent use.
 //
 // Memory is bounded by the number of sessions revoked within one maximum
-// lifetime: each entry is kept only until the session's absolute end, after
+// lifetime: each entry is kept only until the time given to Revoke, after
 // which every token of the session fails anyway, and expired entries are
 // dropped as new ones are added.
 type MemoryRevocationList struct {
@@ -42,9 +42,11 @@ type MemoryRevocationList struct {
 	next    time.Time            // earliest keep-until; prune when passed
 }
 
-// Revoke marks session sessionID revoked until the time until, which should
-// be the session's absolute end (see [Claims.AuthTime] and
-// [Policy.SessionEnd]). Revoking again keeps the later time.
+// Revoke marks session sessionID revoked until the time until, which must
+// be no earlier than the session's absolute end plus the server's leeway
+// ([Session.End] + [WithLeeway]): the server accepts the session's tokens
+// until then. [Server.RevokeSession] computes it for you. Revoking again
+// keeps the later time.
 func (m *MemoryRevocationList) Revoke(sessionID string, until time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -76,6 +76,11 @@ type Session struct {
 	AuthTime time.Time
 	// End is the session's absolute end: AuthTime + MaxLifetime.
 	End time.Time
+	// RefreshToken is the session's current refresh token, for
+	// TokenService.Refresh; empty unless the server has a [SessionStore].
+	RefreshToken string
+	// RefreshExpiry is the refresh token's exp.
+	RefreshExpiry time.Time
 }
 
 // StartSession mints the first access token of a new session for subject,
@@ -90,7 +95,7 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	}
 	var raw map[string]json.RawMessage
 	for name, v := range custom {
-		if reservedClaims[name] {
+		if isReservedClaim(name) {
 			return Session{}, fmt.Errorf("%w: %q", ErrReservedClaim, name)
 		}
 		b, err := json.Marshal(v)
@@ -105,38 +110,86 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	now := s.cfg.now().Truncate(jwt.TimePrecision)
 	c := &Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    s.cfg.issuer,
-			Subject:   subject,
-			Audience:  s.cfg.audience,
-			ExpiresAt: jwt.NewNumericDate(s.cfg.policy.firstExpiry(now)),
-			IssuedAt:  jwt.NewNumericDate(now),
-			ID:        randomID(),
+			Issuer:   s.cfg.issuer,
+			Subject:  subject,
+			Audience: s.cfg.audience,
 		},
 		SessionID: randomID(),
 		AuthTime:  jwt.NewNumericDate(now),
-		Fresh:     true,
 		Custom:    raw,
 	}
-	tok, err := s.sign(c)
+	sess, refreshID, err := s.mint(c, now, true)
 	if err != nil {
 		return Session{}, err
 	}
-	s.emit(ctx, Event{Kind: EventSessionStarted, Subject: subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time})
-	return Session{
-		AccessToken: tok,
-		SessionID:   c.SessionID,
-		Expiry:      c.ExpiresAt.Time,
-		AuthTime:    now,
-		End:         s.cfg.policy.SessionEnd(now),
-	}, nil
+	if s.cfg.store != nil {
+		if err := s.cfg.store.CreateSession(ctx, sess.SessionID, refreshID, s.keepUntil(now)); err != nil {
+			return Session{}, fmt.Errorf("slidejwt: session store: %w", err)
+		}
+	}
+	s.emit(ctx, Event{Kind: EventSessionStarted, Subject: subject, SessionID: sess.SessionID, Expiry: sess.Expiry})
+	return sess, nil
 }
 
-// sign mints c under the active key with the JOSE header typ=at+jwt and
-// the key's kid, and enforces the token size bound.
-func (s *Server) sign(c *Claims) (string, error) {
+// mint signs a session's access token at now, and its refresh token when
+// a session store is configured, from the session claims in base (iss, aud,
+// sub, sid, auth_time, custom). It returns the refresh token's id.
+func (s *Server) mint(base *Claims, now time.Time, fresh bool) (Session, string, error) {
+	p := s.cfg.policy
+	authTime := base.AuthTime.Time
+	end := p.SessionEnd(authTime)
+
+	access := *base
+	access.IssuedAt = jwt.NewNumericDate(now)
+	access.ExpiresAt = jwt.NewNumericDate(capAt(now.Add(p.TTL), end))
+	access.ID = randomID()
+	access.Fresh = fresh
+	tok, err := s.sign(&access, accessTokenType)
+	if err != nil {
+		return Session{}, "", err
+	}
+	sess := Session{
+		AccessToken: tok,
+		SessionID:   base.SessionID,
+		Expiry:      access.ExpiresAt.Time,
+		AuthTime:    authTime,
+		End:         end,
+	}
+	if s.cfg.store == nil {
+		return sess, "", nil
+	}
+	refresh := *base
+	refresh.IssuedAt = jwt.NewNumericDate(now)
+	refresh.ExpiresAt = jwt.NewNumericDate(capAt(now.Add(s.cfg.refreshTTL), end))
+	refresh.ID = randomID()
+	refresh.Fresh = false
+	if sess.RefreshToken, err = s.sign(&refresh, refreshTokenType); err != nil {
+		return Session{}, "", err
+	}
+	sess.RefreshExpiry = refresh.ExpiresAt.Time
+	return sess, refresh.ID, nil
+}
+
+// capAt returns t, but no later than end, at JWT time resolution.
+func capAt(t, end time.Time) time.Time {
+	if t.After(end) {
+		t = end
+	}
+	return t.Truncate(jwt.TimePrecision)
+}
+
+// keepUntil is how long state about a session that began at authTime must
+// be kept: the server accepts its tokens until its end plus the leeway.
+func (s *Server) keepUntil(authTime time.Time) time.Time {
+	return s.cfg.policy.SessionEnd(authTime).Add(s.cfg.leeway)
+}
+
+// sign mints c under the active key with the JOSE header typ and the key's
+// kid, and enforces the token size bound.
+func (s *Server) sign(c *Claims, typ string) (string, error) {
 	k := s.ver.Load().keys.active
 	t := jwt.NewWithClaims(k.method, c)
-	t.Header["typ"] = accessTokenType
+	t.Header["typ"] = typ
 	t.Header["kid"] = k.id
 	tok, err := t.SignedString(k.signKey)
 	if err != nil {
@@ -204,6 +257,9 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 	if len(raw) > s.cfg.maxTokenSize {
 		return nil, reject(ReasonTokenInvalid, "token too long")
 	}
+	if !isCompactJWS(raw) {
+		return nil, reject(ReasonTokenInvalid, "malformed token")
+	}
 	c, aerr := s.ver.Load().verify(raw)
 	now := s.cfg.now()
 	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
@@ -238,11 +294,13 @@ func (s *Server) renew(c *Claims) (string, time.Time, error) {
 	next.IssuedAt = jwt.NewNumericDate(now)
 	next.ID = randomID()
 	next.Fresh = false
-	tok, err := s.sign(&next)
+	tok, err := s.sign(&next, accessTokenType)
 	return tok, d.Expiry, err
 }
 
-func (s *Server) exempt(method string) bool { return s.cfg.exempt[method] }
+func (s *Server) exempt(method string) bool {
+	return method == refreshMethod || s.cfg.exempt[method]
+}
 
 func (s *Server) emit(ctx context.Context, e Event) {
 	if s.cfg.onEvent != nil {

@@ -12,25 +12,45 @@ import (
 // jwt.ErrTokenUnverifiable.
 var (
 	errCritHeader  = errors.New("crit header not supported")
-	errWrongType   = errors.New("typ header is not at+jwt")
+	errWrongType   = errors.New("typ header is not the expected token type")
 	errUnknownKey  = errors.New("kid names no trusted key")
 	errAlgMismatch = errors.New("alg does not match the key")
 )
 
-// accessTokenType is the JOSE "typ" of an access token (RFC 9068).
-const accessTokenType = "at+jwt"
+// The JOSE "typ" values of session tokens. An access token (RFC 9068) is
+// never accepted where a refresh token is expected, nor the reverse.
+const (
+	accessTokenType  = "at+jwt"
+	refreshTokenType = "rt+jwt"
+)
 
-// isAccessTokenType accepts "at+jwt" and its full media type
-// "application/at+jwt", case-insensitively (RFC 7515 §4.1.9).
-func isAccessTokenType(typ string) bool {
-	typ, _ = strings.CutPrefix(strings.ToLower(typ), "application/")
-	return typ == accessTokenType
+// isType reports whether the typ header got names want, allowing the full
+// media type ("application/at+jwt") and any case (RFC 7515 §4.1.9).
+func isType(got, want string) bool {
+	got, _ = strings.CutPrefix(strings.ToLower(got), "application/")
+	return got == want
+}
+
+// isCompactJWS reports whether raw holds only base64url characters and
+// dots. Go's base64 decoders skip CR and LF even in strict mode, so without
+// this check a token with line breaks inserted would be a second spelling
+// of a valid token.
+func isCompactJWS(raw string) bool {
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // verifier checks a presented token against one key set. It is immutable.
 type verifier struct {
-	keys   *KeySet
-	parser *jwt.Parser
+	keys       *KeySet
+	parser     *jwt.Parser
+	accessKey  jwt.Keyfunc
+	refreshKey jwt.Keyfunc
 }
 
 func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
@@ -48,7 +68,12 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 	if len(cfg.audience) > 0 {
 		opts = append(opts, jwt.WithAudience(cfg.audience...))
 	}
-	return &verifier{keys: ks, parser: jwt.NewParser(opts...)}
+	return &verifier{
+		keys:       ks,
+		parser:     jwt.NewParser(opts...),
+		accessKey:  ks.keyFunc(accessTokenType),
+		refreshKey: ks.keyFunc(refreshTokenType),
+	}
 }
 
 // verify parses raw and returns its claims, or a rejection. A token whose
@@ -56,8 +81,17 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 // claims and ReasonTokenExpired, so that the caller can tell a lapsed
 // token from a lapsed session.
 func (v *verifier) verify(raw string) (*Claims, *authError) {
+	return v.parse(raw, v.accessKey)
+}
+
+// verifyRefresh is verify for a refresh token.
+func (v *verifier) verifyRefresh(raw string) (*Claims, *authError) {
+	return v.parse(raw, v.refreshKey)
+}
+
+func (v *verifier) parse(raw string, key jwt.Keyfunc) (*Claims, *authError) {
 	c := new(Claims)
-	_, err := v.parser.ParseWithClaims(raw, c, v.keys.keyFor)
+	_, err := v.parser.ParseWithClaims(raw, c, key)
 	if err == nil {
 		return c, nil
 	}
@@ -102,7 +136,7 @@ func invalidDetail(err error) string {
 		detail string
 	}{
 		{errCritHeader, "crit header not supported"},
-		{errWrongType, "typ header must be at+jwt"},
+		{errWrongType, "wrong token type"},
 		{errUnknownKey, "unknown key id"},
 		{errAlgMismatch, "algorithm not allowed for this key"},
 		{errClaimMissing, "a session claim is missing"},

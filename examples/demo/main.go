@@ -143,7 +143,8 @@ func run(out io.Writer) error {
 	ctx := context.Background()
 	var failures []string
 	// step makes one call at login+at and prints a timeline line; want is
-	// "" for success or the reason the call must fail with.
+	// ok for success or the reason the call must fail with.
+	const ok interceptor.Reason = 0
 	step := func(c *client, at time.Duration, stream bool, want interceptor.Reason) {
 		clk.Set(c.start.Add(at))
 		before := c.swaps
@@ -156,19 +157,19 @@ func run(out io.Writer) error {
 			_, err = c.api.UnaryCall(ctx, &testpb.SimpleRequest{})
 		}
 		line := fmt.Sprintf("  %-8s %s call  ", "+"+hours(at), kind)
-		reason, _ := interceptor.ReasonOf(err)
+		reason, rejected := interceptor.ReasonOf(err)
 		switch {
 		case err == nil && c.swaps > before:
 			line += fmt.Sprintf("ok  renewed: expires at +%s", hours(c.holder.Expiry().Sub(c.start)))
 		case err == nil:
 			line += fmt.Sprintf("ok  no renewal due (expires at +%s)", hours(c.holder.Expiry().Sub(c.start)))
-		case reason != "":
-			line += "rejected: " + string(reason)
+		case rejected:
+			line += "rejected: " + interceptor.WireReason(reason)
 		default:
 			line += "error: " + err.Error()
 		}
 		fmt.Fprintln(out, line)
-		if (err == nil) != (want == "") || reason != want {
+		if (err == nil) != (want == ok) || reason != want {
 			failures = append(failures, fmt.Sprintf("%s at +%s: want %q, got %v", kind, hours(at), want, err))
 		}
 	}
@@ -191,7 +192,7 @@ func run(out io.Writer) error {
 		return err
 	}
 	for at := 10 * time.Hour; at <= 160*time.Hour; at += 10 * time.Hour {
-		step(c, at, at == 40*time.Hour, "")
+		step(c, at, at == 40*time.Hour, ok)
 	}
 	step(c, 170*time.Hour, false, interceptor.ReasonSessionExpired)
 	fmt.Fprintf(out, "  the client swapped in %d renewed tokens and never made a refresh call\n", c.swaps)
@@ -202,7 +203,7 @@ func run(out io.Writer) error {
 	if c, closeConn, err = newSession("2. A gap longer than the 24 h idle window ends the session"); err != nil {
 		return err
 	}
-	step(c, 5*time.Hour, false, "")
+	step(c, 5*time.Hour, false, ok)
 	step(c, 30*time.Hour, false, interceptor.ReasonTokenExpired)
 	closeConn()
 
@@ -211,7 +212,7 @@ func run(out io.Writer) error {
 	if c, closeConn, err = newSession("3. A revoked session is rejected at once"); err != nil {
 		return err
 	}
-	step(c, 1*time.Hour, false, "")
+	step(c, 1*time.Hour, false, ok)
 	revoked.Revoke(c.holder.SessionID(), c.start.Add(p.MaxLifetime))
 	fmt.Fprintf(out, "  %-8s the session is revoked\n", "+1h")
 	step(c, 2*time.Hour, false, interceptor.ReasonSessionRevoked)

@@ -1,0 +1,359 @@
+// Command server is slidejwt's example server: it serves demo.v1.DemoService
+// and slidejwt.v1.TokenService behind the session interceptors, plus the
+// standard gRPC health and reflection services, on a loopback address.
+//
+//	go run ./examples/server --ttl 3s --max-lifetime 8s
+//
+// Login, health and reflection are exempt from authentication. Every other
+// call needs "authorization: Bearer <access token>" and may get a renewed
+// token back in the "renewed-token" response metadata. The server logs one
+// line per login, renewal, refresh and rejection, and never a token.
+//
+// It serves plaintext gRPC, which is only fit for loopback: put TLS in
+// front of it (or add grpc.Creds) anywhere else.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "server:", err)
+		var fe *flagError
+		if errors.As(err, &fe) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// config is the parsed command line.
+type config struct {
+	addr         string
+	policy       interceptor.Policy
+	refreshTTL   time.Duration
+	refreshGrace time.Duration
+	leeway       time.Duration
+	secret       []byte // nil: generate one
+	issuer       string
+	audience     string
+	users        map[string]string
+}
+
+// flagError is a bad flag value; its message names the flag.
+type flagError struct {
+	flag string
+	msg  string
+}
+
+func (e *flagError) Error() string {
+	if e.flag == "" {
+		return e.msg
+	}
+	return "--" + e.flag + ": " + e.msg
+}
+
+// parseFlags parses and checks args. Every error names the flag at fault.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported in one line by the caller
+	addr := fs.String("addr", "127.0.0.1:50051", "listen address")
+	ttl := fs.Duration("ttl", interceptor.DefaultTTL, "idle window: an access token expires this long after it was minted")
+	maxLifetime := fs.Duration("max-lifetime", interceptor.DefaultMaxLifetime, "absolute session lifetime after login")
+	renewBefore := fs.Duration("renew-before", 0, "renew when the remaining lifetime is below this (default half of --ttl)")
+	refreshTTL := fs.Duration("refresh-ttl", interceptor.DefaultRefreshTTL, "idle lifetime of a refresh token")
+	refreshGrace := fs.Duration("refresh-grace", interceptor.DefaultRefreshGrace, "how long a retired refresh token still gets its successor")
+	secretFile := fs.String("secret-file", "", "file holding the HS256 key (a trailing newline is stripped); default: a random key")
+	issuer := fs.String("issuer", "slidejwt-demo", "token issuer (iss)")
+	audience := fs.String("audience", "demo", "token audience (aud)")
+	users := fs.String("users", "alice:alice-password", "comma-separated user:password pairs")
+	leeway := fs.Duration("leeway", interceptor.DefaultLeeway, "clock-skew allowance")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return config{}, err
+		}
+		return config{}, &flagError{"", err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return config{}, &flagError{"", fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	type durationFlag struct {
+		name string
+		d    time.Duration
+	}
+	for _, f := range []durationFlag{{"ttl", *ttl}, {"max-lifetime", *maxLifetime}, {"refresh-ttl", *refreshTTL}} {
+		if f.d < time.Second {
+			return config{}, &flagError{f.name, fmt.Sprintf("must be at least 1s, got %v", f.d)}
+		}
+	}
+	for _, f := range []durationFlag{{"renew-before", *renewBefore}, {"refresh-grace", *refreshGrace}, {"leeway", *leeway}} {
+		if f.d < 0 {
+			return config{}, &flagError{f.name, fmt.Sprintf("must not be negative, got %v", f.d)}
+		}
+	}
+	if !set["renew-before"] {
+		*renewBefore = *ttl / 2
+	}
+	switch {
+	case *renewBefore == 0:
+		return config{}, &flagError{"renew-before", "must be positive"}
+	case *renewBefore > *ttl:
+		return config{}, &flagError{"renew-before", fmt.Sprintf("%v is longer than --ttl %v", *renewBefore, *ttl)}
+	case *maxLifetime < *ttl:
+		return config{}, &flagError{"max-lifetime", fmt.Sprintf("%v is shorter than --ttl %v", *maxLifetime, *ttl)}
+	case *refreshGrace > *refreshTTL:
+		return config{}, &flagError{"refresh-grace", fmt.Sprintf("%v is longer than --refresh-ttl %v", *refreshGrace, *refreshTTL)}
+	case *leeway > 5*time.Minute:
+		return config{}, &flagError{"leeway", fmt.Sprintf("%v is more than 5m", *leeway)}
+	}
+
+	cfg := config{
+		addr:         *addr,
+		policy:       interceptor.Policy{TTL: *ttl, MaxLifetime: *maxLifetime, RenewBefore: *renewBefore},
+		refreshTTL:   *refreshTTL,
+		refreshGrace: *refreshGrace,
+		leeway:       *leeway,
+		issuer:       *issuer,
+		audience:     *audience,
+		users:        map[string]string{},
+	}
+	if *secretFile != "" {
+		b, err := os.ReadFile(*secretFile)
+		if err != nil {
+			return config{}, &flagError{"secret-file", err.Error()}
+		}
+		b = []byte(strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"))
+		if _, err := interceptor.NewKey("k", jwt.SigningMethodHS256, b); err != nil {
+			return config{}, &flagError{"secret-file", fmt.Sprintf("key has %d bytes, need at least 32", len(b))}
+		}
+		cfg.secret = b
+	}
+	for _, pair := range strings.Split(*users, ",") {
+		user, pass, ok := strings.Cut(pair, ":")
+		if !ok || user == "" || pass == "" {
+			return config{}, &flagError{"users", "want comma-separated user:password pairs"}
+		}
+		cfg.users[user] = pass
+	}
+	return cfg, nil
+}
+
+// run serves until ctx is done. Start-up errors are returned; the one for
+// a bad flag is a *flagError.
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+
+	secret, kid := cfg.secret, "file"
+	if secret == nil {
+		secret, kid = make([]byte, 32), "random"
+		if _, err := rand.Read(secret); err != nil {
+			return err
+		}
+	}
+	key, err := interceptor.NewKey(kid, jwt.SigningMethodHS256, secret)
+	if err != nil {
+		return err
+	}
+	keys, err := interceptor.NewKeySet(key)
+	if err != nil {
+		return err
+	}
+	sessions, err := interceptor.NewServer(keys,
+		interceptor.WithPolicy(cfg.policy),
+		interceptor.WithIssuer(cfg.issuer),
+		interceptor.WithAudience(cfg.audience),
+		interceptor.WithLeeway(cfg.leeway),
+		interceptor.WithSessionStore(&interceptor.MemorySessionStore{}),
+		interceptor.WithRefreshTTL(cfg.refreshTTL),
+		interceptor.WithRefreshGrace(cfg.refreshGrace),
+		interceptor.WithExemptMethods(demov1.DemoService_Login_FullMethodName),
+		interceptor.WithEventHook(logEvent(log)),
+	)
+	if err != nil {
+		return err
+	}
+
+	// Health and reflection are exempt through go-grpc-middleware's
+	// selector; Login through WithExemptMethods above. Either way works.
+	authenticated := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.Service != healthpb.Health_ServiceDesc.ServiceName && !strings.HasPrefix(c.Service, "grpc.reflection.")
+	})
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(selector.UnaryServerInterceptor(sessions.UnaryServerInterceptor(), authenticated)),
+		grpc.ChainStreamInterceptor(selector.StreamServerInterceptor(sessions.StreamServerInterceptor(), authenticated)),
+	)
+	demov1.RegisterDemoServiceServer(srv, &demoService{sessions: sessions, users: cfg.users, log: log})
+	slidejwtv1.RegisterTokenServiceServer(srv, sessions.TokenService())
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	reflection.Register(srv)
+
+	lis, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return &flagError{"addr", err.Error()}
+	}
+	p := sessions.Policy()
+	log.Info("listening", "addr", lis.Addr().String(), "ttl", p.TTL, "max_lifetime", p.MaxLifetime,
+		"renew_before", p.RenewBefore, "refresh_ttl", cfg.refreshTTL, "key", kid)
+
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			srv.Stop()
+		}
+		log.Info("stopped")
+		return nil
+	}
+}
+
+// logEvent logs one line per login, renewal, refresh, revocation and
+// rejection. Events carry no token, so nothing here can print one.
+func logEvent(log *slog.Logger) func(context.Context, interceptor.Event) {
+	return func(ctx context.Context, e interceptor.Event) {
+		switch e.Kind {
+		case interceptor.EventSessionStarted:
+			log.InfoContext(ctx, "login", "sub", e.Subject, "sid", e.SessionID, "exp", e.Expiry)
+		case interceptor.EventRenewed:
+			log.InfoContext(ctx, "renewed", "method", e.Method, "sub", e.Subject, "sid", e.SessionID, "exp", e.Expiry)
+		case interceptor.EventRefreshed:
+			log.InfoContext(ctx, "refreshed", "sub", e.Subject, "sid", e.SessionID, "exp", e.Expiry)
+		case interceptor.EventRevoked:
+			log.InfoContext(ctx, "revoked", "sid", e.SessionID)
+		case interceptor.EventRenewalFailed:
+			log.WarnContext(ctx, "renewal failed", "method", e.Method, "sid", e.SessionID, "err", e.Err)
+		case interceptor.EventRejected:
+			log.InfoContext(ctx, "rejected", "method", e.Method, "reason", interceptor.WireReason(e.Reason), "sid", e.SessionID, "err", e.Err)
+		}
+	}
+}
+
+// demoService implements demo.v1.DemoService.
+type demoService struct {
+	demov1.UnimplementedDemoServiceServer
+	sessions *interceptor.Server
+	users    map[string]string
+	log      *slog.Logger
+}
+
+// Login checks the password in constant time and starts a session.
+func (d *demoService) Login(ctx context.Context, req *demov1.LoginRequest) (*demov1.LoginResponse, error) {
+	want, known := d.users[req.GetUsername()]
+	if !known {
+		want = "\x00" // compare anyway, so that timing does not reveal which users exist
+	}
+	if subtle.ConstantTimeCompare([]byte(want), []byte(req.GetPassword())) != 1 || !known {
+		d.log.InfoContext(ctx, "login failed", "user", req.GetUsername())
+		return nil, status.Error(codes.Unauthenticated, "invalid username or password")
+	}
+	s, err := d.sessions.StartSession(ctx, req.GetUsername(), nil)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "cannot start session")
+	}
+	return &demov1.LoginResponse{Tokens: s.TokenPair()}, nil
+}
+
+// Echo returns the message and the caller's subject.
+func (d *demoService) Echo(ctx context.Context, req *demov1.EchoRequest) (*demov1.EchoResponse, error) {
+	return &demov1.EchoResponse{Message: req.GetMessage(), Subject: subject(ctx)}, nil
+}
+
+// Limits of Watch, so that one request cannot hold the server forever.
+const (
+	maxWatchCount    = 1000
+	maxWatchInterval = time.Minute
+)
+
+// Watch sends count messages, interval apart.
+func (d *demoService) Watch(req *demov1.WatchRequest, stream grpc.ServerStreamingServer[demov1.WatchResponse]) error {
+	count, interval := req.GetCount(), req.GetInterval().AsDuration()
+	if count < 0 || count > maxWatchCount || interval < 0 || interval > maxWatchInterval {
+		return status.Errorf(codes.InvalidArgument, "count must be in [0, %d] and interval in [0, %v]", maxWatchCount, maxWatchInterval)
+	}
+	sub := subject(stream.Context())
+	for i := int32(1); i <= count; i++ {
+		if i > 1 && interval > 0 {
+			select {
+			case <-time.After(interval):
+			case <-stream.Context().Done():
+				return status.FromContextError(stream.Context().Err()).Err()
+			}
+		}
+		if err := stream.Send(&demov1.WatchResponse{Sequence: i, Subject: sub}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Chat echoes every message with the caller's subject.
+func (d *demoService) Chat(stream grpc.BidiStreamingServer[demov1.ChatMessage, demov1.ChatMessage]) error {
+	sub := subject(stream.Context())
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&demov1.ChatMessage{Text: msg.GetText(), Subject: sub}); err != nil {
+			return err
+		}
+	}
+}
+
+func subject(ctx context.Context) string {
+	if c, ok := interceptor.ClaimsFromContext(ctx); ok {
+		return c.Subject
+	}
+	return ""
+}

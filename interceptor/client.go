@@ -317,7 +317,10 @@ func (s *clientStream) Header() (metadata.MD, error) {
 			return md, rerr
 		}
 	}
-	if err == nil {
+	// A nil header with a nil error is a stream that ended without one
+	// (a trailers-only rejection, say): no response yet, and RecvMsg will
+	// report the status and may still reopen.
+	if err == nil && md != nil {
 		s.commit()
 		s.h.pick(md)
 	}

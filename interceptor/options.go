@@ -49,6 +49,7 @@ type serverConfig struct {
 	store         SessionStore
 	refreshTTL    time.Duration
 	refreshGrace  time.Duration
+	cacheSize     int
 }
 
 func defaultServerConfig() serverConfig {
@@ -59,6 +60,7 @@ func defaultServerConfig() serverConfig {
 		maxTokenSize:  DefaultMaxTokenSize,
 		refreshTTL:    DefaultRefreshTTL,
 		refreshGrace:  DefaultRefreshGrace,
+		cacheSize:     DefaultCacheSize,
 	}
 }
 
@@ -82,6 +84,9 @@ func (c *serverConfig) validate() error {
 	}
 	if c.maxTokenSize < 256 {
 		return fmt.Errorf("%w: max token size %d is below 256 bytes", ErrInvalidOption, c.maxTokenSize)
+	}
+	if c.cacheSize < 0 {
+		return fmt.Errorf("%w: cache size %d is negative", ErrInvalidOption, c.cacheSize)
 	}
 	if c.refreshTTL < time.Second {
 		return fmt.Errorf("%w: refresh TTL %v is below one second", ErrInvalidOption, c.refreshTTL)
@@ -207,6 +212,17 @@ func WithRefreshTTL(d time.Duration) ServerOption {
 // session. Default [DefaultRefreshGrace]; 0 treats any reuse as theft.
 func WithRefreshGrace(d time.Duration) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.refreshGrace = d })
+}
+
+// WithCacheSize bounds the verified-token cache and the renewal
+// de-duplication, each to about n entries. A token that verified once is
+// not verified again while it is valid (its signature is the costly part;
+// the session end and the revocation list are still checked on every
+// request), and requests presenting the same token while its renewal is
+// due share one renewed token. Default [DefaultCacheSize]; 0 turns both
+// off. Memory is about n × (token size + 1 KiB) at most.
+func WithCacheSize(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.cacheSize = n })
 }
 
 // WithExemptMethods names full methods ("/pkg.Service/Method") that skip

@@ -21,6 +21,9 @@ const (
 	// DefaultMaxTokenSize bounds the length of a presented token before it
 	// is parsed, and of every token this package mints.
 	DefaultMaxTokenSize = 8 << 10
+	// DefaultCacheSize bounds the verified-token cache and the renewal
+	// de-duplication (see [WithCacheSize]).
+	DefaultCacheSize = 10000
 	// DefaultRefreshTTL is the idle lifetime of a refresh token.
 	DefaultRefreshTTL = 7 * 24 * time.Hour
 	// DefaultRefreshGrace is how long a retired refresh token still gets

@@ -53,7 +53,9 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, err
 	}
 	c, aerr := s.ver.Load().verifyRefresh(raw)
 	now := s.cfg.now()
-	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
+	// From the session's end on, no leeway: any token minted now would
+	// expire no later than it is issued.
+	if c != nil && !now.Before(s.cfg.policy.SessionEnd(c.AuthTime.Time)) {
 		return Session{}, c, reject(ReasonSessionExpired, "")
 	}
 	if aerr != nil {

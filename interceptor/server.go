@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -260,8 +261,8 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 	if !isCompactJWS(raw) {
 		return nil, reject(ReasonTokenInvalid, "malformed token")
 	}
-	c, aerr := s.ver.Load().verify(raw)
 	now := s.cfg.now()
+	c, aerr := s.ver.Load().verifyCached(raw, now)
 	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
 		return c, reject(ReasonSessionExpired, "")
 	}
@@ -283,19 +284,43 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 // renew mints the renewed token for the verified claims c, and its exp,
 // when the policy says one is due; it returns "" otherwise. Everything but
 // exp, iat, jti and the freshness marker is copied from c.
+//
+// Requests presenting the same token (same jti) while its renewal is due
+// share one renewed token: one signature per token per renewal, not one
+// per request.
 func (s *Server) renew(c *Claims) (string, time.Time, error) {
 	now := s.cfg.now()
 	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
 	if !d.Renew {
 		return "", time.Time{}, nil
 	}
-	next := *c
-	next.ExpiresAt = jwt.NewNumericDate(d.Expiry)
-	next.IssuedAt = jwt.NewNumericDate(now)
-	next.ID = randomID()
-	next.Fresh = false
-	tok, err := s.sign(&next, accessTokenType)
-	return tok, d.Expiry, err
+	mint := func() (string, time.Time, error) {
+		next := *c
+		next.ExpiresAt = jwt.NewNumericDate(d.Expiry)
+		next.IssuedAt = jwt.NewNumericDate(now)
+		next.ID = randomID()
+		next.Fresh = false
+		tok, err := s.sign(&next, accessTokenType)
+		return tok, d.Expiry, err
+	}
+	v := s.ver.Load()
+	if v.renewals == nil {
+		return mint()
+	}
+	// The presented token is dead at exp + leeway, and so is its entry.
+	r := v.renewals.getOrPut(c.ID, now, func() (*renewal, time.Time) {
+		return new(renewal), c.ExpiresAt.Add(s.cfg.leeway)
+	})
+	r.once.Do(func() { r.tok, r.exp, r.err = mint() })
+	return r.tok, r.exp, r.err
+}
+
+// renewal is the one renewed token minted for a presented token.
+type renewal struct {
+	once sync.Once
+	tok  string
+	exp  time.Time
+	err  error
 }
 
 func (s *Server) exempt(method string) bool {

@@ -45,12 +45,22 @@ func isCompactJWS(raw string) bool {
 	return true
 }
 
-// verifier checks a presented token against one key set. It is immutable.
+// verifier checks a presented token against one key set. Its caches
+// belong to that key set: rotating keys starts new ones.
 type verifier struct {
 	keys       *KeySet
 	parser     *jwt.Parser
 	accessKey  jwt.Keyfunc
 	refreshKey jwt.Keyfunc
+	leeway     time.Duration
+
+	// verified maps a token, byte for byte, to its verified claims. Keyed
+	// on the exact string, a re-encoded or malleated copy is a miss and is
+	// verified on its own. Failures are never stored. nil when disabled.
+	verified *boundedCache[*Claims]
+	// renewals maps a presented token's jti to its renewal; nil when
+	// disabled.
+	renewals *boundedCache[*renewal]
 }
 
 func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
@@ -68,12 +78,18 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 	if len(cfg.audience) > 0 {
 		opts = append(opts, jwt.WithAudience(cfg.audience...))
 	}
-	return &verifier{
+	v := &verifier{
 		keys:       ks,
 		parser:     jwt.NewParser(opts...),
 		accessKey:  ks.keyFunc(accessTokenType),
 		refreshKey: ks.keyFunc(refreshTokenType),
+		leeway:     cfg.leeway,
 	}
+	if cfg.cacheSize > 0 {
+		v.verified = newBoundedCache[*Claims](cfg.cacheSize)
+		v.renewals = newBoundedCache[*renewal](cfg.cacheSize)
+	}
+	return v
 }
 
 // verify parses raw and returns its claims, or a rejection. A token whose
@@ -82,6 +98,26 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 // token from a lapsed session.
 func (v *verifier) verify(raw string) (*Claims, *authError) {
 	return v.parse(raw, v.accessKey)
+}
+
+// verifyCached is verify with the verified-token cache. A hit is accepted
+// exactly when verify would accept the token at now: the cached claims
+// already passed every rule that does not depend on time, and the two that
+// do (exp, and iat not in the future) are checked again here. The caller
+// still applies the session end and the revocation list on every request.
+func (v *verifier) verifyCached(raw string, now time.Time) (*Claims, *authError) {
+	if v.verified == nil {
+		return v.verify(raw)
+	}
+	if c, ok := v.verified.get(raw, now); ok && !now.Before(c.IssuedAt.Add(-v.leeway)) {
+		return c, nil
+	}
+	c, err := v.verify(raw)
+	if err == nil {
+		// jwt accepts while now < exp + leeway; the entry dies then.
+		v.verified.put(raw, c, c.ExpiresAt.Add(v.leeway))
+	}
+	return c, err
 }
 
 // verifyRefresh is verify for a refresh token.

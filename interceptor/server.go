@@ -266,10 +266,10 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
 		return c, reject(ReasonSessionExpired, "")
 	}
-	if aerr != nil {
-		return c, aerr
-	}
-	if s.cfg.revocations != nil {
+	// c is nil only when the token is invalid; an expired token's verified
+	// claims are checked against the revocation list too, so that a client
+	// is told SESSION_REVOKED rather than invited to refresh.
+	if c != nil && s.cfg.revocations != nil {
 		revoked, err := s.cfg.revocations.IsRevoked(ctx, c.SessionID)
 		if err != nil {
 			return c, status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
@@ -277,6 +277,9 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 		if revoked {
 			return c, reject(ReasonSessionRevoked, "")
 		}
+	}
+	if aerr != nil {
+		return c, aerr
 	}
 	return c, nil
 }

@@ -5,6 +5,8 @@
 //   - steady activity still ends at the 168 h absolute maximum
 //     (SESSION_EXPIRED);
 //   - a gap longer than the 24 h idle window ends a session (TOKEN_EXPIRED);
+//   - with a refresh token, such a lapsed session is restored by one
+//     transparent refresh and retry;
 //   - a revoked session is rejected (SESSION_REVOKED).
 //
 // It exits 0 when every step behaved as described, and 1 otherwise.
@@ -29,6 +31,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/test/bufconn"
 
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
 )
 
@@ -73,7 +76,8 @@ func run(out io.Writer) error {
 	clk := &clock{now: login}
 
 	// Server: one HS256 key, the default policy (24 h idle, 168 h cap,
-	// renewal in the last 12 h), and an in-memory revocation list.
+	// renewal in the last 12 h), and an in-memory session store for refresh
+	// tokens and revocation.
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
 		return err
@@ -86,11 +90,10 @@ func run(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	revoked := &interceptor.MemoryRevocationList{Now: clk.Now}
 	sessions, err := interceptor.NewServer(keys,
 		interceptor.WithIssuer("slidejwt-demo"),
 		interceptor.WithAudience("demo"),
-		interceptor.WithRevocationList(revoked),
+		interceptor.WithSessionStore(&interceptor.MemorySessionStore{Now: clk.Now}),
 		interceptor.WithClock(clk.Now),
 	)
 	if err != nil {
@@ -101,6 +104,7 @@ func run(out io.Writer) error {
 		grpc.ChainStreamInterceptor(sessions.StreamServerInterceptor()),
 	)
 	testpb.RegisterTestServiceServer(srv, service{})
+	slidejwtv1.RegisterTokenServiceServer(srv, sessions.TokenService())
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
@@ -113,17 +117,26 @@ func run(out io.Writer) error {
 	// token and swap in renewals. The demo's in-memory pipe has no TLS,
 	// hence AllowInsecureTransport; a real client omits it.
 	type client struct {
-		api    testpb.TestServiceClient
-		holder *interceptor.TokenHolder
-		start  time.Time
-		swaps  int
+		api       testpb.TestServiceClient
+		holder    *interceptor.TokenHolder
+		start     time.Time
+		swaps     int
+		refreshes int
 	}
-	connect := func(tok string, start time.Time) (*client, func(), error) {
-		c := &client{start: start}
-		holder, err := interceptor.NewTokenHolder(tok,
+	// connect builds a client for session s; withRefresh gives it the
+	// session's refresh token.
+	connect := func(s interceptor.Session, withRefresh bool) (*client, func(), error) {
+		c := &client{start: s.AuthTime}
+		opts := []interceptor.ClientOption{
 			interceptor.AllowInsecureTransport(),
+			interceptor.WithClock(clk.Now),
 			interceptor.OnSwap(func(_ string, _ time.Time) { c.swaps++ }),
-		)
+			interceptor.OnRefresh(func(*slidejwtv1.TokenPair) { c.refreshes++ }),
+		}
+		if withRefresh {
+			opts = append(opts, interceptor.WithRefreshToken(s.RefreshToken))
+		}
+		holder, err := interceptor.NewTokenHolder(s.AccessToken, opts...)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -147,7 +160,7 @@ func run(out io.Writer) error {
 	const ok interceptor.Reason = 0
 	step := func(c *client, at time.Duration, stream bool, want interceptor.Reason) {
 		clk.Set(c.start.Add(at))
-		before := c.swaps
+		before, refreshesBefore := c.swaps, c.refreshes
 		kind := "unary "
 		var err error
 		if stream {
@@ -159,6 +172,8 @@ func run(out io.Writer) error {
 		line := fmt.Sprintf("  %-8s %s call  ", "+"+hours(at), kind)
 		reason, rejected := interceptor.ReasonOf(err)
 		switch {
+		case err == nil && c.refreshes > refreshesBefore:
+			line += fmt.Sprintf("ok  after a transparent refresh and retry: expires at +%s", hours(c.holder.Expiry().Sub(c.start)))
 		case err == nil && c.swaps > before:
 			line += fmt.Sprintf("ok  renewed: expires at +%s", hours(c.holder.Expiry().Sub(c.start)))
 		case err == nil:
@@ -173,7 +188,7 @@ func run(out io.Writer) error {
 			failures = append(failures, fmt.Sprintf("%s at +%s: want %q, got %v", kind, hours(at), want, err))
 		}
 	}
-	newSession := func(title string) (*client, func(), error) {
+	newSession := func(title string, withRefresh bool) (*client, func(), error) {
 		fmt.Fprintf(out, "\n%s\n", title)
 		start := clk.Now()
 		s, err := sessions.StartSession(ctx, "alice", map[string]any{"plan": "pro"})
@@ -182,12 +197,12 @@ func run(out io.Writer) error {
 		}
 		fmt.Fprintf(out, "  %-8s login            session started: expires at +%s, ends by +%s at the latest\n",
 			"+0h", hours(s.Expiry.Sub(start)), hours(s.End.Sub(start)))
-		return connect(s.AccessToken, start)
+		return connect(s, withRefresh)
 	}
 
 	// 1. Steady activity: a call every 10 hours slides the expiry forward
 	// until the absolute maximum ends the session.
-	c, closeConn, err := newSession("1. Steady activity every 10 h: the session slides, then ends at the 168 h maximum")
+	c, closeConn, err := newSession("1. Steady activity every 10 h: the session slides, then ends at the 168 h maximum", false)
 	if err != nil {
 		return err
 	}
@@ -200,22 +215,36 @@ func run(out io.Writer) error {
 
 	// 2. Idle longer than the 24 h window.
 	clk.Set(login.Add(200 * time.Hour))
-	if c, closeConn, err = newSession("2. A gap longer than the 24 h idle window ends the session"); err != nil {
+	if c, closeConn, err = newSession("2. A gap longer than the 24 h idle window ends the session", false); err != nil {
 		return err
 	}
 	step(c, 5*time.Hour, false, ok)
 	step(c, 30*time.Hour, false, interceptor.ReasonTokenExpired)
 	closeConn()
 
-	// 3. Revocation (a logout, or a stolen token reported).
-	clk.Set(login.Add(400 * time.Hour))
-	if c, closeConn, err = newSession("3. A revoked session is rejected at once"); err != nil {
+	// 3. The same gap, but the client holds the session's refresh token.
+	clk.Set(login.Add(300 * time.Hour))
+	if c, closeConn, err = newSession("3. The same gap with a refresh token: one transparent refresh and retry", true); err != nil {
+		return err
+	}
+	step(c, 5*time.Hour, false, ok)
+	step(c, 30*time.Hour, false, ok)
+	step(c, 40*time.Hour, true, ok)
+	fmt.Fprintf(out, "  the client refreshed %d time(s) inside its interceptor; the caller made no refresh call\n", c.refreshes)
+	closeConn()
+
+	// 4. Revocation (a logout, or a stolen token reported).
+	clk.Set(login.Add(500 * time.Hour))
+	if c, closeConn, err = newSession("4. A revoked session is rejected at once, refresh token or not", true); err != nil {
 		return err
 	}
 	step(c, 1*time.Hour, false, ok)
-	revoked.Revoke(c.holder.SessionID(), c.start.Add(p.MaxLifetime))
+	if err := sessions.RevokeSession(ctx, c.holder.SessionID()); err != nil {
+		return err
+	}
 	fmt.Fprintf(out, "  %-8s the session is revoked\n", "+1h")
 	step(c, 2*time.Hour, false, interceptor.ReasonSessionRevoked)
+	step(c, 30*time.Hour, false, interceptor.ReasonSessionRevoked)
 	closeConn()
 
 	if len(failures) > 0 {

@@ -19,7 +19,10 @@ func TestRun(t *testing.T) {
 		"+160h    unary  call  ok  renewed: expires at +168h",
 		"+170h    unary  call  rejected: SESSION_EXPIRED",
 		"+30h     unary  call  rejected: TOKEN_EXPIRED",
+		"+30h     unary  call  ok  after a transparent refresh and retry: expires at +54h",
+		"the client refreshed 1 time(s)",
 		"+2h      unary  call  rejected: SESSION_REVOKED",
+		"+30h     unary  call  rejected: SESSION_REVOKED",
 		"swapped in 8 renewed tokens",
 		"all steps behaved as expected",
 	} {

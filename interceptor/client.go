@@ -310,16 +310,10 @@ func (s *clientStream) CloseSend() error {
 // renewed token from it.
 func (s *clientStream) Header() (metadata.MD, error) {
 	md, err := s.current().Header()
-	if err != nil {
-		if reopened, rerr := s.reopen(err); reopened {
-			md, err = s.current().Header()
-		} else if rerr != nil {
-			return md, rerr
-		}
-	}
-	// A nil header with a nil error is a stream that ended without one
-	// (a trailers-only rejection, say): no response yet, and RecvMsg will
-	// report the status and may still reopen.
+	// grpc-go reports a failed stream from RecvMsg, not from Header: a nil
+	// header with a nil error is a stream that ended without one (a
+	// trailers-only rejection, say). No response yet, so RecvMsg may still
+	// reopen it.
 	if err == nil && md != nil {
 		s.commit()
 		s.h.pick(md)

@@ -2,10 +2,11 @@ package interceptor
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 )
@@ -202,20 +203,21 @@ func (h *TokenHolder) doRefresh(ctx context.Context, cc *grpc.ClientConn, seen *
 }
 
 // install swaps in a refreshed token pair. The access token must name the
-// same session and subject, and must not expire before the one held.
+// same session and subject, and must not expire before the one held. Its
+// errors are codes.Internal statuses: the token service misbehaved.
 func (h *TokenHolder) install(pair *slidejwtv1.TokenPair) error {
 	t, err := h.decode(pair.GetAccessToken())
 	if err != nil {
-		return fmt.Errorf("slidejwt: refresh returned %w", err)
+		return status.Errorf(codes.Internal, "slidejwt: refresh returned %v", err)
 	}
 	if pair.GetRefreshToken() == "" {
-		return fmt.Errorf("slidejwt: refresh returned no refresh token")
+		return status.Error(codes.Internal, "slidejwt: refresh returned no refresh token")
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old := h.cur.Load()
 	if t.sid != old.sid || t.sub != old.sub {
-		return fmt.Errorf("slidejwt: refresh returned a token of another session")
+		return status.Error(codes.Internal, "slidejwt: refresh returned a token of another session")
 	}
 	if t.exp.Before(old.exp) {
 		// A renewal that arrived meanwhile is newer; keep it, but take the

@@ -1,0 +1,997 @@
+package interceptor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+)
+
+// crfWait bounds every wait of these tests, so that a deadlock fails the
+// test instead of hanging it. It is never a timing assertion.
+const crfWait = 10 * time.Second
+
+// crfHooks records a holder's OnSwap and OnRefresh calls.
+type crfHooks struct {
+	mu        sync.Mutex
+	swaps     []string
+	refreshes []*slidejwtv1.TokenPair
+}
+
+func (k *crfHooks) onSwap(tok string, _ time.Time) {
+	k.mu.Lock()
+	k.swaps = append(k.swaps, tok)
+	k.mu.Unlock()
+}
+
+func (k *crfHooks) onRefresh(p *slidejwtv1.TokenPair) {
+	k.mu.Lock()
+	k.refreshes = append(k.refreshes, p)
+	k.mu.Unlock()
+}
+
+func (k *crfHooks) counts() (swaps, refreshes int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.swaps), len(k.refreshes)
+}
+
+// lastRefresh returns the pair of the last OnRefresh call, or nil.
+func (k *crfHooks) lastRefresh() *slidejwtv1.TokenPair {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.refreshes) == 0 {
+		return nil
+	}
+	return k.refreshes[len(k.refreshes)-1]
+}
+
+// crfHolder returns a TestService client whose calls go through a holder
+// for s with s's refresh token, on the env's clock, and the holder's hooks.
+// Without a WithRefresher in opts, the holder refreshes on the same
+// connection.
+func crfHolder(t testing.TB, e *refreshEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
+	t.Helper()
+	hooks := new(crfHooks)
+	all := append([]ClientOption{
+		AllowInsecureTransport(),
+		WithClock(e.clock.Now),
+		WithRefreshToken(s.RefreshToken),
+		OnSwap(hooks.onSwap),
+		OnRefresh(hooks.onRefresh),
+	}, opts...)
+	h, err := NewTokenHolder(s.AccessToken, all...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := e.dial(t,
+		grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
+	return testpb.NewTestServiceClient(conn), h, hooks
+}
+
+// crfRefresher is a counting Refresher. By default it calls the env's
+// TokenService on a connection of its own.
+type crfRefresher struct {
+	calls   atomic.Int64
+	started chan struct{} // if non-nil, gets a value as each call starts
+	release chan struct{} // if non-nil, each call waits until it is closed
+	err     error         // if non-nil, returned instead of refreshing
+	pair    func(refreshToken string) (*slidejwtv1.TokenPair, error)
+	next    Refresher
+}
+
+func (r *crfRefresher) Refresh(ctx context.Context, rt string) (*slidejwtv1.TokenPair, error) {
+	r.calls.Add(1)
+	if r.started != nil {
+		r.started <- struct{}{}
+	}
+	if r.release != nil {
+		select {
+		case <-r.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	switch {
+	case r.err != nil:
+		return nil, r.err
+	case r.pair != nil:
+		return r.pair(rt)
+	}
+	return r.next.Refresh(ctx, rt)
+}
+
+// crfNewRefresher returns a crfRefresher that refreshes through e.
+func crfNewRefresher(t testing.TB, e *refreshEnv) *crfRefresher {
+	t.Helper()
+	_, tc := e.clients(t)
+	return &crfRefresher{next: TokenServiceRefresher(tc)}
+}
+
+// crfCtx is a context bounded by crfWait.
+func crfCtx(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), crfWait)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// crfUnary makes one UnaryCall through c.
+func crfUnary(t testing.TB, c testpb.TestServiceClient) error {
+	t.Helper()
+	_, err := c.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+	return err
+}
+
+// crfServerStream opens a StreamingOutputCall asking for n messages and
+// returns how many arrived and the stream's final error (nil on io.EOF).
+func crfServerStream(t testing.TB, c testpb.TestServiceClient, n int) (int, error) {
+	t.Helper()
+	params := make([]*testpb.ResponseParameters, n)
+	for i := range params {
+		params[i] = &testpb.ResponseParameters{}
+	}
+	st, err := c.StreamingOutputCall(crfCtx(t), &testpb.StreamingOutputCallRequest{
+		ResponseParameters: params,
+		Payload:            &testpb.Payload{Body: []byte("x")},
+	})
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for {
+		if _, err := st.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return got, nil
+			}
+			return got, err
+		}
+		got++
+	}
+}
+
+// crfLapse moves the clock one tick past the point where the server
+// rejects s's access token as expired, well before its refresh token
+// lapses.
+func crfLapse(e *refreshEnv, s Session) {
+	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Nanosecond))
+}
+
+// crfWantCalls fails unless method reached the server n times.
+func crfWantCalls(t testing.TB, e *refreshEnv, method string, n int) {
+	t.Helper()
+	if got, _ := e.log.calls(method); got != n {
+		t.Fatalf("%s reached the server %d times, want %d", method, got, n)
+	}
+}
+
+// crfWantRefreshes fails unless the server answered n Refresh calls.
+func crfWantRefreshes(t testing.TB, e *refreshEnv, n int) {
+	t.Helper()
+	if got := e.log.refreshes(); got != n {
+		t.Fatalf("server answered %d Refresh calls, want %d", got, n)
+	}
+}
+
+// TestClientRefresh_ReactiveUnary: a unary call whose access token lapsed
+// is refreshed and retried once, transparently.
+func TestClientRefresh_ReactiveUnary(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0))
+	crfLapse(e, s)
+
+	if err := crfUnary(t, c); err != nil {
+		t.Fatalf("call with a lapsed token: %v", err)
+	}
+	crfWantRefreshes(t, e, 1)
+	if got := e.log.count(EventRefreshed, refreshMethod); got != 1 {
+		t.Fatalf("%d successful refreshes, want 1", got)
+	}
+	crfWantCalls(t, e, refreshUnaryMethod, 2)
+	if rejected, handled := e.log.count(EventRejected, refreshUnaryMethod), e.svc.calls.Load(); rejected != 1 || handled != 1 {
+		t.Fatalf("UnaryCall: %d rejected, %d handled; want 1, 1", rejected, handled)
+	}
+	swaps, refreshes := hooks.counts()
+	if swaps != 1 || refreshes != 1 {
+		t.Fatalf("OnSwap called %d times, OnRefresh %d; want 1, 1", swaps, refreshes)
+	}
+	p := hooks.lastRefresh()
+	if h.Token() != p.GetAccessToken() || h.RefreshToken() != p.GetRefreshToken() {
+		t.Fatal("holder does not hold the refreshed pair")
+	}
+	if h.Token() == s.AccessToken || h.RefreshToken() == s.RefreshToken {
+		t.Fatal("holder still holds the old tokens")
+	}
+	if !h.Expiry().Equal(p.GetAccessTokenExpiresAt().AsTime()) {
+		t.Fatalf("Expiry = %v, want %v", h.Expiry(), p.GetAccessTokenExpiresAt().AsTime())
+	}
+	if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, p.GetAccessToken()) {
+		t.Fatal("the retry did not carry the refreshed access token")
+	}
+
+	// The next call goes straight through with the new token.
+	if err := crfUnary(t, c); err != nil {
+		t.Fatal(err)
+	}
+	crfWantRefreshes(t, e, 1)
+	crfWantCalls(t, e, refreshUnaryMethod, 3)
+}
+
+// TestClientRefresh_NoRefreshForOtherRejections: rejections that a refresh
+// cannot cure go to the caller as they came, with no refresh and no retry.
+func TestClientRefresh_NoRefreshForOtherRejections(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, e *refreshEnv) Session
+		want  Reason
+	}{
+		{"session expired", func(t *testing.T, e *refreshEnv) Session {
+			s := e.start(t, nil)
+			e.clock.Set(s.End.Add(DefaultLeeway))
+			return s
+		}, ReasonSessionExpired},
+		{"session revoked", func(t *testing.T, e *refreshEnv) Session {
+			s := e.start(t, nil)
+			if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}, ReasonSessionRevoked},
+		{"token invalid", func(t *testing.T, e *refreshEnv) Session {
+			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&MemorySessionStore{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := other.StartSession(context.Background(), "alice", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}, ReasonTokenInvalid},
+	} {
+		for _, kind := range []string{"unary", "server-stream"} {
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				e := refreshNewEnv(t, refreshEnvConfig{})
+				s := tc.setup(t, e)
+				r := crfNewRefresher(t, e)
+				c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+				method := refreshUnaryMethod
+				var err error
+				if kind == "unary" {
+					err = crfUnary(t, c)
+				} else {
+					method = refreshOutMethod
+					_, err = crfServerStream(t, c, 1)
+				}
+				wantReason(t, err, tc.want)
+				if n := r.calls.Load(); n != 0 {
+					t.Fatalf("refresher called %d times, want 0", n)
+				}
+				crfWantRefreshes(t, e, 0)
+				crfWantCalls(t, e, method, 1)
+				if swaps, refreshes := hooks.counts(); swaps+refreshes != 0 || h.Token() != s.AccessToken {
+					t.Fatal("holder's tokens changed")
+				}
+			})
+		}
+	}
+}
+
+// TestClientRefresh_FailedRefresh: a refresh that fails returns its error
+// and the call is not retried. A rejected refresh is remembered for that
+// token generation; a transient failure is tried again on the next call.
+func TestClientRefresh_FailedRefresh(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []ServerOption
+		// setup prepares the session so that its refresh fails; it may
+		// replace the refresher's behaviour.
+		setup      func(t *testing.T, e *refreshEnv, s Session, r *crfRefresher)
+		wantReason Reason     // if set
+		wantCode   codes.Code // otherwise
+		wantSecond int64      // refresher calls after a second call
+	}{
+		{"refresh token reused", nil, func(t *testing.T, e *refreshEnv, s Session, _ *crfRefresher) {
+			// Someone else rotated the token long ago: reuse after the
+			// grace period revokes the session.
+			_, tc := e.clients(t)
+			refreshMust(t, tc, s.RefreshToken)
+		}, ReasonSessionRevoked, 0, 1},
+		{"refresh token lapsed", []ServerOption{WithRefreshTTL(time.Hour)}, nil, ReasonSessionExpired, 0, 1},
+		{"refresher rejects", nil, func(_ *testing.T, _ *refreshEnv, _ Session, r *crfRefresher) {
+			r.err = reject(ReasonTokenInvalid, "")
+		}, ReasonTokenInvalid, 0, 1},
+		{"refresher unavailable", nil, func(_ *testing.T, _ *refreshEnv, _ Session, r *crfRefresher) {
+			r.err = status.Error(codes.Unavailable, "token service down")
+		}, noReason, codes.Unavailable, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
+			s := e.start(t, nil)
+			r := crfNewRefresher(t, e)
+			if tc.setup != nil {
+				tc.setup(t, e, s, r)
+			}
+			refreshesBefore := e.log.refreshes()
+			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+			crfLapse(e, s)
+
+			check := func(err error) {
+				t.Helper()
+				if tc.wantReason != noReason {
+					wantReason(t, err, tc.wantReason)
+				} else {
+					refreshWantCode(t, err, tc.wantCode)
+				}
+			}
+			check(crfUnary(t, c))
+			if n := r.calls.Load(); n != 1 {
+				t.Fatalf("refresher called %d times, want 1", n)
+			}
+			crfWantCalls(t, e, refreshUnaryMethod, 1)
+			if e.svc.calls.Load() != 0 {
+				t.Fatal("handler ran")
+			}
+			if swaps, refreshes := hooks.counts(); swaps+refreshes != 0 || h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder's tokens changed after a failed refresh")
+			}
+
+			check(crfUnary(t, c))
+			if n := r.calls.Load(); n != tc.wantSecond {
+				t.Fatalf("after a second call: refresher called %d times, want %d", n, tc.wantSecond)
+			}
+			crfWantCalls(t, e, refreshUnaryMethod, 2)
+			// Only the refresher's own calls reached TokenService.
+			if got := e.log.refreshes() - refreshesBefore; r.err == nil && got != 1 {
+				t.Fatalf("server answered %d Refresh calls from the holder, want 1", got)
+			}
+		})
+	}
+}
+
+// TestClientRefresh_RetriedOnce: when the refreshed token is rejected with
+// TOKEN_EXPIRED again, the error goes to the caller: one refresh, one
+// retry or reopen, even if the caller keeps reading the stream.
+func TestClientRefresh_RetriedOnce(t *testing.T) {
+	for _, kind := range []string{"unary", "server-stream", "bidi"} {
+		t.Run(kind, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{})
+			s := e.start(t, nil)
+			_, tokc := e.clients(t)
+			e.clock.Advance(time.Hour)
+			later := refreshMust(t, tokc, s.RefreshToken) // expires an hour after s's
+			r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return later, nil }}
+			c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+			e.clock.Set(later.GetAccessTokenExpiresAt().AsTime().Add(time.Hour)) // both lapsed
+
+			var method string
+			switch kind {
+			case "unary":
+				method = refreshUnaryMethod
+				wantReason(t, crfUnary(t, c), ReasonTokenExpired)
+			case "server-stream":
+				method = refreshOutMethod
+				st, err := c.StreamingOutputCall(crfCtx(t), &testpb.StreamingOutputCallRequest{
+					ResponseParameters: []*testpb.ResponseParameters{{}},
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for range 3 { // the caller keeps reading
+					_, err := st.Recv()
+					wantReason(t, err, ReasonTokenExpired)
+				}
+			case "bidi":
+				method = refreshBidiMethod
+				st, err := c.FullDuplexCall(crfCtx(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = st.Send(&testpb.StreamingOutputCallRequest{})
+				_ = st.CloseSend()
+				for range 3 {
+					_, err := st.Recv()
+					wantReason(t, err, ReasonTokenExpired)
+				}
+			}
+			if n := r.calls.Load(); n != 1 {
+				t.Fatalf("refresher called %d times, want 1", n)
+			}
+			crfWantCalls(t, e, method, 2)
+		})
+	}
+}
+
+// TestClientRefresh_SingleFlightReactive: 50 goroutines fail with
+// TOKEN_EXPIRED at once and share one refresh.
+func TestClientRefresh_SingleFlightReactive(t *testing.T) {
+	const n = 50
+	var rejected atomic.Int64
+	allRejected := make(chan struct{})
+	e := refreshNewEnv(t, refreshEnvConfig{onEvent: func(ev Event) {
+		if ev.Kind == EventRejected && ev.Method == refreshUnaryMethod && rejected.Add(1) == n {
+			close(allRejected)
+		}
+	}})
+	s := e.start(t, nil)
+	r := crfNewRefresher(t, e)
+	r.started = make(chan struct{}, n)
+	r.release = make(chan struct{})
+	c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+	crfLapse(e, s)
+
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = crfUnary(t, c) })
+	}
+	// Hold the refresh until every first attempt has been rejected, so
+	// that all 50 need it.
+	for _, ch := range []<-chan struct{}{r.started, allRejected} {
+		select {
+		case <-ch:
+		case <-time.After(crfWait):
+			t.Fatal("calls did not pile up")
+		}
+	}
+	close(r.release)
+	wg.Wait()
+
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("call %d: %v", i, err)
+		}
+	}
+	if got := r.calls.Load(); got != 1 {
+		t.Fatalf("refresher called %d times, want 1", got)
+	}
+	crfWantRefreshes(t, e, 1)
+	crfWantCalls(t, e, refreshUnaryMethod, 2*n)
+	if got := e.svc.calls.Load(); got != n {
+		t.Fatalf("handler ran %d times, want %d", got, n)
+	}
+	if _, refreshes := hooks.counts(); refreshes != 1 || h.Token() != hooks.lastRefresh().GetAccessToken() {
+		t.Fatalf("OnRefresh called %d times, want 1, and the holder to hold its token", refreshes)
+	}
+}
+
+// TestClientRefresh_SingleFlightProactive: 50 goroutines call at once with
+// a token inside the refresh margin and share one refresh.
+func TestClientRefresh_SingleFlightProactive(t *testing.T) {
+	const n = 50
+	e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
+	s := e.start(t, nil)
+	r := crfNewRefresher(t, e)
+	r.started = make(chan struct{}, n)
+	r.release = make(chan struct{})
+	var entered atomic.Int64
+	allEntered := make(chan struct{})
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if entered.Add(1) == n {
+			close(allEntered)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now),
+		WithRefreshToken(s.RefreshToken), WithRefresher(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testpb.NewTestServiceClient(e.dial(t, grpc.WithChainUnaryInterceptor(count, h.UnaryClientInterceptor())))
+	e.clock.Set(s.Expiry.Add(-time.Second)) // inside the 30 s margin, still valid
+
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = crfUnary(t, c) })
+	}
+	for _, ch := range []<-chan struct{}{r.started, allEntered} {
+		select {
+		case <-ch:
+		case <-time.After(crfWait):
+			t.Fatal("calls did not pile up")
+		}
+	}
+	close(r.release)
+	wg.Wait()
+
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("call %d: %v", i, err)
+		}
+	}
+	if got := r.calls.Load(); got != 1 {
+		t.Fatalf("refresher called %d times, want 1", got)
+	}
+	crfWantCalls(t, e, refreshUnaryMethod, n)
+	if got := e.log.count(EventRejected, refreshUnaryMethod); got != 0 {
+		t.Fatalf("%d calls rejected, want 0", got)
+	}
+}
+
+// TestClientRefresh_ProactiveMargin: the holder refreshes before a call
+// when exp − now is below the margin, at the boundary and one tick either
+// side; margin 0 turns it off.
+func TestClientRefresh_ProactiveMargin(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		opts        []ClientOption
+		left        time.Duration // exp − now at the call
+		wantRefresh bool
+	}{
+		{"default margin, 30s+1ns left", nil, DefaultRefreshMargin + time.Nanosecond, false},
+		{"default margin, 30s left", nil, DefaultRefreshMargin, false},
+		{"default margin, 30s-1ns left", nil, DefaultRefreshMargin - time.Nanosecond, true},
+		{"30s margin, 30s-1ns left", []ClientOption{WithRefreshMargin(30 * time.Second)}, 30*time.Second - time.Nanosecond, true},
+		{"1m margin, 1m left", []ClientOption{WithRefreshMargin(time.Minute)}, time.Minute, false},
+		{"1m margin, 1m-1ns left", []ClientOption{WithRefreshMargin(time.Minute)}, time.Minute - time.Nanosecond, true},
+		{"margin 0, 1ns left", []ClientOption{WithRefreshMargin(0)}, time.Nanosecond, false},
+	} {
+		for _, kind := range []string{"unary", "server-stream"} {
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				// RenewBefore 1 s: no renewal in the response muddles what
+				// the holder holds.
+				e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
+				s := e.start(t, nil)
+				c, h, hooks := crfHolder(t, e, s, tc.opts...)
+				e.clock.Set(s.Expiry.Add(-tc.left))
+
+				method := refreshUnaryMethod
+				if kind == "unary" {
+					if err := crfUnary(t, c); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					method = refreshOutMethod
+					if got, err := crfServerStream(t, c, 2); err != nil || got != 2 {
+						t.Fatalf("stream: %d messages, err %v; want 2, nil", got, err)
+					}
+				}
+				crfWantCalls(t, e, method, 1)
+				wantJTI := refreshJTI(t, s.AccessToken)
+				want := 0
+				if tc.wantRefresh {
+					want = 1
+					wantJTI = refreshJTI(t, hooks.lastRefresh().GetAccessToken())
+					if h.Token() == s.AccessToken {
+						t.Fatal("holder kept the old token after a proactive refresh")
+					}
+				}
+				crfWantRefreshes(t, e, want)
+				if _, refreshes := hooks.counts(); refreshes != want {
+					t.Fatalf("OnRefresh called %d times, want %d", refreshes, want)
+				}
+				if got := e.svc.lastClaims.Load(); got == nil || got.ID != wantJTI {
+					t.Fatalf("server saw jti %v, want %s (refreshed: %v)", got, wantJTI, tc.wantRefresh)
+				}
+			})
+		}
+	}
+}
+
+// TestClientRefresh_ProactiveFailureSendsHeldToken: a proactive refresh
+// that fails does not fail the call, which goes out with the held token.
+// A rejected proactive refresh is not tried again for that token.
+func TestClientRefresh_ProactiveFailureSendsHeldToken(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		wantSecond int64 // refresher calls after a second call
+	}{
+		{"unavailable", status.Error(codes.Unavailable, "token service down"), 2},
+		{"rejected", reject(ReasonSessionRevoked, ""), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
+			s := e.start(t, nil)
+			r := crfNewRefresher(t, e)
+			r.err = tc.err
+			c, h, _ := crfHolder(t, e, s, WithRefresher(r))
+			e.clock.Set(s.Expiry.Add(-10 * time.Second))
+
+			if err := crfUnary(t, c); err != nil {
+				t.Fatalf("call after a failed proactive refresh: %v", err)
+			}
+			if n := r.calls.Load(); n != 1 {
+				t.Fatalf("refresher called %d times, want 1", n)
+			}
+			crfWantCalls(t, e, refreshUnaryMethod, 1)
+			if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, s.AccessToken) {
+				t.Fatal("the call did not carry the held token")
+			}
+			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder's tokens changed")
+			}
+			if err := crfUnary(t, c); err != nil {
+				t.Fatal(err)
+			}
+			if n := r.calls.Load(); n != tc.wantSecond {
+				t.Fatalf("after a second call: refresher called %d times, want %d", n, tc.wantSecond)
+			}
+		})
+	}
+}
+
+// TestClientRefresh_StreamReopen: a stream rejected with TOKEN_EXPIRED
+// before any response is reopened once, and the messages sent so far
+// (and the half-close) are replayed in order.
+func TestClientRefresh_StreamReopen(t *testing.T) {
+	payloads := []string{"one", "two", "three"}
+	for _, tc := range []struct {
+		name   string
+		method string
+		// run sends on the stream, opens the gate once everything is
+		// sent, and checks what comes back.
+		run func(t *testing.T, c testpb.TestServiceClient, gate chan struct{}) error
+	}{
+		{"server-stream", refreshOutMethod, func(t *testing.T, c testpb.TestServiceClient, gate chan struct{}) error {
+			st, err := c.StreamingOutputCall(crfCtx(t), &testpb.StreamingOutputCallRequest{
+				ResponseParameters: []*testpb.ResponseParameters{{}, {}, {}},
+				Payload:            &testpb.Payload{Body: []byte("x")},
+			})
+			if err != nil {
+				return err
+			}
+			close(gate)
+			for i := range 3 {
+				m, err := st.Recv()
+				if err != nil {
+					return fmt.Errorf("message %d: %w", i, err)
+				}
+				if string(m.GetPayload().GetBody()) != "x" {
+					return fmt.Errorf("message %d: payload %q, want x", i, m.GetPayload().GetBody())
+				}
+			}
+			if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+				return fmt.Errorf("after 3 messages: %v, want io.EOF", err)
+			}
+			return nil
+		}},
+		{"client-stream", refreshInMethod, func(t *testing.T, c testpb.TestServiceClient, gate chan struct{}) error {
+			st, err := c.StreamingInputCall(crfCtx(t))
+			if err != nil {
+				return err
+			}
+			for _, p := range payloads {
+				if err := st.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: []byte(p)}}); err != nil {
+					return err
+				}
+			}
+			close(gate)
+			resp, err := st.CloseAndRecv()
+			if err != nil {
+				return err
+			}
+			if got, want := resp.GetAggregatedPayloadSize(), int32(len("onetwothree")); got != want {
+				return fmt.Errorf("aggregated size %d, want %d", got, want)
+			}
+			return nil
+		}},
+		{"bidi", refreshBidiMethod, func(t *testing.T, c testpb.TestServiceClient, gate chan struct{}) error {
+			st, err := c.FullDuplexCall(crfCtx(t))
+			if err != nil {
+				return err
+			}
+			for _, p := range payloads {
+				if err := st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte(p)}}); err != nil {
+					return err
+				}
+			}
+			if err := st.CloseSend(); err != nil {
+				return err
+			}
+			close(gate)
+			for i, want := range payloads {
+				m, err := st.Recv()
+				if err != nil {
+					return fmt.Errorf("echo %d: %w", i, err)
+				}
+				if got := string(m.GetPayload().GetBody()); got != want {
+					return fmt.Errorf("echo %d = %q, want %q", i, got, want)
+				}
+			}
+			if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+				return fmt.Errorf("after the echoes: %v, want io.EOF", err)
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gate := make(chan struct{})
+			e := refreshNewEnv(t, refreshEnvConfig{streamGate: gate})
+			s := e.start(t, nil)
+			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0))
+			crfLapse(e, s)
+
+			if err := tc.run(t, c, gate); err != nil {
+				t.Fatal(err)
+			}
+			crfWantRefreshes(t, e, 1)
+			crfWantCalls(t, e, tc.method, 2)
+			if rejected := e.log.count(EventRejected, tc.method); rejected != 1 {
+				t.Fatalf("%d attempts rejected, want 1", rejected)
+			}
+			if got := e.svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if p := hooks.lastRefresh(); p == nil || h.Token() != p.GetAccessToken() {
+				t.Fatal("holder does not hold the refreshed token")
+			}
+		})
+	}
+}
+
+// TestClientRefresh_StreamHeaderFirst: a caller that reads the header of a
+// server stream before its first message still gets the stream reopened
+// after TOKEN_EXPIRED (no header arrived: nothing was exchanged).
+func TestClientRefresh_StreamHeaderFirst(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0))
+	crfLapse(e, s)
+
+	st, err := c.StreamingOutputCall(crfCtx(t), &testpb.StreamingOutputCallRequest{
+		ResponseParameters: []*testpb.ResponseParameters{{}, {}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Header(); err != nil {
+		t.Logf("Header: %v", err)
+	}
+	got := 0
+	for {
+		if _, err := st.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("after %d messages: %v, want the stream reopened", got, err)
+			}
+			break
+		}
+		got++
+	}
+	if got != 2 {
+		t.Fatalf("got %d messages, want 2", got)
+	}
+	crfWantRefreshes(t, e, 1)
+	crfWantCalls(t, e, refreshOutMethod, 2)
+}
+
+// crfMidStreamService sends one message and then fails with TOKEN_EXPIRED,
+// as no real server does, to show that a stream that has received a
+// message is never replayed.
+type crfMidStreamService struct{ *testService }
+
+func (s crfMidStreamService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	s.enter(stream.Context())
+	if err := stream.Send(&testpb.StreamingOutputCallResponse{}); err != nil {
+		return err
+	}
+	return reject(ReasonTokenExpired, "")
+}
+
+// TestClientRefresh_StreamNotReplayedAfterMessage: TOKEN_EXPIRED after a
+// message arrived goes to the caller; nothing is refreshed or reopened.
+func TestClientRefresh_StreamNotReplayedAfterMessage(t *testing.T) {
+	svc := crfMidStreamService{&testService{}}
+	e := refreshNewEnv(t, refreshEnvConfig{service: svc})
+	s := e.start(t, nil)
+	r := crfNewRefresher(t, e)
+	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+
+	got, err := crfServerStream(t, c, 3)
+	if got != 1 {
+		t.Fatalf("got %d messages, want 1", got)
+	}
+	wantReason(t, err, ReasonTokenExpired)
+	if n := r.calls.Load(); n != 0 {
+		t.Fatalf("refresher called %d times, want 0", n)
+	}
+	crfWantRefreshes(t, e, 0)
+	crfWantCalls(t, e, refreshOutMethod, 1)
+	if svc.calls.Load() != 1 {
+		t.Fatalf("handler ran %d times, want 1", svc.calls.Load())
+	}
+	if h.Token() != s.AccessToken {
+		t.Fatal("holder's token changed")
+	}
+}
+
+// TestClientRefresh_RefreshCallIsolation: with the default refresher, the
+// holder's own Refresh goes over the same connection, through its own
+// interceptors, without recursion and without an access token.
+func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []ClientOption
+		at   func(s Session) time.Time
+	}{
+		{"reactive", []ClientOption{WithRefreshMargin(0)}, func(s Session) time.Time { return s.Expiry.Add(DefaultLeeway) }},
+		{"proactive", nil, func(s Session) time.Time { return s.Expiry.Add(-time.Second) }},
+	} {
+		for _, kind := range []string{"unary", "server-stream"} {
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				e := refreshNewEnv(t, refreshEnvConfig{})
+				s := e.start(t, nil)
+				c, h, _ := crfHolder(t, e, s, append([]ClientOption{WithRefreshTimeout(crfWait)}, tc.opts...)...)
+				e.clock.Set(tc.at(s))
+				if kind == "unary" {
+					if err := crfUnary(t, c); err != nil {
+						t.Fatal(err)
+					}
+				} else if n, err := crfServerStream(t, c, 1); err != nil || n != 1 {
+					t.Fatalf("stream: %d messages, err %v; want 1, nil", n, err)
+				}
+				all, authorized := e.log.calls(refreshMethod)
+				if all != 1 || authorized != 0 {
+					t.Fatalf("Refresh reached the server %d times, %d with authorization; want 1, 0", all, authorized)
+				}
+				if h.RefreshToken() == s.RefreshToken {
+					t.Fatal("holder did not take the new refresh token")
+				}
+			})
+		}
+	}
+}
+
+// TestClientRefresh_Options: refresh options NewTokenHolder refuses.
+func TestClientRefresh_Options(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) { return nil, nil })
+	for _, tc := range []struct {
+		name    string
+		opts    []ClientOption
+		wantErr error
+	}{
+		{"refresher without refresh token", []ClientOption{WithRefresher(r)}, ErrInvalidOption},
+		{"refresher with empty refresh token", []ClientOption{WithRefreshToken(""), WithRefresher(r)}, ErrInvalidOption},
+		{"negative margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(-time.Nanosecond)}, ErrInvalidOption},
+		{"zero timeout", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshTimeout(0)}, ErrInvalidOption},
+		{"negative timeout", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshTimeout(-time.Second)}, ErrInvalidOption},
+		{"refresh token alone", []ClientOption{WithRefreshToken(s.RefreshToken)}, nil},
+		{"refresh token and refresher", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefresher(r)}, nil},
+		{"zero margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0)}, nil},
+		{"no refresh at all", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := NewTokenHolder(s.AccessToken, tc.opts...)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("NewTokenHolder err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && h.RefreshToken() != crfOptToken(tc.opts) {
+				t.Fatal("RefreshToken() is not the one given")
+			}
+		})
+	}
+}
+
+// crfOptToken is the refresh token a holder built with opts should report.
+func crfOptToken(opts []ClientOption) string {
+	var cfg clientConfig
+	for _, o := range opts {
+		o.applyClient(&cfg)
+	}
+	return cfg.refreshToken
+}
+
+// TestClientRefresh_InstallRules: what a holder does with the pair a
+// refresher returns.
+func TestClientRefresh_InstallRules(t *testing.T) {
+	t.Run("pair of another session is refused", func(t *testing.T) {
+		e := refreshNewEnv(t, refreshEnvConfig{})
+		s := e.start(t, nil)
+		foreign := e.start(t, nil) // same subject, another sid
+		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return foreign.TokenPair(), nil }}
+		c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+		crfLapse(e, s)
+		if err := crfUnary(t, c); err == nil {
+			t.Fatal("call succeeded with another session's tokens")
+		}
+		if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken || h.SessionID() != s.SessionID {
+			t.Fatal("holder took another session's tokens")
+		}
+		if swaps, refreshes := hooks.counts(); swaps+refreshes != 0 {
+			t.Fatalf("OnSwap %d, OnRefresh %d calls; want 0", swaps, refreshes)
+		}
+		crfWantCalls(t, e, refreshUnaryMethod, 1)
+	})
+
+	for _, tc := range []struct {
+		name string
+		pair func(s Session) *slidejwtv1.TokenPair
+	}{
+		{"no refresh token", func(s Session) *slidejwtv1.TokenPair {
+			p := s.TokenPair()
+			p.RefreshToken = ""
+			return p
+		}},
+		{"malformed access token", func(s Session) *slidejwtv1.TokenPair {
+			p := s.TokenPair()
+			p.AccessToken = "garbage"
+			return p
+		}},
+		{"refresh token in place of the access token", func(s Session) *slidejwtv1.TokenPair {
+			p := s.TokenPair()
+			p.AccessToken = s.RefreshToken
+			return p
+		}},
+		{"nil pair", func(Session) *slidejwtv1.TokenPair { return nil }},
+	} {
+		t.Run(tc.name+" is refused", func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{})
+			s := e.start(t, nil)
+			e.clock.Advance(time.Hour)
+			_, tokc := e.clients(t)
+			next := refreshMust(t, tokc, s.RefreshToken)
+			nextSession := Session{AccessToken: next.GetAccessToken(), RefreshToken: next.GetRefreshToken(), Expiry: next.GetAccessTokenExpiresAt().AsTime()}
+			r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return tc.pair(nextSession), nil }}
+			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+			crfLapse(e, s)
+			if err := crfUnary(t, c); err == nil {
+				t.Fatal("call succeeded with a broken pair")
+			}
+			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder took a broken pair")
+			}
+			if swaps, refreshes := hooks.counts(); swaps+refreshes != 0 {
+				t.Fatalf("OnSwap %d, OnRefresh %d calls; want 0", swaps, refreshes)
+			}
+		})
+	}
+
+	t.Run("older access token keeps the held one but takes the refresh token", func(t *testing.T) {
+		e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
+		s := e.start(t, nil)
+		_, tokc := e.clients(t)
+		older := refreshMust(t, tokc, s.RefreshToken) // access exp t0+24h
+		e.clock.Advance(time.Hour)
+		newer := refreshMust(t, tokc, older.GetRefreshToken()) // access exp t0+25h
+		held := Session{AccessToken: newer.GetAccessToken(), RefreshToken: newer.GetRefreshToken()}
+
+		const nextRT = "the-next-refresh-token"
+		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) {
+			p := proto.Clone(older).(*slidejwtv1.TokenPair)
+			p.RefreshToken = nextRT
+			return p, nil
+		}}
+		c, h, hooks := crfHolder(t, e, held, WithRefresher(r))
+		e.clock.Set(newer.GetAccessTokenExpiresAt().AsTime().Add(-10 * time.Second)) // proactive refresh due
+
+		if err := crfUnary(t, c); err != nil {
+			t.Fatal(err)
+		}
+		if n := r.calls.Load(); n != 1 {
+			t.Fatalf("refresher called %d times, want 1", n)
+		}
+		if h.Token() != newer.GetAccessToken() {
+			t.Fatal("holder swapped in an access token older than the held one")
+		}
+		if !h.Expiry().Equal(newer.GetAccessTokenExpiresAt().AsTime()) {
+			t.Fatalf("Expiry = %v, want the held %v", h.Expiry(), newer.GetAccessTokenExpiresAt().AsTime())
+		}
+		if h.RefreshToken() != nextRT {
+			t.Fatal("holder did not take the new refresh token")
+		}
+		swaps, refreshes := hooks.counts()
+		if swaps != 0 || refreshes != 1 {
+			t.Fatalf("OnSwap %d, OnRefresh %d calls; want 0, 1", swaps, refreshes)
+		}
+		if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, newer.GetAccessToken()) {
+			t.Fatal("the call did not carry the held access token")
+		}
+	})
+}

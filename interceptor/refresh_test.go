@@ -1,0 +1,893 @@
+package interceptor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"maps"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+)
+
+// Full method names the refresh tests count.
+const (
+	refreshUnaryMethod = testpb.TestService_UnaryCall_FullMethodName
+	refreshOutMethod   = testpb.TestService_StreamingOutputCall_FullMethodName
+	refreshInMethod    = testpb.TestService_StreamingInputCall_FullMethodName
+	refreshBidiMethod  = testpb.TestService_FullDuplexCall_FullMethodName
+)
+
+// refreshEnv is an in-process gRPC server (bufconn) running the test
+// service and TokenService behind a Server with a MemorySessionStore, on a
+// fake clock that starts at t0. A recording interceptor in front of the
+// Server's counts every call that reaches the server, before
+// authentication.
+type refreshEnv struct {
+	clock  *fakeClock
+	keys   *KeySet
+	server *Server
+	store  *MemorySessionStore // nil with refreshEnvConfig.noStore
+	svc    *testService
+	lis    *bufconn.Listener
+	log    *refreshLog
+}
+
+type refreshEnvConfig struct {
+	serverOpts []ServerOption
+	noStore    bool                     // no WithSessionStore
+	service    testpb.TestServiceServer // replaces svc when set
+	// streamGate, if set, holds every stream call at the server, before
+	// authentication, until it is closed.
+	streamGate <-chan struct{}
+	// onEvent, if set, is called with every event after it is logged.
+	onEvent func(Event)
+}
+
+// refreshLog records the server's events and the calls that reached it.
+type refreshLog struct {
+	onEvent func(Event)
+
+	mu       sync.Mutex
+	events   []Event
+	attempts map[string]int // full method → calls
+	withAuth map[string]int // full method → calls that carried authorization
+}
+
+func (l *refreshLog) hook(_ context.Context, ev Event) {
+	l.mu.Lock()
+	l.events = append(l.events, ev)
+	l.mu.Unlock()
+	if l.onEvent != nil {
+		l.onEvent(ev)
+	}
+}
+
+func (l *refreshLog) record(ctx context.Context, method string) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.attempts[method]++
+	if len(md.Get("authorization")) > 0 {
+		l.withAuth[method]++
+	}
+}
+
+// calls returns how many calls of method reached the server, and how many
+// of them carried an authorization value.
+func (l *refreshLog) calls(method string) (all, authorized int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.attempts[method], l.withAuth[method]
+}
+
+// count returns the number of events of kind for method ("" for any).
+func (l *refreshLog) count(kind EventKind, method string) int {
+	n := 0
+	for _, ev := range l.all() {
+		if ev.Kind == kind && (method == "" || ev.Method == method) {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *refreshLog) all() []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Event(nil), l.events...)
+}
+
+// refreshes returns the number of Refresh calls the server answered,
+// successfully or not.
+func (l *refreshLog) refreshes() int {
+	return l.count(EventRefreshed, refreshMethod) + l.count(EventRejected, refreshMethod)
+}
+
+// refreshNewEnv starts a refreshEnv. It is stopped when the test ends.
+func refreshNewEnv(t testing.TB, cfg refreshEnvConfig) *refreshEnv {
+	t.Helper()
+	e := &refreshEnv{
+		clock: newFakeClock(t0),
+		keys:  testKeySet(t),
+		svc:   &testService{},
+		log:   &refreshLog{onEvent: cfg.onEvent, attempts: map[string]int{}, withAuth: map[string]int{}},
+	}
+	opts := []ServerOption{WithClock(e.clock.Now), WithEventHook(e.log.hook)}
+	if !cfg.noStore {
+		e.store = &MemorySessionStore{Now: e.clock.Now}
+		opts = append(opts, WithSessionStore(e.store))
+	}
+	var err error
+	if e.server, err = NewServer(e.keys, append(opts, cfg.serverOpts...)...); err != nil {
+		t.Fatal(err)
+	}
+	record := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		e.log.record(ctx, info.FullMethod)
+		return handler(ctx, req)
+	}
+	recordStream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		e.log.record(ss.Context(), info.FullMethod)
+		if cfg.streamGate != nil {
+			select {
+			case <-cfg.streamGate:
+			case <-ss.Context().Done():
+				return ss.Context().Err()
+			}
+		}
+		return handler(srv, ss)
+	}
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(record, e.server.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(recordStream, e.server.StreamServerInterceptor()),
+	)
+	var svc testpb.TestServiceServer = e.svc
+	if cfg.service != nil {
+		svc = cfg.service
+	}
+	testpb.RegisterTestServiceServer(srv, svc)
+	slidejwtv1.RegisterTokenServiceServer(srv, e.server.TokenService())
+	e.lis = bufconn.Listen(1 << 20)
+	go func() { _ = srv.Serve(e.lis) }()
+	t.Cleanup(srv.Stop)
+	return e
+}
+
+// dial returns a plaintext connection to the env's server. It is closed
+// when the test ends.
+func (e *refreshEnv) dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	opts = append([]grpc.DialOption{
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return e.lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	}, opts...)
+	conn, err := grpc.NewClient("passthrough:///bufnet", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// clients returns plain TestService and TokenService clients on one new
+// connection.
+func (e *refreshEnv) clients(t testing.TB) (testpb.TestServiceClient, slidejwtv1.TokenServiceClient) {
+	t.Helper()
+	conn := e.dial(t)
+	return testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
+}
+
+// start begins a session for "alice" at the env's current time.
+func (e *refreshEnv) start(t testing.TB, custom map[string]any) Session {
+	t.Helper()
+	s, err := e.server.StartSession(context.Background(), "alice", custom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// refreshBearer returns a context whose outgoing metadata carries tok as a
+// bearer token.
+func refreshBearer(tok string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+}
+
+// refreshCall calls TokenService.Refresh with rt and no authorization.
+func refreshCall(tc slidejwtv1.TokenServiceClient, rt string) (*slidejwtv1.TokenPair, error) {
+	resp, err := tc.Refresh(context.Background(), &slidejwtv1.RefreshRequest{RefreshToken: rt})
+	return resp.GetTokens(), err
+}
+
+// refreshMust is refreshCall that fails the test on an error.
+func refreshMust(t testing.TB, tc slidejwtv1.TokenServiceClient, rt string) *slidejwtv1.TokenPair {
+	t.Helper()
+	p, err := refreshCall(tc, rt)
+	if err != nil {
+		t.Fatalf("Refresh: %v", err)
+	}
+	return p
+}
+
+// refreshDecode returns tok's typ header and claims, without verifying.
+func refreshDecode(t testing.TB, tok string) (string, *Claims) {
+	t.Helper()
+	var c Claims
+	tk, _, err := jwt.NewParser().ParseUnverified(tok, &c)
+	if err != nil {
+		t.Fatalf("decode token: %v", err)
+	}
+	typ, _ := tk.Header["typ"].(string)
+	return typ, &c
+}
+
+// refreshJTI returns tok's jti.
+func refreshJTI(t testing.TB, tok string) string {
+	t.Helper()
+	_, c := refreshDecode(t, tok)
+	return c.ID
+}
+
+// refreshUnary makes a TestService UnaryCall with tok as its bearer token.
+func refreshUnary(tc testpb.TestServiceClient, tok string) error {
+	_, err := tc.UnaryCall(refreshBearer(tok), &testpb.SimpleRequest{})
+	return err
+}
+
+// refreshStream opens a StreamingOutputCall with tok and reads it to its
+// end.
+func refreshStream(tc testpb.TestServiceClient, tok string) error {
+	st, err := tc.StreamingOutputCall(refreshBearer(tok), &testpb.StreamingOutputCallRequest{
+		ResponseParameters: []*testpb.ResponseParameters{{}},
+	})
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := st.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// refreshSameCustom reports whether a and b hold the same custom claims,
+// byte for byte.
+func refreshSameCustom(a, b map[string]json.RawMessage) bool {
+	return maps.EqualFunc(a, b, func(x, y json.RawMessage) bool { return bytes.Equal(x, y) })
+}
+
+// refreshWantCode fails unless err has code want.
+func refreshWantCode(t testing.TB, err error, want codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != want {
+		t.Fatalf("code = %v (err %v), want %v", got, err, want)
+	}
+}
+
+// TestRefresh_StartSessionRefreshToken: with a store, StartSession also
+// returns a refresh token of typ rt+jwt for the same session, expiring at
+// min(now + refresh TTL, session end).
+func TestRefresh_StartSessionRefreshToken(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		opts    []ServerOption
+		wantExp time.Time
+	}{
+		{"defaults: refresh TTL equals the lifetime", nil, t0.Add(DefaultRefreshTTL)},
+		{"refresh TTL shorter than the lifetime", []ServerOption{WithRefreshTTL(time.Hour)}, t0.Add(time.Hour)},
+		{"refresh TTL capped at the session end",
+			[]ServerOption{WithPolicy(Policy{MaxLifetime: 48 * time.Hour}), WithRefreshTTL(72 * time.Hour)}, t0.Add(48 * time.Hour)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
+			s := e.start(t, map[string]any{"role": "admin"})
+			if s.RefreshToken == "" {
+				t.Fatal("RefreshToken is empty with a session store")
+			}
+			typ, rc := refreshDecode(t, s.RefreshToken)
+			atyp, ac := refreshDecode(t, s.AccessToken)
+			if typ != refreshTokenType || atyp != accessTokenType {
+				t.Fatalf("typ = %q (refresh), %q (access); want %q, %q", typ, atyp, refreshTokenType, accessTokenType)
+			}
+			if rc.SessionID != s.SessionID || ac.SessionID != s.SessionID || rc.Subject != "alice" {
+				t.Fatalf("refresh sid %q sub %q, session %q; want the session's sid and alice", rc.SessionID, rc.Subject, s.SessionID)
+			}
+			if rc.ID == "" || rc.ID == ac.ID {
+				t.Fatalf("refresh jti %q, access jti %q: want distinct and non-empty", rc.ID, ac.ID)
+			}
+			if got := rc.ExpiresAt.Time; !got.Equal(tc.wantExp) {
+				t.Fatalf("refresh exp = %v, want %v", got, tc.wantExp)
+			}
+			if !s.RefreshExpiry.Equal(tc.wantExp) {
+				t.Fatalf("Session.RefreshExpiry = %v, want %v", s.RefreshExpiry, tc.wantExp)
+			}
+			if got := s.TokenPair().GetRefreshTokenExpiresAt().AsTime(); !got.Equal(tc.wantExp) {
+				t.Fatalf("TokenPair refresh_token_expires_at = %v, want %v", got, tc.wantExp)
+			}
+			if rc.Fresh || !ac.Fresh {
+				t.Fatalf("fresh: refresh %v, access %v; want false, true", rc.Fresh, ac.Fresh)
+			}
+			if !rc.AuthTime.Equal(t0) {
+				t.Fatalf("refresh auth_time = %v, want %v", rc.AuthTime.Time, t0)
+			}
+		})
+	}
+}
+
+// TestRefresh_NoStore: without a session store there is no refresh token
+// and Refresh answers FailedPrecondition.
+func TestRefresh_NoStore(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{noStore: true})
+	s := e.start(t, nil)
+	if s.RefreshToken != "" || !s.RefreshExpiry.IsZero() {
+		t.Fatalf("without a store: RefreshToken length %d, RefreshExpiry %v; want empty", len(s.RefreshToken), s.RefreshExpiry)
+	}
+	if p := s.TokenPair(); p.GetRefreshToken() != "" || p.GetRefreshTokenExpiresAt() != nil {
+		t.Fatal("TokenPair carries a refresh token without a store")
+	}
+	_, tc := e.clients(t)
+	for _, rt := range []string{"", s.AccessToken, "garbage"} {
+		_, err := refreshCall(tc, rt)
+		refreshWantCode(t, err, codes.FailedPrecondition)
+	}
+}
+
+// TestRefresh_Rotates: Refresh returns a new access and refresh token for
+// the same session, with new jtis, no freshness marker and the custom
+// claims of the session; both work at once.
+func TestRefresh_Rotates(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	custom := map[string]any{"role": "admin", "n": 7, "tags": []string{"a", "b"}}
+	s := e.start(t, custom)
+	_, orig := refreshDecode(t, s.AccessToken)
+	_, origRT := refreshDecode(t, s.RefreshToken)
+	tsc, tc := e.clients(t)
+
+	e.clock.Advance(time.Hour)
+	p := refreshMust(t, tc, s.RefreshToken)
+	atyp, ac := refreshDecode(t, p.GetAccessToken())
+	rtyp, rc := refreshDecode(t, p.GetRefreshToken())
+	if atyp != accessTokenType || rtyp != refreshTokenType {
+		t.Fatalf("typ = %q, %q; want %q, %q", atyp, rtyp, accessTokenType, refreshTokenType)
+	}
+	if p.GetAccessToken() == s.AccessToken || p.GetRefreshToken() == s.RefreshToken {
+		t.Fatal("Refresh returned a token it was given")
+	}
+	if ac.SessionID != s.SessionID || rc.SessionID != s.SessionID {
+		t.Fatalf("sid = %q, %q; want %q", ac.SessionID, rc.SessionID, s.SessionID)
+	}
+	if ac.Subject != "alice" || rc.Subject != "alice" {
+		t.Fatalf("sub = %q, %q; want alice", ac.Subject, rc.Subject)
+	}
+	if ids := map[string]bool{ac.ID: true, rc.ID: true, orig.ID: true, origRT.ID: true}; len(ids) != 4 {
+		t.Fatalf("jtis are not all distinct: %v", ids)
+	}
+	if ac.Fresh || rc.Fresh {
+		t.Fatal("refreshed token carries the freshness marker")
+	}
+	if !ac.AuthTime.Equal(t0) || !rc.AuthTime.Equal(t0) {
+		t.Fatalf("auth_time = %v, %v; want %v", ac.AuthTime.Time, rc.AuthTime.Time, t0)
+	}
+	if !refreshSameCustom(ac.Custom, orig.Custom) || len(ac.Custom) != len(custom) {
+		t.Fatalf("custom claims = %s, want %s", ac.Custom, orig.Custom)
+	}
+	if !refreshSameCustom(rc.Custom, orig.Custom) {
+		t.Fatalf("refresh token custom claims = %s, want %s", rc.Custom, orig.Custom)
+	}
+	now := t0.Add(time.Hour)
+	if want := now.Add(DefaultTTL); !ac.ExpiresAt.Equal(want) || !p.GetAccessTokenExpiresAt().AsTime().Equal(want) {
+		t.Fatalf("access exp = %v (pair %v), want %v", ac.ExpiresAt.Time, p.GetAccessTokenExpiresAt().AsTime(), want)
+	}
+	if want := t0.Add(DefaultMaxLifetime); !rc.ExpiresAt.Equal(want) || !p.GetRefreshTokenExpiresAt().AsTime().Equal(want) {
+		t.Fatalf("refresh exp = %v (pair %v), want %v (capped at the session end)", rc.ExpiresAt.Time, p.GetRefreshTokenExpiresAt().AsTime(), want)
+	}
+	if want := t0.Add(DefaultMaxLifetime); !p.GetSessionEndsAt().AsTime().Equal(want) {
+		t.Fatalf("session_ends_at = %v, want %v", p.GetSessionEndsAt().AsTime(), want)
+	}
+
+	// The new access token authenticates; the handler sees it.
+	if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+		t.Fatalf("call with the refreshed access token: %v", err)
+	}
+	if got := e.svc.lastClaims.Load(); got == nil || got.ID != ac.ID || got.Fresh {
+		t.Fatalf("handler saw claims %+v, want jti %q, not fresh", got, ac.ID)
+	}
+	// The new refresh token rotates in turn.
+	e.clock.Advance(time.Hour)
+	p2 := refreshMust(t, tc, p.GetRefreshToken())
+	if _, c2 := refreshDecode(t, p2.GetAccessToken()); c2.SessionID != s.SessionID {
+		t.Fatalf("second refresh: sid %q, want %q", c2.SessionID, s.SessionID)
+	}
+}
+
+// TestRefresh_GracePeriod: a retired refresh token presented again before
+// the grace period ends gets the same pair, byte for byte; at its end or
+// later, the session is revoked and all its tokens fail.
+func TestRefresh_GracePeriod(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		grace      time.Duration
+		offset     time.Duration // after rotation time + grace
+		wantReplay bool
+	}{
+		{"default grace, one tick before its end", DefaultRefreshGrace, -time.Nanosecond, true},
+		{"default grace, at its end", DefaultRefreshGrace, 0, false},
+		{"default grace, one tick after its end", DefaultRefreshGrace, time.Nanosecond, false},
+		{"5s grace, one tick before its end", 5 * time.Second, -time.Nanosecond, true},
+		{"5s grace, at its end", 5 * time.Second, 0, false},
+		{"no grace, same instant", 0, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithRefreshGrace(tc.grace)}})
+			s := e.start(t, nil)
+			tsc, tc2 := e.clients(t)
+			e.clock.Advance(time.Hour + 500*time.Millisecond) // rotation time, not on a whole second
+			rotatedAt := e.clock.Now()
+			p1 := refreshMust(t, tc2, s.RefreshToken)
+
+			e.clock.Set(rotatedAt.Add(tc.grace + tc.offset))
+			p2, err := refreshCall(tc2, s.RefreshToken)
+			if tc.wantReplay {
+				if err != nil {
+					t.Fatalf("replay within the grace period: %v", err)
+				}
+				if !proto.Equal(p1, p2) || p1.GetAccessToken() != p2.GetAccessToken() || p1.GetRefreshToken() != p2.GetRefreshToken() {
+					t.Fatal("replay returned a different pair, want the same one")
+				}
+				if revoked := storeRevoked(t, e.store, s.SessionID); revoked {
+					t.Fatal("session revoked by a replay within the grace period")
+				}
+				if err := refreshUnary(tsc, p1.GetAccessToken()); err != nil {
+					t.Fatalf("successor access token after a replay: %v", err)
+				}
+				if _, err := refreshCall(tc2, p1.GetRefreshToken()); err != nil {
+					t.Fatalf("successor refresh token after a replay: %v", err)
+				}
+				return
+			}
+			wantReason(t, err, ReasonSessionRevoked)
+			if !storeRevoked(t, e.store, s.SessionID) {
+				t.Fatal("session not revoked after reuse")
+			}
+			before := e.svc.calls.Load()
+			for _, tok := range []string{p1.GetAccessToken(), s.AccessToken} {
+				wantReason(t, refreshUnary(tsc, tok), ReasonSessionRevoked)
+				wantReason(t, refreshStream(tsc, tok), ReasonSessionRevoked)
+			}
+			if got := e.svc.calls.Load(); got != before {
+				t.Fatalf("handler ran %d times for a revoked session", got-before)
+			}
+			_, err = refreshCall(tc2, p1.GetRefreshToken())
+			wantReason(t, err, ReasonSessionRevoked)
+		})
+	}
+}
+
+// TestRefresh_TokenTypeSeparation: an access token is no refresh token and
+// a refresh token is no access token.
+func TestRefresh_TokenTypeSeparation(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	tsc, tc := e.clients(t)
+
+	_, err := refreshCall(tc, s.AccessToken)
+	wantReason(t, err, ReasonTokenInvalid)
+
+	wantReason(t, refreshUnary(tsc, s.RefreshToken), ReasonTokenInvalid)
+	wantReason(t, refreshStream(tsc, s.RefreshToken), ReasonTokenInvalid)
+	_, err = tc.Revoke(refreshBearer(s.RefreshToken), &slidejwtv1.RevokeRequest{})
+	wantReason(t, err, ReasonTokenInvalid)
+	if got := e.svc.calls.Load(); got != 0 {
+		t.Fatalf("handler ran %d times for a refresh token", got)
+	}
+	if storeRevoked(t, e.store, s.SessionID) {
+		t.Fatal("Revoke with a refresh token revoked the session")
+	}
+	// Neither rejection consumed anything: both tokens still work.
+	if err := refreshUnary(tsc, s.AccessToken); err != nil {
+		t.Fatalf("access token after the type checks: %v", err)
+	}
+	refreshMust(t, tc, s.RefreshToken)
+}
+
+// TestRefresh_Rejections: refresh tokens that cannot be exchanged.
+func TestRefresh_Rejections(t *testing.T) {
+	const leeway = DefaultLeeway
+	lifetime := 48 * time.Hour
+	for _, tc := range []struct {
+		name string
+		opts []ServerOption
+		// tok returns the refresh token to present, given a session
+		// started at t0, and sets the clock.
+		tok  func(t *testing.T, e *refreshEnv, s Session) string
+		want Reason // noReason: success, and the access token works at once
+	}{
+		{"refresh token one tick before its exp + leeway", []ServerOption{WithRefreshTTL(time.Hour)},
+			refreshAt(time.Hour + leeway - time.Nanosecond), noReason},
+		{"refresh token at its exp + leeway", []ServerOption{WithRefreshTTL(time.Hour)},
+			refreshAt(time.Hour + leeway), ReasonSessionExpired},
+		{"refresh token long lapsed", []ServerOption{WithRefreshTTL(time.Hour)},
+			refreshAt(50 * time.Hour), ReasonSessionExpired},
+		{"one second before the session end", []ServerOption{WithPolicy(Policy{MaxLifetime: lifetime})},
+			refreshAt(lifetime - time.Second), noReason},
+		{"one tick before the session end", []ServerOption{WithPolicy(Policy{MaxLifetime: lifetime})},
+			refreshAt(lifetime - time.Nanosecond), noReason},
+		// From the end on, any pair minted would expire no later than it
+		// was issued.
+		{"at the session end", []ServerOption{WithPolicy(Policy{MaxLifetime: lifetime})},
+			refreshAt(lifetime), ReasonSessionExpired},
+		{"past the session end, within the leeway", []ServerOption{WithPolicy(Policy{MaxLifetime: lifetime})},
+			refreshAt(lifetime + leeway/2), ReasonSessionExpired},
+		{"at the session end + leeway", []ServerOption{WithPolicy(Policy{MaxLifetime: lifetime})},
+			refreshAt(lifetime + leeway), ReasonSessionExpired},
+		{"empty", nil, refreshFixed(""), ReasonTokenMissing},
+		{"garbage", nil, refreshFixed("garbage"), ReasonTokenInvalid},
+		{"three empty-ish segments", nil, refreshFixed("a.b.c"), ReasonTokenInvalid},
+		{"over-size", nil, refreshFixed(strings.Repeat("a", DefaultMaxTokenSize+1)), ReasonTokenInvalid},
+		{"line break inserted", nil, func(_ *testing.T, _ *refreshEnv, s Session) string {
+			return s.RefreshToken[:10] + "\n" + s.RefreshToken[10:]
+		}, ReasonTokenInvalid},
+		{"signature altered", nil, func(_ *testing.T, _ *refreshEnv, s Session) string {
+			last := s.RefreshToken[len(s.RefreshToken)-2]
+			flip := byte('A')
+			if last == 'A' {
+				flip = 'B'
+			}
+			return s.RefreshToken[:len(s.RefreshToken)-2] + string(flip) + s.RefreshToken[len(s.RefreshToken)-1:]
+		}, ReasonTokenInvalid},
+		{"signed by an untrusted key", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
+			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&MemorySessionStore{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := other.StartSession(context.Background(), "alice", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s.RefreshToken
+		}, ReasonTokenInvalid},
+		{"session unknown to the store", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
+			// A replica with the same keys but its own store: this env's
+			// store never saw the session.
+			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&MemorySessionStore{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := other.StartSession(context.Background(), "alice", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s.RefreshToken
+		}, ReasonSessionRevoked},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
+			s := e.start(t, nil)
+			tsc, tokc := e.clients(t)
+			p, err := refreshCall(tokc, tc.tok(t, e, s))
+			if tc.want != noReason {
+				wantReason(t, err, tc.want)
+				return
+			}
+			if err != nil {
+				t.Fatalf("Refresh: %v", err)
+			}
+			// Every pair Refresh hands out must be usable at once.
+			if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+				t.Fatalf("refreshed access token rejected at once: %v", err)
+			}
+		})
+	}
+}
+
+// refreshAt returns a token func that presents the session's refresh token at
+// t0+d.
+func refreshAt(d time.Duration) func(*testing.T, *refreshEnv, Session) string {
+	return func(_ *testing.T, e *refreshEnv, s Session) string {
+		e.clock.Set(t0.Add(d))
+		return s.RefreshToken
+	}
+}
+
+// refreshFixed returns a token func that presents tok.
+func refreshFixed(tok string) func(*testing.T, *refreshEnv, Session) string {
+	return func(*testing.T, *refreshEnv, Session) string { return tok }
+}
+
+// TestRefresh_ExemptFromAccessAuth: Refresh needs no access token, and a
+// lapsed or broken one in authorization does not stop it.
+func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		md   func(s Session) metadata.MD
+	}{
+		{"no authorization", func(Session) metadata.MD { return nil }},
+		{"lapsed access token", func(s Session) metadata.MD {
+			return metadata.Pairs("authorization", "Bearer "+s.AccessToken)
+		}},
+		{"garbage authorization", func(Session) metadata.MD { return metadata.Pairs("authorization", "Bearer garbage") }},
+		{"two authorization values", func(s Session) metadata.MD {
+			return metadata.Pairs("authorization", "Bearer "+s.AccessToken, "authorization", "Basic eA==")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{})
+			s := e.start(t, nil)
+			tsc, tokc := e.clients(t)
+			e.clock.Set(s.Expiry.Add(DefaultLeeway)) // the access token has lapsed
+			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonTokenExpired)
+
+			ctx := metadata.NewOutgoingContext(context.Background(), tc.md(s))
+			resp, err := tokc.Refresh(ctx, &slidejwtv1.RefreshRequest{RefreshToken: s.RefreshToken})
+			if err != nil {
+				t.Fatalf("Refresh: %v", err)
+			}
+			if err := refreshUnary(tsc, resp.GetTokens().GetAccessToken()); err != nil {
+				t.Fatalf("refreshed access token: %v", err)
+			}
+		})
+	}
+}
+
+// TestRefresh_Revoke: TokenService.Revoke with the access token ends the
+// caller's session: its access tokens fail on every kind of call and its
+// refresh token fails; other sessions go on.
+func TestRefresh_Revoke(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	other := e.start(t, nil)
+	tsc, tc := e.clients(t)
+
+	_, err := tc.Revoke(context.Background(), &slidejwtv1.RevokeRequest{})
+	wantReason(t, err, ReasonTokenMissing)
+	if n := e.log.count(EventRevoked, ""); n != 0 {
+		t.Fatalf("%d revocations without a token", n)
+	}
+
+	e.clock.Advance(time.Minute)
+	if _, err := tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+		t.Fatalf("Revoke: %v", err)
+	}
+	if !storeRevoked(t, e.store, s.SessionID) {
+		t.Fatal("session not revoked in the store")
+	}
+	before := e.svc.calls.Load()
+	wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonSessionRevoked)
+	wantReason(t, refreshStream(tsc, s.AccessToken), ReasonSessionRevoked)
+	bidi, err := tsc.FullDuplexCall(refreshBearer(s.AccessToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = bidi.CloseSend()
+	_, err = bidi.Recv()
+	wantReason(t, err, ReasonSessionRevoked)
+	if got := e.svc.calls.Load(); got != before {
+		t.Fatalf("handler ran %d times after Revoke", got-before)
+	}
+	_, err = refreshCall(tc, s.RefreshToken)
+	wantReason(t, err, ReasonSessionRevoked)
+	_, err = tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{})
+	wantReason(t, err, ReasonSessionRevoked)
+
+	// Another session of the same user is untouched.
+	if err := refreshUnary(tsc, other.AccessToken); err != nil {
+		t.Fatalf("other session after Revoke: %v", err)
+	}
+	refreshMust(t, tc, other.RefreshToken)
+}
+
+// TestRefresh_RevokeSession: Server.RevokeSession works with a session
+// store and with a MemoryRevocationList, and refuses without either.
+func TestRefresh_RevokeSession(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		cfg      func() refreshEnvConfig
+		wantCode codes.Code // of RevokeSession
+	}{
+		{"session store", func() refreshEnvConfig { return refreshEnvConfig{} }, codes.OK},
+		{"memory revocation list", func() refreshEnvConfig {
+			return refreshEnvConfig{noStore: true, serverOpts: []ServerOption{WithRevocationList(&MemoryRevocationList{})}}
+		}, codes.OK},
+		{"neither", func() refreshEnvConfig { return refreshEnvConfig{noStore: true} }, codes.FailedPrecondition},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, tc.cfg())
+			s := e.start(t, nil)
+			tsc, tokc := e.clients(t)
+			err := e.server.RevokeSession(context.Background(), s.SessionID)
+			refreshWantCode(t, err, tc.wantCode)
+			if tc.wantCode != codes.OK {
+				if err := refreshUnary(tsc, s.AccessToken); err != nil {
+					t.Fatalf("call after a refused RevokeSession: %v", err)
+				}
+				if n := e.log.count(EventRevoked, ""); n != 0 {
+					t.Fatalf("%d %v events for a refused RevokeSession", n, EventRevoked)
+				}
+				return
+			}
+			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonSessionRevoked)
+			wantReason(t, refreshStream(tsc, s.AccessToken), ReasonSessionRevoked)
+			if s.RefreshToken != "" {
+				_, err := refreshCall(tokc, s.RefreshToken)
+				wantReason(t, err, ReasonSessionRevoked)
+			}
+			if n := e.log.count(EventRevoked, ""); n != 1 {
+				t.Fatalf("%d %v events, want 1", n, EventRevoked)
+			}
+		})
+	}
+}
+
+// TestRefresh_Concurrent: 50 goroutines present the same refresh token at
+// the same instant. All succeed with the same successor, which is the
+// session's current refresh token.
+func TestRefresh_Concurrent(t *testing.T) {
+	const n = 50
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	tsc, tc := e.clients(t)
+	e.clock.Advance(time.Hour)
+
+	pairs := make([]*slidejwtv1.TokenPair, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			pairs[i], errs[i] = refreshCall(tc, s.RefreshToken)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("goroutine %d: %v", i, errs[i])
+		}
+		if pairs[i].GetRefreshToken() != pairs[0].GetRefreshToken() || pairs[i].GetAccessToken() != pairs[0].GetAccessToken() {
+			t.Fatalf("goroutine %d got another successor than goroutine 0", i)
+		}
+	}
+	if got := e.log.count(EventRefreshed, refreshMethod); got != n {
+		t.Fatalf("%d %v events, want %d", got, EventRefreshed, n)
+	}
+	if storeRevoked(t, e.store, s.SessionID) {
+		t.Fatal("concurrent refresh revoked the session")
+	}
+	// The one successor is current: it rotates (a stale one would be
+	// taken as reuse and revoke the session).
+	e.clock.Advance(time.Minute)
+	p := refreshMust(t, tc, pairs[0].GetRefreshToken())
+	if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRefresh_Events: Refresh and revocation report events, which never
+// carry a token.
+func TestRefresh_Events(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	_, tc := e.clients(t)
+	tokens := []string{s.AccessToken, s.RefreshToken}
+	var seen []Event // every event taken
+	take := func() []Event {
+		e.log.mu.Lock()
+		evs := e.log.events
+		e.log.events = nil
+		e.log.mu.Unlock()
+		seen = append(seen, evs...)
+		return evs
+	}
+	take()
+
+	e.clock.Advance(time.Hour)
+	p := refreshMust(t, tc, s.RefreshToken)
+	tokens = append(tokens, p.GetAccessToken(), p.GetRefreshToken())
+	evs := take()
+	if len(evs) != 1 {
+		t.Fatalf("events after Refresh = %v, want 1", evs)
+	}
+	if ev := evs[0]; ev.Kind != EventRefreshed || ev.Method != refreshMethod || ev.Subject != "alice" ||
+		ev.SessionID != s.SessionID || !ev.Expiry.Equal(p.GetAccessTokenExpiresAt().AsTime()) || ev.Err != nil || ev.Reason != noReason {
+		t.Fatalf("event = %+v, want %v for alice's session expiring %v", ev, EventRefreshed, p.GetAccessTokenExpiresAt().AsTime())
+	}
+
+	for _, tc2 := range []struct {
+		name      string
+		tok       string
+		reason    Reason
+		sessionID string
+	}{
+		{"garbage", "garbage", ReasonTokenInvalid, ""},
+		{"access token", s.AccessToken, ReasonTokenInvalid, ""},
+		{"reused", s.RefreshToken, ReasonSessionRevoked, s.SessionID}, // past the grace period
+	} {
+		if tc2.name == "reused" {
+			e.clock.Advance(DefaultRefreshGrace)
+		}
+		_, err := refreshCall(tc, tc2.tok)
+		wantReason(t, err, tc2.reason)
+		evs := take()
+		if len(evs) != 1 {
+			t.Fatalf("%s: events = %v, want 1", tc2.name, evs)
+		}
+		if ev := evs[0]; ev.Kind != EventRejected || ev.Method != refreshMethod || ev.Reason != tc2.reason ||
+			ev.SessionID != tc2.sessionID || ev.Err == nil {
+			t.Fatalf("%s: event = %+v, want %v %q for session %q", tc2.name, ev, EventRejected, tc2.reason, tc2.sessionID)
+		}
+	}
+
+	s2 := e.start(t, nil)
+	tokens = append(tokens, s2.AccessToken, s2.RefreshToken)
+	take()
+	if _, err := tc.Revoke(refreshBearer(s2.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	evs = take()
+	var revoked []Event
+	for _, ev := range evs {
+		if ev.Kind == EventRevoked {
+			revoked = append(revoked, ev)
+		}
+	}
+	if len(revoked) != 1 || revoked[0].SessionID != s2.SessionID {
+		t.Fatalf("events after Revoke = %v, want one %v for %q", evs, EventRevoked, s2.SessionID)
+	}
+
+	if len(seen) < 7 {
+		t.Fatalf("%d events seen, want at least 7", len(seen))
+	}
+	for _, ev := range seen {
+		srvCheckNoToken(t, ev, tokens...)
+	}
+}
+
+// TestRefresh_NewServerRefusals: option combinations NewServer refuses.
+func TestRefresh_NewServerRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		opts    []ServerOption
+		wantErr error
+	}{
+		{"store and revocation list", []ServerOption{WithSessionStore(&MemorySessionStore{}), WithRevocationList(&MemoryRevocationList{})}, ErrInvalidOption},
+		{"refresh TTL below one second", []ServerOption{WithRefreshTTL(time.Second - time.Nanosecond)}, ErrInvalidOption},
+		{"refresh TTL zero", []ServerOption{WithRefreshTTL(0)}, ErrInvalidOption},
+		{"refresh TTL negative", []ServerOption{WithRefreshTTL(-time.Hour)}, ErrInvalidOption},
+		{"refresh TTL one second", []ServerOption{WithRefreshTTL(time.Second), WithRefreshGrace(0)}, nil},
+		{"grace negative", []ServerOption{WithRefreshGrace(-time.Nanosecond)}, ErrInvalidOption},
+		{"grace above refresh TTL", []ServerOption{WithRefreshTTL(time.Hour), WithRefreshGrace(time.Hour + time.Nanosecond)}, ErrInvalidOption},
+		{"grace equal to refresh TTL", []ServerOption{WithRefreshTTL(time.Hour), WithRefreshGrace(time.Hour)}, nil},
+		{"grace zero", []ServerOption{WithRefreshGrace(0)}, nil},
+		{"store alone", []ServerOption{WithSessionStore(&MemorySessionStore{})}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewServer(testKeySet(t), tc.opts...)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("NewServer err = %v, want %v", err, tc.wantErr)
+			}
+			if err != nil && s != nil {
+				t.Fatal("NewServer returned a server with an error")
+			}
+		})
+	}
+}

@@ -69,7 +69,9 @@ func WithRefresher(r Refresher) ClientOption {
 
 // WithRefreshMargin sets how close to its expiry the access token is
 // refreshed before a call: when exp − now is below d. Default
-// [DefaultRefreshMargin]; 0 turns proactive refresh off.
+// [DefaultRefreshMargin]; 0 turns proactive refresh off. Keep it well below
+// the server's idle window: with a margin near the TTL, every call
+// refreshes (and rotates the refresh token) before renewal gets a chance.
 func WithRefreshMargin(d time.Duration) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.refreshMargin = d })
 }

@@ -49,7 +49,10 @@ type serverConfig struct {
 	store         SessionStore
 	refreshTTL    time.Duration
 	refreshGrace  time.Duration
-	cacheSize     int
+	// refreshGraceSet: WithRefreshGrace was given; otherwise the grace is
+	// the default, but never more than the refresh TTL.
+	refreshGraceSet bool
+	cacheSize       int
 }
 
 func defaultServerConfig() serverConfig {
@@ -59,7 +62,6 @@ func defaultServerConfig() serverConfig {
 		renewalHeader: DefaultRenewalHeader,
 		maxTokenSize:  DefaultMaxTokenSize,
 		refreshTTL:    DefaultRefreshTTL,
-		refreshGrace:  DefaultRefreshGrace,
 		cacheSize:     DefaultCacheSize,
 	}
 }
@@ -90,6 +92,9 @@ func (c *serverConfig) validate() error {
 	}
 	if c.refreshTTL < time.Second {
 		return fmt.Errorf("%w: refresh TTL %v is below one second", ErrInvalidOption, c.refreshTTL)
+	}
+	if !c.refreshGraceSet {
+		c.refreshGrace = min(DefaultRefreshGrace, c.refreshTTL)
 	}
 	if c.refreshGrace < 0 || c.refreshGrace > c.refreshTTL {
 		return fmt.Errorf("%w: refresh grace period %v outside [0, refresh TTL]", ErrInvalidOption, c.refreshGrace)
@@ -209,9 +214,10 @@ func WithRefreshTTL(d time.Duration) ServerOption {
 // WithRefreshGrace sets how long a retired refresh token may be presented
 // again and get the same successor, for a client that lost the response
 // to its refresh. After it, reuse is treated as theft and revokes the
-// session. Default [DefaultRefreshGrace]; 0 treats any reuse as theft.
+// session. Default [DefaultRefreshGrace], or the refresh TTL if that is
+// shorter; 0 treats any reuse as theft.
 func WithRefreshGrace(d time.Duration) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.refreshGrace = d })
+	return serverOptionFunc(func(c *serverConfig) { c.refreshGrace, c.refreshGraceSet = d, true })
 }
 
 // WithCacheSize bounds the verified-token cache and the renewal

@@ -315,6 +315,14 @@ func (s *Server) renew(c *Claims) (string, time.Time, error) {
 		return new(renewal), c.ExpiresAt.Add(s.cfg.leeway)
 	})
 	r.once.Do(func() { r.tok, r.exp, r.err = mint() })
+	if r.err == nil && !r.exp.After(now) {
+		// The shared renewal has itself expired while the presented token
+		// is still accepted (a TTL shorter than the leeway): mint anew.
+		fresh := &renewal{}
+		fresh.once.Do(func() { fresh.tok, fresh.exp, fresh.err = mint() })
+		v.renewals.put(c.ID, fresh, c.ExpiresAt.Add(s.cfg.leeway))
+		return fresh.tok, fresh.exp, fresh.err
+	}
 	return r.tok, r.exp, r.err
 }
 

@@ -95,7 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	maxLifetime := fs.Duration("max-lifetime", interceptor.DefaultMaxLifetime, "absolute session lifetime after login")
 	renewBefore := fs.Duration("renew-before", 0, "renew when the remaining lifetime is below this (default half of --ttl)")
 	refreshTTL := fs.Duration("refresh-ttl", interceptor.DefaultRefreshTTL, "idle lifetime of a refresh token")
-	refreshGrace := fs.Duration("refresh-grace", interceptor.DefaultRefreshGrace, "how long a retired refresh token still gets its successor")
+	refreshGrace := fs.Duration("refresh-grace", interceptor.DefaultRefreshGrace, "how long a retired refresh token still gets its successor (at most --refresh-ttl)")
 	secretFile := fs.String("secret-file", "", "file holding the HS256 key (a trailing newline is stripped); default: a random key")
 	issuer := fs.String("issuer", "slidejwt-demo", "token issuer (iss)")
 	audience := fs.String("audience", "demo", "token audience (aud)")
@@ -131,6 +131,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if !set["renew-before"] {
 		*renewBefore = *ttl / 2
+	}
+	if !set["refresh-grace"] {
+		*refreshGrace = min(*refreshGrace, *refreshTTL)
 	}
 	switch {
 	case *renewBefore == 0:

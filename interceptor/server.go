@@ -310,19 +310,19 @@ func (s *Server) renew(c *Claims) (string, time.Time, error) {
 	if v.renewals == nil {
 		return mint()
 	}
-	// The presented token is dead at exp + leeway, and so is its entry.
+	// The entry dies with the presented token (at exp + leeway), or with
+	// the renewal itself if that comes first (a TTL shorter than the
+	// leeway), so a renewal handed out is never already expired. Whoever
+	// runs the Once mints at a time no earlier than the entry's creation,
+	// so the token's exp is no earlier than d.Expiry.
 	r := v.renewals.getOrPut(c.ID, now, func() (*renewal, time.Time) {
-		return new(renewal), c.ExpiresAt.Add(s.cfg.leeway)
+		until := c.ExpiresAt.Add(s.cfg.leeway)
+		if d.Expiry.Before(until) {
+			until = d.Expiry
+		}
+		return new(renewal), until
 	})
 	r.once.Do(func() { r.tok, r.exp, r.err = mint() })
-	if r.err == nil && !r.exp.After(now) {
-		// The shared renewal has itself expired while the presented token
-		// is still accepted (a TTL shorter than the leeway): mint anew.
-		fresh := &renewal{}
-		fresh.once.Do(func() { fresh.tok, fresh.exp, fresh.err = mint() })
-		v.renewals.put(c.ID, fresh, c.ExpiresAt.Add(s.cfg.leeway))
-		return fresh.tok, fresh.exp, fresh.err
-	}
 	return r.tok, r.exp, r.err
 }
 

@@ -22,11 +22,10 @@ type boundedCache[V any] struct {
 }
 
 type cacheShard[V any] struct {
-	mu       sync.Mutex
-	young    map[string]cacheEntry[V]
-	old      map[string]cacheEntry[V]
-	perGen   int // capacity of one generation
-	_padding [32]byte
+	mu     sync.Mutex
+	young  map[string]cacheEntry[V]
+	old    map[string]cacheEntry[V]
+	perGen int // capacity of one generation
 }
 
 type cacheEntry[V any] struct {

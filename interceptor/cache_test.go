@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"strconv"
 	"strings"
@@ -344,14 +343,7 @@ func cacheStream(client testpb.TestServiceClient, tok string) error {
 	if err != nil {
 		return err
 	}
-	for {
-		if _, err := st.Recv(); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-	}
+	return drain(st)
 }
 
 // cacheVerifiedLen returns the number of entries in the server's

@@ -256,3 +256,16 @@ func wantReason(t testing.TB, err error, want Reason) {
 
 // noReason stands for "no rejection" in tables of expected reasons.
 const noReason Reason = 0
+
+// drain receives from a server stream until it ends, and returns nil at
+// io.EOF or the stream's error.
+func drain[T any](st interface{ Recv() (T, error) }) error {
+	for {
+		if _, err := st.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}

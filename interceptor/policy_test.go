@@ -455,14 +455,7 @@ func TestPolicy_SteadyActivityWeek(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for {
-			if _, err := st.Recv(); err != nil {
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				return err
-			}
-		}
+		return drain(st)
 	}
 	step := 12*time.Hour + time.Minute
 	renewals := 0

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"maps"
 	"net"
 	"strings"
@@ -259,14 +258,7 @@ func refreshStream(tc testpb.TestServiceClient, tok string) error {
 	if err != nil {
 		return err
 	}
-	for {
-		if _, err := st.Recv(); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-	}
+	return drain(st)
 }
 
 // refreshSameCustom reports whether a and b hold the same custom claims,

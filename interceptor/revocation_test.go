@@ -182,14 +182,7 @@ func revocationStream(ctx context.Context, client testpb.TestServiceClient, kind
 		if err != nil {
 			return err
 		}
-		for {
-			if _, err := st.Recv(); err != nil {
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				return err
-			}
-		}
+		return drain(st)
 	case "client-stream":
 		st, err := client.StreamingInputCall(ctx)
 		if err != nil {

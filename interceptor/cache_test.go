@@ -508,8 +508,8 @@ func TestServerCache_ExpiryBoundary(t *testing.T) {
 // renewed token.
 func cacheAuth(s *Server, tok string) (string, error) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
-	_, renewed, err := s.authenticate(ctx, srvUnaryMethod)
-	return renewed, err
+	_, rn, err := s.authenticate(ctx, srvUnaryMethod)
+	return rn.token(), err
 }
 
 func cacheReason(err error) Reason {

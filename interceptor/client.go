@@ -46,6 +46,13 @@ type heldToken struct {
 	md       map[string]string // request metadata, built once per token
 	refresh  string            // the refresh token; "" without one
 	insecure bool              // AllowInsecureTransport
+	callOpt  grpc.CallOption   // grpc.PerRPCCredentials(this), built once
+}
+
+// withCallOpt fills t.callOpt and returns t.
+func (t *heldToken) withCallOpt() *heldToken {
+	t.callOpt = grpc.PerRPCCredentials(t)
+	return t
 }
 
 // GetRequestMetadata implements [credentials.PerRPCCredentials].
@@ -103,14 +110,15 @@ func (h *TokenHolder) decode(raw string) (*heldToken, error) {
 	if !isType(typ, accessTokenType) || c.SessionID == "" || c.Subject == "" || c.ExpiresAt == nil {
 		return nil, fmt.Errorf("%w: not a session access token", ErrMalformedToken)
 	}
-	return &heldToken{
+	ht := &heldToken{
 		raw:      raw,
 		sid:      c.SessionID,
 		sub:      c.Subject,
 		exp:      c.ExpiresAt.Time,
 		md:       map[string]string{"authorization": "Bearer " + raw},
 		insecure: h.cfg.allowInsecure,
-	}, nil
+	}
+	return ht.withCallOpt(), nil
 }
 
 // offer swaps raw in if it renews the held token, and reports whether it
@@ -191,13 +199,14 @@ func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 
 // invoke makes one attempt of a unary call with the tokens held.
 func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	var header, trailer metadata.MD
+	// One allocation for both: each escapes through its call option.
+	md := new(struct{ header, trailer metadata.MD })
 	all := make([]grpc.CallOption, len(opts), len(opts)+3)
 	copy(all, opts) // never append into the caller's slice
-	all = append(all, grpc.PerRPCCredentials(held), grpc.Header(&header), grpc.Trailer(&trailer))
+	all = append(all, held.callOpt, grpc.Header(&md.header), grpc.Trailer(&md.trailer))
 	err := invoker(ctx, method, req, reply, cc, all...)
-	h.pick(header)
-	h.pick(trailer)
+	h.pick(md.header)
+	h.pick(md.trailer)
 	return err
 }
 
@@ -266,7 +275,7 @@ type clientStream struct {
 func (s *clientStream) open(held *heldToken) (grpc.ClientStream, error) {
 	all := make([]grpc.CallOption, len(s.opts), len(s.opts)+1)
 	copy(all, s.opts)
-	all = append(all, grpc.PerRPCCredentials(held))
+	all = append(all, held.callOpt)
 	return s.streamer(s.ctx, s.desc, s.cc, s.method, all...)
 }
 

@@ -224,7 +224,7 @@ func (h *TokenHolder) install(pair *slidejwtv1.TokenPair) error {
 	if t.exp.Before(old.exp) {
 		// A renewal that arrived meanwhile is newer; keep it, but take the
 		// new refresh token: the old one is retired.
-		t = &heldToken{raw: old.raw, sid: old.sid, sub: old.sub, exp: old.exp, md: old.md, insecure: old.insecure}
+		t = (&heldToken{raw: old.raw, sid: old.sid, sub: old.sub, exp: old.exp, md: old.md, insecure: old.insecure}).withCallOpt()
 	}
 	t.refresh = pair.GetRefreshToken()
 	h.cur.Store(t)

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -211,10 +212,10 @@ func randomID() string {
 
 // authenticate is the one place where a call is authenticated and its
 // renewal decided; the interceptors and AuthFunc only adapt it. It returns
-// the handler's context (carrying the claims) and the renewed token, or ""
-// when none is due. Its error is a gRPC status error and the handler must
-// not run.
-func (s *Server) authenticate(ctx context.Context, method string) (context.Context, string, error) {
+// the handler's context (carrying the claims) and the renewal to send, or
+// nil when none is due. Its error is a gRPC status error and the handler
+// must not run.
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *renewal, error) {
 	c, err := s.check(ctx)
 	if err != nil {
 		ev := Event{Kind: EventRejected, Method: method, Err: err}
@@ -225,34 +226,39 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			ev.Subject, ev.SessionID = c.Subject, c.SessionID
 		}
 		s.emit(ctx, ev)
-		return ctx, "", err
+		return ctx, nil, err
 	}
 	ctx = context.WithValue(ctx, claimsKey{}, c)
 	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.Subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time}
-	renewed, exp, err := s.renew(c)
+	r := s.renew(c)
 	switch {
-	case err != nil:
+	case r == nil:
+	case r.err != nil:
 		// The presented token is still good; the call goes on and the
 		// client keeps its token. Report the failure.
-		ev.Kind, ev.Err = EventRenewalFailed, err
-	case renewed != "":
-		ev.Kind, ev.Expiry = EventRenewed, exp
+		ev.Kind, ev.Err = EventRenewalFailed, r.err
+		r = nil
+	default:
+		ev.Kind, ev.Expiry = EventRenewed, r.exp
 	}
 	s.emit(ctx, ev)
-	return ctx, renewed, nil
+	return ctx, r, nil
 }
 
 // check extracts and verifies the bearer token and applies the session
 // rules. On rejection it may return the verified claims (for events).
 func (s *Server) check(ctx context.Context) (*Claims, error) {
-	switch n := len(metadata.ValueFromIncomingContext(ctx, "authorization")); {
-	case n == 0:
+	// One metadata lookup: auth.AuthFromMD reads only the first value, so
+	// it can neither see a second one nor save the copy made to count them.
+	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
+	switch {
+	case len(vals) == 0:
 		return nil, reject(ReasonTokenMissing, "")
-	case n > 1:
+	case len(vals) > 1:
 		return nil, reject(ReasonTokenInvalid, "more than one authorization value")
 	}
-	raw, err := auth.AuthFromMD(ctx, "bearer")
-	if err != nil || raw == "" {
+	scheme, raw, _ := strings.Cut(vals[0], " ")
+	if !strings.EqualFold(scheme, "bearer") || raw == "" {
 		return nil, reject(ReasonTokenMissing, "authorization is not a bearer token")
 	}
 	if len(raw) > s.cfg.maxTokenSize {
@@ -284,31 +290,35 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 	return c, nil
 }
 
-// renew mints the renewed token for the verified claims c, and its exp,
-// when the policy says one is due; it returns "" otherwise. Everything but
-// exp, iat, jti and the freshness marker is copied from c.
+// renew mints the renewed token for the verified claims c when the policy
+// says one is due; it returns nil otherwise. Everything but exp, iat, jti
+// and the freshness marker is copied from c.
 //
 // Requests presenting the same token (same jti) while its renewal is due
 // share one renewed token: one signature per token per renewal, not one
 // per request.
-func (s *Server) renew(c *Claims) (string, time.Time, error) {
+func (s *Server) renew(c *Claims) *renewal {
 	now := s.cfg.now()
 	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
 	if !d.Renew {
-		return "", time.Time{}, nil
+		return nil
 	}
-	mint := func() (string, time.Time, error) {
+	mint := func(r *renewal) {
 		next := *c
 		next.ExpiresAt = jwt.NewNumericDate(d.Expiry)
 		next.IssuedAt = jwt.NewNumericDate(now)
 		next.ID = randomID()
 		next.Fresh = false
-		tok, err := s.sign(&next, accessTokenType)
-		return tok, d.Expiry, err
+		r.exp = d.Expiry
+		if r.tok, r.err = s.sign(&next, accessTokenType); r.err == nil {
+			r.md = metadata.Pairs(s.cfg.renewalHeader, r.tok)
+		}
 	}
 	v := s.ver.Load()
 	if v.renewals == nil {
-		return mint()
+		r := new(renewal)
+		mint(r)
+		return r
 	}
 	// The entry dies with the presented token (at exp + leeway), or with
 	// the renewal itself if that comes first (a TTL shorter than the
@@ -322,16 +332,27 @@ func (s *Server) renew(c *Claims) (string, time.Time, error) {
 		}
 		return new(renewal), until
 	})
-	r.once.Do(func() { r.tok, r.exp, r.err = mint() })
-	return r.tok, r.exp, r.err
+	r.once.Do(func() { mint(r) })
+	return r
 }
 
-// renewal is the one renewed token minted for a presented token.
+// renewal is the one renewed token minted for a presented token, with the
+// response metadata that carries it, built once. gRPC only reads that
+// metadata (SetHeader and SetTrailer copy it), so requests share it.
 type renewal struct {
 	once sync.Once
 	tok  string
 	exp  time.Time
+	md   metadata.MD
 	err  error
+}
+
+// token returns the renewed token, or "" for a nil renewal.
+func (r *renewal) token() string {
+	if r == nil {
+		return ""
+	}
+	return r.tok
 }
 
 func (s *Server) exempt(method string) bool {
@@ -351,13 +372,13 @@ func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		if s.exempt(info.FullMethod) {
 			return handler(ctx, req)
 		}
-		ctx, renewed, err := s.authenticate(ctx, info.FullMethod)
+		ctx, r, err := s.authenticate(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
-		if renewed != "" {
+		if r != nil {
 			// Set before the handler runs; handler trailers are joined to it.
-			_ = grpc.SetTrailer(ctx, metadata.Pairs(s.cfg.renewalHeader, renewed))
+			_ = grpc.SetTrailer(ctx, r.md)
 		}
 		return handler(ctx, req)
 	}
@@ -371,16 +392,15 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		if s.exempt(info.FullMethod) {
 			return handler(srv, ss)
 		}
-		ctx, renewed, err := s.authenticate(ss.Context(), info.FullMethod)
+		ctx, r, err := s.authenticate(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err
 		}
-		if renewed != "" {
-			md := metadata.Pairs(s.cfg.renewalHeader, renewed)
-			if err := ss.SetHeader(md); err != nil {
+		if r != nil {
+			if err := ss.SetHeader(r.md); err != nil {
 				return status.Error(codes.Internal, "slidejwt: cannot set response header")
 			}
-			ss.SetTrailer(md)
+			ss.SetTrailer(r.md)
 		}
 		wrapped := middleware.WrapServerStream(ss)
 		wrapped.WrappedContext = ctx
@@ -398,14 +418,13 @@ func (s *Server) AuthFunc() auth.AuthFunc {
 		if s.exempt(method) {
 			return ctx, nil
 		}
-		ctx, renewed, err := s.authenticate(ctx, method)
+		ctx, r, err := s.authenticate(ctx, method)
 		if err != nil {
 			return nil, err
 		}
-		if renewed != "" {
-			md := metadata.Pairs(s.cfg.renewalHeader, renewed)
-			_ = grpc.SetHeader(ctx, md)
-			_ = grpc.SetTrailer(ctx, md)
+		if r != nil {
+			_ = grpc.SetHeader(ctx, r.md)
+			_ = grpc.SetTrailer(ctx, r.md)
 		}
 		return ctx, nil
 	}

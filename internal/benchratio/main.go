@@ -1,0 +1,300 @@
+// Command benchratio reads `go test -bench -benchmem` output of the
+// package bench on standard input and prints, as Markdown, the median
+// ns/op, B/op and allocs/op of every Benchmark<family>/<alg>/<case>, its
+// time as a ratio to the same family and alg's floor case (the ratio of
+// the medians, and the median of the ratios within each run) and its
+// allocations as a difference from floor, and then issue 4's targets,
+// judged on the ratios of the medians and each marked pass or MISS.
+//
+//	go test -run '^$' -bench . -benchmem -count 6 ./bench | go run ./internal/benchratio
+//
+// It is what scripts/bench prints after the benchstat table.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+func main() {
+	rs, err := parse(os.Stdin)
+	if err == nil && len(rs) == 0 {
+		err = fmt.Errorf("no Benchmark<family>/<alg>/<case> results on standard input")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchratio:", err)
+		os.Exit(1)
+	}
+	write(os.Stdout, summarize(rs))
+}
+
+// The cases that the ratios and targets refer to.
+const (
+	floorCase   = "floor"
+	steadyCase  = "steady"
+	renewCase   = "renew"
+	refreshCase = "refresh-rpc"
+)
+
+// result is one line of benchmark output.
+type result struct {
+	family, alg, cas string
+	nsPerOp          float64
+	bytesPerOp       float64
+	allocsPerOp      float64
+	hasMem           bool
+}
+
+// parse reads the results of benchmarks named
+// Benchmark<family>/<alg>/<case>[-<gomaxprocs>]; it skips every other line.
+func parse(r io.Reader) ([]result, error) {
+	var rs []result
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		parts := strings.Split(trimProcs(strings.TrimPrefix(f[0], "Benchmark")), "/")
+		if len(parts) < 3 {
+			continue
+		}
+		if _, err := strconv.ParseInt(f[1], 10, 64); err != nil {
+			continue // not a result line (a benchmark's log output, say)
+		}
+		res := result{family: parts[0], alg: strings.Join(parts[1:len(parts)-1], "/"), cas: parts[len(parts)-1]}
+		haveNs, haveB, haveAllocs := false, false, false
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: bad value %q", f[0], f[i])
+			}
+			switch f[i+1] {
+			case "ns/op":
+				res.nsPerOp, haveNs = v, true
+			case "B/op":
+				res.bytesPerOp, haveB = v, true
+			case "allocs/op":
+				res.allocsPerOp, haveAllocs = v, true
+			}
+		}
+		if !haveNs {
+			continue
+		}
+		res.hasMem = haveB && haveAllocs
+		rs = append(rs, res)
+	}
+	return rs, sc.Err()
+}
+
+// trimProcs removes the "-<gomaxprocs>" suffix of a benchmark name.
+func trimProcs(name string) string {
+	i := strings.LastIndexByte(name, '-')
+	if i < 0 || i == len(name)-1 {
+		return name
+	}
+	if _, err := strconv.Atoi(name[i+1:]); err != nil {
+		return name
+	}
+	return name[:i]
+}
+
+// stat is the medians of one family/alg/case over its runs.
+type stat struct {
+	cas                          string
+	runs                         int
+	ns, bytes, allocs            float64
+	hasMem                       bool
+	nsVals, bytesVals, allocVals []float64
+}
+
+// group is one family and alg, its cases in the order they first appear.
+type group struct {
+	family, alg string
+	cases       []*stat
+}
+
+func (g *group) get(cas string) *stat {
+	for _, s := range g.cases {
+		if s.cas == cas {
+			return s
+		}
+	}
+	return nil
+}
+
+// summarize groups rs by family and alg, in the order of first appearance,
+// and computes the medians.
+func summarize(rs []result) []*group {
+	var gs []*group
+	find := func(family, alg string) *group {
+		for _, g := range gs {
+			if g.family == family && g.alg == alg {
+				return g
+			}
+		}
+		g := &group{family: family, alg: alg}
+		gs = append(gs, g)
+		return g
+	}
+	for _, r := range rs {
+		g := find(r.family, r.alg)
+		s := g.get(r.cas)
+		if s == nil {
+			s = &stat{cas: r.cas, hasMem: true}
+			g.cases = append(g.cases, s)
+		}
+		s.runs++
+		s.nsVals = append(s.nsVals, r.nsPerOp)
+		s.bytesVals = append(s.bytesVals, r.bytesPerOp)
+		s.allocVals = append(s.allocVals, r.allocsPerOp)
+		s.hasMem = s.hasMem && r.hasMem
+	}
+	for _, g := range gs {
+		for _, s := range g.cases {
+			s.ns, s.bytes, s.allocs = median(s.nsVals), median(s.bytesVals), median(s.allocVals)
+		}
+	}
+	return gs
+}
+
+// median returns the median of vs, the mean of the middle two for an even
+// count. vs must not be empty.
+func median(vs []float64) float64 {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// pairedRatio is the median over runs of s's time divided by floor's time
+// in the same run: the i-th result of a case is paired with the i-th
+// result of floor. When the runs are rounds that each run every case once
+// (as scripts/bench does), a pair was measured a few seconds apart, and
+// the ratio is robust against the machine's drift between rounds.
+func pairedRatio(floor, s *stat) (float64, bool) {
+	n := min(len(floor.nsVals), len(s.nsVals))
+	if n == 0 {
+		return 0, false
+	}
+	rs := make([]float64, 0, n)
+	for i := range n {
+		if floor.nsVals[i] <= 0 {
+			return 0, false
+		}
+		rs = append(rs, s.nsVals[i]/floor.nsVals[i])
+	}
+	return median(rs), true
+}
+
+// write prints one Markdown table per family, then the targets.
+func write(w io.Writer, gs []*group) {
+	var families []string
+	for _, g := range gs {
+		if !slices.Contains(families, g.family) {
+			families = append(families, g.family)
+		}
+	}
+	for _, fam := range families {
+		fmt.Fprintf(w, "### Benchmark%s (medians)\n\n", fam)
+		fmt.Fprintln(w, "| alg | case | runs | ns/op | × floor | × floor, paired | B/op | allocs/op | allocs − floor |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		for _, g := range gs {
+			if g.family != fam {
+				continue
+			}
+			floor := g.get(floorCase)
+			for _, s := range g.cases {
+				ratio, paired, diff := "–", "–", "–"
+				if floor != nil && floor.ns > 0 {
+					ratio = fmt.Sprintf("%.2f", s.ns/floor.ns)
+					if r, ok := pairedRatio(floor, s); ok {
+						paired = fmt.Sprintf("%.2f", r)
+					}
+				}
+				bytes, allocs := "–", "–"
+				if s.hasMem {
+					bytes, allocs = whole(s.bytes), num(s.allocs)
+					if floor != nil && floor.hasMem {
+						diff = signed(s.allocs - floor.allocs)
+					}
+				}
+				fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n",
+					g.alg, s.cas, s.runs, whole(s.ns), ratio, paired, bytes, allocs, diff)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+
+	fmt.Fprintln(w, "### Targets (issue 4)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | renew / floor ≤ 1.20 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | --- |")
+	for _, g := range gs {
+		floor, steady, renew, refresh := g.get(floorCase), g.get(steadyCase), g.get(renewCase), g.get(refreshCase)
+		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s |\n", g.family, g.alg,
+			ratioTarget(floor, steady, func(r float64) bool { return r <= 1.10 }),
+			ratioTarget(floor, renew, func(r float64) bool { return r <= 1.20 }),
+			allocTarget(floor, steady),
+			ratioTarget(steady, refresh, func(r float64) bool { return r >= 1.8 }),
+		)
+	}
+}
+
+// ratioTarget formats b's median time as a ratio to a's, and whether it
+// meets its target, judged on the ratio as printed (two decimals); "–"
+// when a case is missing.
+func ratioTarget(a, b *stat, meets func(ratio float64) bool) string {
+	if a == nil || b == nil || a.ns <= 0 {
+		return "–"
+	}
+	r := math.Round(b.ns/a.ns*100) / 100
+	verdict := "pass"
+	if !meets(r) {
+		verdict = "MISS"
+	}
+	return fmt.Sprintf("%.2f %s", r, verdict)
+}
+
+// allocTarget is the allocations target: steady allocates at most 15
+// objects per call more than floor.
+func allocTarget(floor, steady *stat) string {
+	if floor == nil || steady == nil || !floor.hasMem || !steady.hasMem {
+		return "–"
+	}
+	d := steady.allocs - floor.allocs
+	verdict := "pass"
+	if d > 15 {
+		verdict = "MISS"
+	}
+	return signed(d) + " " + verdict
+}
+
+// num formats v without a fraction when it is whole, else with one digit.
+func num(v float64) string {
+	if v == float64(int64(v)) {
+		return strconv.FormatInt(int64(v), 10)
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64)
+}
+
+// whole formats v rounded to a whole number.
+func whole(v float64) string { return strconv.FormatFloat(math.Round(v), 'f', 0, 64) }
+
+// signed is num with a sign.
+func signed(v float64) string {
+	if v >= 0 {
+		return "+" + num(v)
+	}
+	return num(v)
+}

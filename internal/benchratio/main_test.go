@@ -1,0 +1,174 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const input = `goos: linux
+goarch: amd64
+pkg: github.com/slidejwt/slidejwt/bench
+cpu: Some CPU @ 2.00GHz
+BenchmarkUnary/HS256/floor-2         	   10000	    100000 ns/op	    8000 B/op	     150 allocs/op
+BenchmarkUnary/HS256/floor-2         	   10000	    120000 ns/op	    8100 B/op	     151 allocs/op
+BenchmarkUnary/HS256/floor-2         	   10000	     90000 ns/op	    8200 B/op	     150 allocs/op
+BenchmarkUnary/HS256/steady-2        	   10000	    105000 ns/op	    9000 B/op	     160 allocs/op
+BenchmarkUnary/HS256/steady-2        	   10000	    115000 ns/op	    9000 B/op	     162 allocs/op
+BenchmarkUnary/HS256/renew-2         	   10000	    130000 ns/op	    9500 B/op	     170 allocs/op
+BenchmarkUnary/HS256/refresh-rpc-2   	    5000	    250000 ns/op	   38000 B/op	     570 allocs/op
+BenchmarkStreamOpen/EdDSA/floor      	   10000	    200000 ns/op	   12000 B/op	     200 allocs/op
+BenchmarkStreamOpen/EdDSA/steady     	   10000	    230000 ns/op	   13000 B/op	     220 allocs/op
+BenchmarkNoSubBenchmarks-2           	   10000	      5000 ns/op
+BenchmarkUnary/HS256/floor-2 log line from the benchmark
+PASS
+ok  	github.com/slidejwt/slidejwt/bench	100.0s
+`
+
+func TestParse(t *testing.T) {
+	rs, err := parse(strings.NewReader(input))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(rs), 9; got != want {
+		t.Fatalf("got %d results, want %d", got, want)
+	}
+	tests := []struct {
+		i    int
+		want result
+	}{
+		{0, result{family: "Unary", alg: "HS256", cas: "floor", nsPerOp: 100000, bytesPerOp: 8000, allocsPerOp: 150, hasMem: true}},
+		{6, result{family: "Unary", alg: "HS256", cas: "refresh-rpc", nsPerOp: 250000, bytesPerOp: 38000, allocsPerOp: 570, hasMem: true}},
+		{8, result{family: "StreamOpen", alg: "EdDSA", cas: "steady", nsPerOp: 230000, bytesPerOp: 13000, allocsPerOp: 220, hasMem: true}},
+	}
+	for _, tt := range tests {
+		if got := rs[tt.i]; got != tt.want {
+			t.Errorf("result %d: got %+v, want %+v", tt.i, got, tt.want)
+		}
+	}
+}
+
+func TestTrimProcs(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"Unary/HS256/floor-2", "Unary/HS256/floor"},
+		{"Unary/HS256/refresh-rpc-16", "Unary/HS256/refresh-rpc"},
+		{"Unary/HS256/refresh-rpc", "Unary/HS256/refresh-rpc"},
+		{"Unary/HS256/middleware-verify", "Unary/HS256/middleware-verify"},
+		{"Unary/HS256/x-", "Unary/HS256/x-"},
+	}
+	for _, tt := range tests {
+		if got := trimProcs(tt.in); got != tt.want {
+			t.Errorf("trimProcs(%q): got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		in   []float64
+		want float64
+	}{
+		{[]float64{3}, 3},
+		{[]float64{3, 1, 2}, 2},
+		{[]float64{4, 1, 3, 2}, 2.5},
+		{[]float64{120, 100, 90, 1000, 95}, 100},
+	}
+	for _, tt := range tests {
+		if got := median(tt.in); got != tt.want {
+			t.Errorf("median(%v): got %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestWrite(t *testing.T) {
+	rs, err := parse(strings.NewReader(input))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	write(&b, summarize(rs))
+	want := `### BenchmarkUnary (medians)
+
+| alg | case | runs | ns/op | × floor | × floor, paired | B/op | allocs/op | allocs − floor |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| HS256 | floor | 3 | 100000 | 1.00 | 1.00 | 8100 | 150 | +0 |
+| HS256 | steady | 2 | 110000 | 1.10 | 1.00 | 9000 | 161 | +11 |
+| HS256 | renew | 1 | 130000 | 1.30 | 1.30 | 9500 | 170 | +20 |
+| HS256 | refresh-rpc | 1 | 250000 | 2.50 | 2.50 | 38000 | 570 | +420 |
+
+### BenchmarkStreamOpen (medians)
+
+| alg | case | runs | ns/op | × floor | × floor, paired | B/op | allocs/op | allocs − floor |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| EdDSA | floor | 1 | 200000 | 1.00 | 1.00 | 12000 | 200 | +0 |
+| EdDSA | steady | 1 | 230000 | 1.15 | 1.15 | 13000 | 220 | +20 |
+
+### Targets (issue 4)
+
+| benchmark | steady / floor ≤ 1.10 | renew / floor ≤ 1.20 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 |
+| --- | --- | --- | --- | --- |
+| Unary/HS256 | 1.10 pass | 1.30 MISS | +11 pass | 2.27 pass |
+| StreamOpen/EdDSA | 1.15 MISS | – | +20 MISS | – |
+`
+	if got := b.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestWrite_NoMemory(t *testing.T) {
+	rs, err := parse(strings.NewReader("BenchmarkUnary/HS256/floor-2 100 1000 ns/op\nBenchmarkUnary/HS256/steady-2 100 1500 ns/op\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	write(&b, summarize(rs))
+	for _, want := range []string{
+		"| HS256 | steady | 1 | 1500 | 1.50 | 1.50 | – | – | – |",
+		"| Unary/HS256 | 1.50 MISS | – | – | – |",
+	} {
+		if !strings.Contains(b.String(), want+"\n") {
+			t.Errorf("output lacks the line %q; got:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestRatioTarget(t *testing.T) {
+	atMost110 := func(r float64) bool { return r <= 1.10 }
+	tests := []struct {
+		a, b *stat
+		want string
+	}{
+		{&stat{ns: 1000}, &stat{ns: 1104}, "1.10 pass"}, // judged as printed
+		{&stat{ns: 1000}, &stat{ns: 1105}, "1.11 MISS"},
+		{&stat{ns: 1000}, &stat{ns: 900}, "0.90 pass"},
+		{nil, &stat{ns: 900}, "–"},
+		{&stat{ns: 1000}, nil, "–"},
+	}
+	for _, tt := range tests {
+		if got := ratioTarget(tt.a, tt.b, atMost110); got != tt.want {
+			t.Errorf("ratioTarget(%v, %v): got %q, want %q", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestPairedRatio(t *testing.T) {
+	// The machine slowed down during run 3, between floor and steady: the
+	// ratio of the medians is 210/100, while in all but one run steady
+	// took 1.05× floor's time.
+	floor := &stat{nsVals: []float64{100, 100, 100, 200, 200}}
+	steady := &stat{nsVals: []float64{105, 105, 210, 210, 210}}
+	if got, want := median(steady.nsVals)/median(floor.nsVals), 2.1; got != want {
+		t.Fatalf("premise: ratio of medians: got %v, want %v", got, want)
+	}
+	got, ok := pairedRatio(floor, steady)
+	if !ok || got != 1.05 {
+		t.Errorf("pairedRatio: got %v, %v; want 1.05, true", got, ok)
+	}
+	// Fewer runs of one case: only the runs both have are paired.
+	got, ok = pairedRatio(floor, &stat{nsVals: []float64{300}})
+	if !ok || got != 3 {
+		t.Errorf("pairedRatio, one run: got %v, %v; want 3, true", got, ok)
+	}
+	if _, ok := pairedRatio(floor, &stat{}); ok {
+		t.Error("pairedRatio with no runs: got ok, want not ok")
+	}
+}

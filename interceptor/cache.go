@@ -10,7 +10,8 @@ import (
 // holding at most about capacity entries. It is split into shards, each
 // locked on its own; a shard keeps two generations of entries and, when the
 // young one is full, drops the old one and ages the young one, so both
-// insertion and lookup cost O(1) and memory never exceeds capacity.
+// insertion and lookup cost O(1) and the entries held never exceed
+// capacity (or 32, one per generation and shard, if that is more).
 // Entries that are used survive an ageing by moving to the young
 // generation.
 //

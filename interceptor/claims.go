@@ -51,9 +51,17 @@ var reservedClaims = map[string]bool{
 
 // isReservedClaim reports whether name is, in any case, a name of the
 // session model. encoding/json matches member names case-insensitively
-// when it decodes, so a custom "SID" would overwrite sid.
+// (with Unicode folding) when it decodes, so a custom "SID" or "ſid" would
+// overwrite sid.
 func isReservedClaim(name string) bool {
-	return reservedClaims[strings.ToLower(name)]
+	for r := range reservedClaims {
+		// EqualFold uses Unicode simple folding, like encoding/json does
+		// ("ſub" matches "sub"), not just ASCII case.
+		if strings.EqualFold(name, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // MarshalJSON encodes the registered claims followed by the custom claims
@@ -88,12 +96,19 @@ func (c Claims) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON decodes the registered claims and keeps every other member
 // as a custom claim.
 func (c *Claims) UnmarshalJSON(data []byte) error {
-	var r registered
-	if err := json.Unmarshal(data, &r); err != nil {
-		return err
-	}
 	var all map[string]json.RawMessage
 	if err := json.Unmarshal(data, &all); err != nil {
+		return err
+	}
+	// Refuse look-alikes of the session claims first: only then is it safe
+	// to let encoding/json, which folds case, fill the registered fields.
+	for name := range all {
+		if !reservedClaims[name] && isReservedClaim(name) {
+			return errShadowClaim
+		}
+	}
+	var r registered
+	if err := json.Unmarshal(data, &r); err != nil {
 		return err
 	}
 	// golang-jwt reads dates through json.Number, which also takes a quoted
@@ -103,14 +118,8 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 			return errDateNotNumber
 		}
 	}
-	for name := range all {
-		if reservedClaims[name] {
-			delete(all, name)
-		} else if isReservedClaim(name) {
-			// encoding/json matches member names case-insensitively, so
-			// "SID" would have overwritten sid above.
-			return errShadowClaim
-		}
+	for name := range reservedClaims {
+		delete(all, name)
 	}
 	if len(all) == 0 {
 		all = nil
@@ -156,13 +165,20 @@ var (
 
 // Lookup decodes the custom claim name into v. It reports false, with a
 // nil error, when the token has no such claim.
+//
+// Lookup on a nil *Claims reports false, so that it is safe on the result
+// of [ClaimsFromContext] in an exempt method. The error names the claim
+// and the target type, never the claim's value.
 func (c *Claims) Lookup(name string, v any) (bool, error) {
+	if c == nil {
+		return false, nil
+	}
 	raw, ok := c.Custom[name]
 	if !ok {
 		return false, nil
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return true, fmt.Errorf("slidejwt: custom claim %q: %w", name, err)
+		return true, fmt.Errorf("slidejwt: custom claim %q does not decode into %T", name, v)
 	}
 	return true, nil
 }

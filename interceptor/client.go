@@ -33,6 +33,7 @@ type TokenHolder struct {
 	fmu    sync.Mutex // guards flight and failed
 	flight *refreshFlight
 	failed *refreshFailure
+	guard  grpc.CallOption // transport-security check for the default refresh call
 }
 
 // heldToken is one immutable generation of the held tokens. It is also the
@@ -47,6 +48,7 @@ type heldToken struct {
 	refresh  string            // the refresh token; "" without one
 	insecure bool              // AllowInsecureTransport
 	callOpt  grpc.CallOption   // grpc.PerRPCCredentials(this), built once
+	end      time.Time         // the session's absolute end, once a refresh told it; else zero
 }
 
 // withCallOpt fills t.callOpt and returns t.
@@ -74,7 +76,7 @@ func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	h := &TokenHolder{cfg: cfg}
+	h := &TokenHolder{cfg: cfg, guard: grpc.PerRPCCredentials(transportGuard{insecure: cfg.allowInsecure})}
 	t, err := h.decode(token)
 	if err != nil {
 		return nil, err
@@ -104,7 +106,8 @@ func (h *TokenHolder) decode(raw string) (*heldToken, error) {
 	var c Claims
 	t, _, err := unverified.ParseUnverified(raw, &c)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedToken, err)
+		// Not %w of err: golang-jwt's messages can quote claim values.
+		return nil, fmt.Errorf("%w: does not decode as a JWT", ErrMalformedToken)
 	}
 	typ, _ := t.Header["typ"].(string)
 	if !isType(typ, accessTokenType) || c.SessionID == "" || c.Subject == "" || c.ExpiresAt == nil {
@@ -137,7 +140,7 @@ func (h *TokenHolder) offer(raw string) bool {
 	if t.sid != old.sid || t.sub != old.sub || !t.exp.After(old.exp) {
 		return false
 	}
-	t.refresh = old.refresh
+	t.refresh, t.end = old.refresh, old.end
 	h.cur.Store(t)
 	if h.cfg.onSwap != nil {
 		h.cfg.onSwap(t.raw, t.exp)
@@ -381,6 +384,12 @@ func (s *clientStream) reopen(err error) (bool, error) {
 		return false, nil
 	}
 	s.retried = true
+	// A header means the server's handler ran (an interceptor's rejection
+	// is trailers-only) and may have consumed messages: never replay then.
+	// Header does not block on a failed stream.
+	if md, _ := s.cs.Header(); md != nil {
+		return false, nil
+	}
 	if rerr := s.h.refreshFrom(s.ctx, s.cc, s.held); rerr != nil {
 		return false, rerr
 	}
@@ -397,6 +406,7 @@ func (s *clientStream) reopen(err error) (bool, error) {
 	if s.closed {
 		_ = cs.CloseSend()
 	}
-	s.cs, s.held, s.sent = cs, held, nil
+	// The one reopen is spent: nothing more to keep for a replay.
+	s.cs, s.held, s.sent, s.committed = cs, held, nil, true
 	return true, nil
 }

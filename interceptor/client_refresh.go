@@ -2,6 +2,7 @@ package interceptor
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/grpc"
@@ -62,7 +63,10 @@ func WithRefreshToken(refreshToken string) ClientOption {
 }
 
 // WithRefresher sets how the holder refreshes, for a token service on
-// another connection or a non-gRPC one. It needs [WithRefreshToken].
+// another connection or a non-gRPC one. It needs [WithRefreshToken]. The
+// refresh token is a long-lived credential: r must send it only over a
+// secure transport (the default refresher lets gRPC enforce that, as for
+// the access token).
 func WithRefresher(r Refresher) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.refresher = r })
 }
@@ -116,6 +120,9 @@ func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn) *held
 	if h.failedBefore(held) != nil {
 		return held // this generation already failed to refresh; don't hammer the server
 	}
+	if !held.end.IsZero() && !held.exp.Before(held.end) {
+		return held // at the session's end: no refresh can extend it
+	}
 	_ = h.refreshFrom(ctx, cc, held)
 	return h.cur.Load()
 }
@@ -167,21 +174,37 @@ func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen
 			return ctx.Err()
 		}
 	}
-	f := &refreshFlight{done: make(chan struct{})}
+	f := &refreshFlight{done: make(chan struct{}), err: errRefreshPanicked}
 	h.flight = f
 	h.fmu.Unlock()
-
+	// Deferred, so that waiters are released even if a Refresher panics.
+	defer func() {
+		h.fmu.Lock()
+		h.flight = nil
+		// A rejection, or a pair the holder cannot take, will not go
+		// better next time: remember it for this generation, so that the
+		// retired refresh token is not presented again (which the server
+		// would take as theft).
+		var ie *installError
+		if _, rejected := ReasonOf(f.err); rejected || errors.As(f.err, &ie) {
+			h.failed = &refreshFailure{held: seen, err: f.err}
+		}
+		h.fmu.Unlock()
+		close(f.done)
+	}()
 	f.err = h.doRefresh(ctx, cc, seen)
-
-	h.fmu.Lock()
-	h.flight = nil
-	if _, rejected := ReasonOf(f.err); rejected {
-		h.failed = &refreshFailure{held: seen, err: f.err}
-	}
-	h.fmu.Unlock()
-	close(f.done)
 	return f.err
 }
+
+var errRefreshPanicked = status.Error(codes.Internal, "slidejwt: refresher panicked")
+
+// installError is a token pair the holder could not take. It is a
+// codes.Internal status: the token service misbehaved.
+type installError struct{ msg string }
+
+func (e *installError) Error() string { return "slidejwt: refresh returned " + e.msg }
+
+func (e *installError) GRPCStatus() *status.Status { return status.New(codes.Internal, e.Error()) }
 
 type refreshCallKey struct{}
 
@@ -193,16 +216,36 @@ func (h *TokenHolder) doRefresh(ctx context.Context, cc *grpc.ClientConn, seen *
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.refreshTimeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, refreshCallKey{}, true)
-	r := h.cfg.refresher
-	if r == nil {
-		r = TokenServiceRefresher(slidejwtv1.NewTokenServiceClient(cc))
-	}
-	pair, err := r.Refresh(ctx, seen.refresh)
-	if err != nil {
-		return err
+	var pair *slidejwtv1.TokenPair
+	if r := h.cfg.refresher; r != nil {
+		p, err := r.Refresh(ctx, seen.refresh)
+		if err != nil {
+			return err
+		}
+		pair = p
+	} else {
+		// The refresh token is the longest-lived credential: the same
+		// transport-security rule as for the access token applies. The
+		// guard attaches nothing; it only makes gRPC check the transport.
+		resp, err := slidejwtv1.NewTokenServiceClient(cc).Refresh(ctx,
+			&slidejwtv1.RefreshRequest{RefreshToken: seen.refresh}, h.guard)
+		if err != nil {
+			return err
+		}
+		pair = resp.GetTokens()
 	}
 	return h.install(pair)
 }
+
+// transportGuard is call credentials that attach nothing and require
+// transport security unless insecure.
+type transportGuard struct{ insecure bool }
+
+func (transportGuard) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return nil, nil
+}
+
+func (g transportGuard) RequireTransportSecurity() bool { return !g.insecure }
 
 // install swaps in a refreshed token pair. The access token must name the
 // same session and subject, and must not expire before the one held. Its
@@ -210,16 +253,16 @@ func (h *TokenHolder) doRefresh(ctx context.Context, cc *grpc.ClientConn, seen *
 func (h *TokenHolder) install(pair *slidejwtv1.TokenPair) error {
 	t, err := h.decode(pair.GetAccessToken())
 	if err != nil {
-		return status.Errorf(codes.Internal, "slidejwt: refresh returned %v", err)
+		return &installError{"an access token that does not decode"}
 	}
 	if pair.GetRefreshToken() == "" {
-		return status.Error(codes.Internal, "slidejwt: refresh returned no refresh token")
+		return &installError{"no refresh token"}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old := h.cur.Load()
 	if t.sid != old.sid || t.sub != old.sub {
-		return status.Error(codes.Internal, "slidejwt: refresh returned a token of another session")
+		return &installError{"a token of another session"}
 	}
 	if t.exp.Before(old.exp) {
 		// A renewal that arrived meanwhile is newer; keep it, but take the
@@ -227,6 +270,11 @@ func (h *TokenHolder) install(pair *slidejwtv1.TokenPair) error {
 		t = (&heldToken{raw: old.raw, sid: old.sid, sub: old.sub, exp: old.exp, md: old.md, insecure: old.insecure}).withCallOpt()
 	}
 	t.refresh = pair.GetRefreshToken()
+	if end := pair.GetSessionEndsAt(); end != nil {
+		t.end = end.AsTime()
+	} else {
+		t.end = old.end
+	}
 	h.cur.Store(t)
 	if h.cfg.onSwap != nil && t.raw != old.raw {
 		h.cfg.onSwap(t.raw, t.exp)

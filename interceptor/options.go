@@ -226,7 +226,8 @@ func WithRefreshGrace(d time.Duration) ServerOption {
 // the session end and the revocation list are still checked on every
 // request), and requests presenting the same token while its renewal is
 // due share one renewed token. Default [DefaultCacheSize]; 0 turns both
-// off. Memory is about n × (token size + 1 KiB) at most.
+// off. Each entry holds about two tokens' worth of memory plus the claims,
+// so with 1 KiB tokens the default costs some tens of MiB at most.
 func WithCacheSize(n int) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.cacheSize = n })
 }
@@ -247,7 +248,8 @@ func WithExemptMethods(fullMethods ...string) ServerOption {
 }
 
 // WithEventHook sets a function called once per authenticated or rejected
-// request, and per session start, for logging and metrics. It runs on the
+// request, and per session start, refresh and revocation, for logging and
+// metrics. It runs on the
 // request's goroutine and must be safe for concurrent use. An [Event]
 // never carries a token.
 func WithEventHook(f func(context.Context, Event)) ServerOption {

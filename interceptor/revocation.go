@@ -39,7 +39,7 @@ type MemoryRevocationList struct {
 
 	mu      sync.RWMutex
 	revoked map[string]time.Time // sid → keep until
-	next    time.Time            // earliest keep-until; prune when passed
+	queue   expiryQueue
 }
 
 // Revoke marks session sessionID revoked until the time until, which must
@@ -50,27 +50,19 @@ type MemoryRevocationList struct {
 func (m *MemoryRevocationList) Revoke(sessionID string, until time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
 	if m.revoked == nil {
 		m.revoked = make(map[string]time.Time)
 	}
-	if !m.next.IsZero() && now.After(m.next) {
-		m.next = time.Time{}
-		for sid, t := range m.revoked {
-			if now.After(t) {
-				delete(m.revoked, sid)
-			} else if m.next.IsZero() || t.Before(m.next) {
-				m.next = t
-			}
+	m.queue.expire(m.now(), func(sid string, end time.Time) {
+		if t, ok := m.revoked[sid]; ok && t.Equal(end) {
+			delete(m.revoked, sid)
 		}
-	}
-	if old, ok := m.revoked[sessionID]; ok && old.After(until) {
-		until = old
+	})
+	if old, ok := m.revoked[sessionID]; ok && !until.After(old) {
+		return
 	}
 	m.revoked[sessionID] = until
-	if m.next.IsZero() || until.Before(m.next) {
-		m.next = until
-	}
+	m.queue.add(sessionID, until)
 }
 
 // IsRevoked reports whether sessionID was revoked. It never fails.

@@ -26,8 +26,8 @@ import (
 // [Server.StartSession] mints the first token of a session.
 //
 // Every replica configured with the same keys, issuer, audience and policy
-// verifies and renews the same sessions without shared state; only
-// revocation needs a shared [RevocationList].
+// verifies and renews the same sessions without shared state; refresh and
+// revocation need a shared [SessionStore] (or [RevocationList]).
 //
 // A Server is safe for concurrent use.
 type Server struct {
@@ -216,7 +216,7 @@ func randomID() string {
 // nil when none is due. Its error is a gRPC status error and the handler
 // must not run.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *renewal, error) {
-	c, err := s.check(ctx)
+	c, raw, err := s.check(ctx)
 	if err != nil {
 		ev := Event{Kind: EventRejected, Method: method, Err: err}
 		if ae, ok := err.(*authError); ok {
@@ -230,7 +230,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	}
 	ctx = context.WithValue(ctx, claimsKey{}, c)
 	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.Subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time}
-	r := s.renew(c)
+	r := s.renew(c, raw)
 	switch {
 	case r == nil:
 	case r.err != nil:
@@ -246,31 +246,32 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 }
 
 // check extracts and verifies the bearer token and applies the session
-// rules. On rejection it may return the verified claims (for events).
-func (s *Server) check(ctx context.Context) (*Claims, error) {
+// rules. It returns the claims and the token as presented. On rejection it
+// may return the verified claims (for events).
+func (s *Server) check(ctx context.Context) (*Claims, string, error) {
 	// One metadata lookup: auth.AuthFromMD reads only the first value, so
 	// it can neither see a second one nor save the copy made to count them.
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	switch {
 	case len(vals) == 0:
-		return nil, reject(ReasonTokenMissing, "")
+		return nil, "", reject(ReasonTokenMissing, "")
 	case len(vals) > 1:
-		return nil, reject(ReasonTokenInvalid, "more than one authorization value")
+		return nil, "", reject(ReasonTokenInvalid, "more than one authorization value")
 	}
 	scheme, raw, _ := strings.Cut(vals[0], " ")
 	if !strings.EqualFold(scheme, "bearer") || raw == "" {
-		return nil, reject(ReasonTokenMissing, "authorization is not a bearer token")
+		return nil, "", reject(ReasonTokenMissing, "authorization is not a bearer token")
 	}
 	if len(raw) > s.cfg.maxTokenSize {
-		return nil, reject(ReasonTokenInvalid, "token too long")
+		return nil, "", reject(ReasonTokenInvalid, "token too long")
 	}
 	if !isCompactJWS(raw) {
-		return nil, reject(ReasonTokenInvalid, "malformed token")
+		return nil, "", reject(ReasonTokenInvalid, "malformed token")
 	}
 	now := s.cfg.now()
 	c, aerr := s.ver.Load().verifyCached(raw, now)
 	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
-		return c, reject(ReasonSessionExpired, "")
+		return c, raw, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
 	// claims are checked against the revocation list too, so that a client
@@ -278,26 +279,28 @@ func (s *Server) check(ctx context.Context) (*Claims, error) {
 	if c != nil && s.cfg.revocations != nil {
 		revoked, err := s.cfg.revocations.IsRevoked(ctx, c.SessionID)
 		if err != nil {
-			return c, status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
+			return c, raw, status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
 		}
 		if revoked {
-			return c, reject(ReasonSessionRevoked, "")
+			return c, raw, reject(ReasonSessionRevoked, "")
 		}
 	}
 	if aerr != nil {
-		return c, aerr
+		return c, raw, aerr
 	}
-	return c, nil
+	return c, raw, nil
 }
 
-// renew mints the renewed token for the verified claims c when the policy
-// says one is due; it returns nil otherwise. Everything but exp, iat, jti
-// and the freshness marker is copied from c.
+// renew mints the renewed token for the verified claims c of the token raw
+// when the policy says one is due; it returns nil otherwise. Everything but
+// exp, iat, jti and the freshness marker is copied from c.
 //
-// Requests presenting the same token (same jti) while its renewal is due
-// share one renewed token: one signature per token per renewal, not one
-// per request.
-func (s *Server) renew(c *Claims) *renewal {
+// Requests presenting the same token while its renewal is due share one
+// renewed token: one signature per token per renewal, not one per request.
+// They are matched on the token as presented, byte for byte, never on a
+// claim such as jti: two tokens sharing a jti (from another issuer that the
+// key set trusts) must not share a renewal.
+func (s *Server) renew(c *Claims, raw string) *renewal {
 	now := s.cfg.now()
 	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
 	if !d.Renew {
@@ -325,7 +328,7 @@ func (s *Server) renew(c *Claims) *renewal {
 	// leeway), so a renewal handed out is never already expired. Whoever
 	// runs the Once mints at a time no earlier than the entry's creation,
 	// so the token's exp is no earlier than d.Expiry.
-	r := v.renewals.getOrPut(c.ID, now, func() (*renewal, time.Time) {
+	r := v.renewals.getOrPut(raw, now, func() (*renewal, time.Time) {
 		until := c.ExpiresAt.Add(s.cfg.leeway)
 		if d.Expiry.Before(until) {
 			until = d.Expiry

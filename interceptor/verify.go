@@ -8,7 +8,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// Header-rule failures returned by KeySet.keyFor. golang-jwt wraps them in
+// Header-rule failures returned by KeySet.keyFunc. golang-jwt wraps them in
 // jwt.ErrTokenUnverifiable.
 var (
 	errCritHeader  = errors.New("crit header not supported")
@@ -58,8 +58,8 @@ type verifier struct {
 	// on the exact string, a re-encoded or malleated copy is a miss and is
 	// verified on its own. Failures are never stored. nil when disabled.
 	verified *boundedCache[*Claims]
-	// renewals maps a presented token's jti to its renewal; nil when
-	// disabled.
+	// renewals maps a presented token, byte for byte, to its renewal;
+	// nil when disabled.
 	renewals *boundedCache[*renewal]
 }
 

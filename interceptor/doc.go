@@ -55,6 +55,32 @@
 // The holder refuses to send its token over a connection without transport
 // security unless [AllowInsecureTransport] is given.
 //
+// # Refresh tokens
+//
+// With a [SessionStore] ([WithSessionStore]), [Server.StartSession] also
+// returns a refresh token (typ rt+jwt) and [Server.TokenService] serves
+// slidejwt.v1.TokenService: Refresh rotates the refresh token (a retired one
+// presented again within [WithRefreshGrace] gets the same successor, later
+// it revokes the session) and Revoke ends the caller's session.
+//
+//	slidejwtv1.RegisterTokenServiceServer(srv, sessions.TokenService())
+//
+// A holder given the refresh token ([WithRefreshToken]) refreshes inside its
+// interceptors: before a call when its token expires within
+// [WithRefreshMargin], and after a call that failed with TOKEN_EXPIRED, which
+// it retries once; concurrent callers share one refresh.
+//
+//	holder, err := interceptor.NewTokenHolder(pair.GetAccessToken(),
+//		interceptor.WithRefreshToken(pair.GetRefreshToken()))
+//
+// # Cost per call
+//
+// A token that verified once is served from a bounded cache while it is
+// valid, keyed on the exact token string; the session end and the
+// revocation list are still checked on every call. Requests presenting the
+// same token while its renewal is due share one renewed token. See
+// [WithCacheSize].
+//
 // # Wire contract
 //
 // Request: metadata "authorization: Bearer <jwt>", exactly one value; the
@@ -67,8 +93,8 @@
 //
 // Failure: codes.Unauthenticated with a google.rpc.ErrorInfo detail in the
 // domain "slidejwt" whose reason is TOKEN_MISSING, TOKEN_INVALID,
-// TOKEN_EXPIRED, SESSION_EXPIRED or SESSION_REVOKED (see [Reason] and
-// [ReasonOf]). The message never contains the token or its claims, and the
+// TOKEN_EXPIRED, SESSION_EXPIRED or SESSION_REVOKED (see [Reason], the
+// generated slidejwt.v1.ErrorReason enum, and [ReasonOf]). The message never contains the token or its claims, and the
 // handler does not run.
 //
 // # Session model

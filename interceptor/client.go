@@ -384,10 +384,11 @@ func (s *clientStream) reopen(err error) (bool, error) {
 		return false, nil
 	}
 	s.retried = true
-	// A header means the server's handler ran (an interceptor's rejection
-	// is trailers-only) and may have consumed messages: never replay then.
-	// Header does not block on a failed stream.
-	if md, _ := s.cs.Header(); md != nil {
+	// Replay only what no handler can have consumed: a stream that ended
+	// without a header (slidejwt's rejection is trailers-only), or whose
+	// rejection says the handler did not run (an earlier server interceptor
+	// may have sent a header). Header does not block on a failed stream.
+	if md, _ := s.cs.Header(); md != nil && !handlerNotRun(err) {
 		return false, nil
 	}
 	if rerr := s.h.refreshFrom(s.ctx, s.cc, s.held); rerr != nil {

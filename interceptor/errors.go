@@ -94,7 +94,17 @@ var (
 type authError struct {
 	reason Reason
 	detail string
+	// beforeHandler marks a rejection by the server interceptor itself: the
+	// handler did not run. It travels as ErrorInfo metadata (see
+	// [MetadataHandlerRan]).
+	beforeHandler bool
 }
+
+// MetadataHandlerRan is the google.rpc.ErrorInfo metadata key by which a
+// server says whether the method's handler ran: "false" on every rejection
+// made by the slidejwt interceptors, before the handler. A client may
+// safely replay a stream's messages only then.
+const MetadataHandlerRan = "handler_ran"
 
 func (e *authError) Error() string {
 	if e.detail == "" {
@@ -131,10 +141,29 @@ func (e *authError) GRPCStatus() *status.Status {
 		code = codes.PermissionDenied
 	}
 	st := status.New(code, e.Error())
-	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: WireReason(e.reason), Domain: ErrorDomain}); err == nil {
+	info := &errdetails.ErrorInfo{Reason: WireReason(e.reason), Domain: ErrorDomain}
+	if e.beforeHandler {
+		info.Metadata = map[string]string{MetadataHandlerRan: "false"}
+	}
+	if withInfo, err := st.WithDetails(info); err == nil {
 		return withInfo
 	}
 	return st
+}
+
+// handlerNotRun reports whether err says that the server rejected the call
+// before its handler ran (ErrorInfo metadata handler_ran=false).
+func handlerNotRun(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return info.GetMetadata()[MetadataHandlerRan] == "false"
+		}
+	}
+	return false
 }
 
 // ReasonOf returns the [Reason] carried by a gRPC error from a slidejwt

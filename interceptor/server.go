@@ -221,6 +221,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		ev := Event{Kind: EventRejected, Method: method, Err: err}
 		if ae, ok := err.(*authError); ok {
 			ev.Reason = ae.reason
+			ae.beforeHandler = true
 		}
 		if c != nil {
 			ev.Subject, ev.SessionID = c.Subject, c.SessionID

@@ -202,8 +202,15 @@ func newEnv(t testing.TB, cfg envConfig) *testEnv {
 // closed when the test ends.
 func (e *testEnv) dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
+	return dialBufconn(t, e.lis, opts...)
+}
+
+// dialBufconn returns a plaintext connection to lis with opts. It is
+// closed when the test ends.
+func dialBufconn(t testing.TB, lis *bufconn.Listener, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
 	opts = append([]grpc.DialOption{
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return e.lis.DialContext(ctx) }),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 	}, opts...)
 	conn, err := grpc.NewClient("passthrough:///bufnet", opts...)

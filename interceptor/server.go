@@ -216,7 +216,8 @@ func randomID() string {
 // nil when none is due. Its error is a gRPC status error and the handler
 // must not run.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *renewal, error) {
-	c, raw, err := s.check(ctx)
+	now := s.cfg.now() // one reading of the clock for the whole decision
+	c, raw, err := s.check(ctx, now)
 	if err != nil {
 		ev := Event{Kind: EventRejected, Method: method, Err: err}
 		if ae, ok := err.(*authError); ok {
@@ -231,7 +232,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	}
 	ctx = context.WithValue(ctx, claimsKey{}, c)
 	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.Subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time}
-	r := s.renew(c, raw)
+	r := s.renew(c, raw, now)
 	switch {
 	case r == nil:
 	case r.err != nil:
@@ -249,7 +250,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 // check extracts and verifies the bearer token and applies the session
 // rules. It returns the claims and the token as presented. On rejection it
 // may return the verified claims (for events).
-func (s *Server) check(ctx context.Context) (*Claims, string, error) {
+func (s *Server) check(ctx context.Context, now time.Time) (*Claims, string, error) {
 	// One metadata lookup: auth.AuthFromMD reads only the first value, so
 	// it can neither see a second one nor save the copy made to count them.
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
@@ -269,7 +270,6 @@ func (s *Server) check(ctx context.Context) (*Claims, string, error) {
 	if !isCompactJWS(raw) {
 		return nil, "", reject(ReasonTokenInvalid, "malformed token")
 	}
-	now := s.cfg.now()
 	c, aerr := s.ver.Load().verifyCached(raw, now)
 	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
 		return c, raw, reject(ReasonSessionExpired, "")
@@ -301,8 +301,7 @@ func (s *Server) check(ctx context.Context) (*Claims, string, error) {
 // They are matched on the token as presented, byte for byte, never on a
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
-func (s *Server) renew(c *Claims, raw string) *renewal {
-	now := s.cfg.now()
+func (s *Server) renew(c *Claims, raw string, now time.Time) *renewal {
 	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
 	if !d.Renew {
 		return nil

@@ -434,28 +434,9 @@ func TestClientRefresh_SingleFlightReactive(t *testing.T) {
 	c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 	crfLapse(e, s)
 
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() { errs[i] = crfUnary(t, c) })
-	}
 	// Hold the refresh until every first attempt has been rejected, so
 	// that all 50 need it.
-	for _, ch := range []<-chan struct{}{r.started, allRejected} {
-		select {
-		case <-ch:
-		case <-time.After(crfWait):
-			t.Fatal("calls did not pile up")
-		}
-	}
-	close(r.release)
-	wg.Wait()
-
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("call %d: %v", i, err)
-		}
-	}
+	crfPileUp(t, c, n, r, allRejected)
 	if got := r.calls.Load(); got != 1 {
 		t.Fatalf("refresher called %d times, want 1", got)
 	}
@@ -494,26 +475,7 @@ func TestClientRefresh_SingleFlightProactive(t *testing.T) {
 	c := testpb.NewTestServiceClient(e.dial(t, grpc.WithChainUnaryInterceptor(count, h.UnaryClientInterceptor())))
 	e.clock.Set(s.Expiry.Add(-time.Second)) // inside the 30 s margin, still valid
 
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() { errs[i] = crfUnary(t, c) })
-	}
-	for _, ch := range []<-chan struct{}{r.started, allEntered} {
-		select {
-		case <-ch:
-		case <-time.After(crfWait):
-			t.Fatal("calls did not pile up")
-		}
-	}
-	close(r.release)
-	wg.Wait()
-
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("call %d: %v", i, err)
-		}
-	}
+	crfPileUp(t, c, n, r, allEntered)
 	if got := r.calls.Load(); got != 1 {
 		t.Fatalf("refresher called %d times, want 1", got)
 	}
@@ -994,4 +956,30 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 			t.Fatal("the call did not carry the held access token")
 		}
 	})
+}
+
+// crfPileUp makes n concurrent unary calls on c, holds r's refresh until it
+// has started and gate is closed (every call is waiting for it), then
+// releases it and fails the test for any call that did not succeed.
+func crfPileUp(t *testing.T, c testpb.TestServiceClient, n int, r *crfRefresher, gate <-chan struct{}) {
+	t.Helper()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = crfUnary(t, c) })
+	}
+	for _, ch := range []<-chan struct{}{r.started, gate} {
+		select {
+		case <-ch:
+		case <-time.After(crfWait):
+			t.Fatal("calls did not pile up")
+		}
+	}
+	close(r.release)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("call %d: %v", i, err)
+		}
+	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,7 +24,26 @@ import (
 
 // t0 is the simulated login time of most tests: a whole second, so that
 // JWT NumericDate truncation does not shift boundaries.
-var t0 = time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+//
+// The environment variable SLIDEJWT_TEST_EPOCH (RFC 3339) moves it, so
+// that a test which compares a fake-clock time with the wall clock fails
+// on every run instead of on some future date: .ci/run runs this package
+// again with epochs decades before and after today.
+var t0 = testEpoch()
+
+const epochEnv = "SLIDEJWT_TEST_EPOCH"
+
+func testEpoch() time.Time {
+	v := os.Getenv(epochEnv)
+	if v == "" {
+		return time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil || t.Unix() <= 0 {
+		panic(fmt.Sprintf("%s=%q: want an RFC 3339 time after 1970", epochEnv, v))
+	}
+	return t.Truncate(time.Second).UTC()
+}
 
 // fakeClock is a settable clock, safe for concurrent use.
 type fakeClock struct {

@@ -303,7 +303,8 @@ func TestNewKey_CopiesSecret(t *testing.T) {
 		t.Fatalf("call after the caller cleared its secret buffer: %v", err)
 	}
 	// And the token is signed with the original secret, not the cleared one.
-	if _, err := jwt.Parse(s.AccessToken, func(*jwt.Token) (any, error) { return orig, nil }); err != nil {
+	if _, err := jwt.Parse(s.AccessToken, func(*jwt.Token) (any, error) { return orig, nil },
+		jwt.WithTimeFunc(e.clock.Now)); err != nil {
 		t.Errorf("token does not verify with the original secret: %v", err)
 	}
 }

@@ -321,12 +321,16 @@ func describe(err error) string {
 }
 
 // clock renders t as a time of day, with the date when it is not today.
-func clock(t time.Time) string {
+// clock formats t for the log: the time of day when t falls on the local
+// date of now, and the date too otherwise.
+func clock(t time.Time) string { return clockAt(t, time.Now()) }
+
+func clockAt(t, now time.Time) string {
 	if t.IsZero() || t.Unix() == 0 {
 		return "(none)"
 	}
-	t = t.Local()
-	if y, m, d := t.Date(); y != time.Now().Year() || m != time.Now().Month() || d != time.Now().Day() {
+	t, now = t.Local(), now.Local()
+	if y, m, d := t.Date(); y != now.Year() || m != now.Month() || d != now.Day() {
 		return t.Format("2006-01-02 15:04:05")
 	}
 	return t.Format("15:04:05")

@@ -78,16 +78,26 @@ func TestOneLine(t *testing.T) {
 }
 
 func TestClock(t *testing.T) {
-	if got := clock(time.Unix(0, 0)); got != "(none)" {
-		t.Errorf("clock(unset timestamp) = %q, want %q", got, "(none)")
+	// A fixed "now", one second before local midnight: the result must not
+	// depend on the date or time at which the test runs.
+	now := time.Date(2031, 7, 14, 23, 59, 59, 0, time.Local)
+	tests := []struct {
+		name string
+		t    time.Time
+		want string
+	}{
+		{"unset", time.Unix(0, 0), "(none)"},
+		{"zero", time.Time{}, "(none)"},
+		{"same day", time.Date(2031, 7, 14, 9, 30, 15, 0, time.Local), "09:30:15"},
+		{"now itself", now, "23:59:59"},
+		{"one second later, the next day", now.Add(time.Second), "2031-07-15 00:00:00"},
+		{"previous day", time.Date(2031, 7, 13, 23, 59, 59, 0, time.Local), "2031-07-13 23:59:59"},
+		{"next week", time.Date(2031, 7, 21, 9, 30, 15, 0, time.Local), "2031-07-21 09:30:15"},
+		{"same day, another year", time.Date(2032, 7, 14, 9, 30, 15, 0, time.Local), "2032-07-14 09:30:15"},
 	}
-	y, m, d := time.Now().Date()
-	today := time.Date(y, m, d, 9, 30, 15, 0, time.Local)
-	if got, want := clock(today), "09:30:15"; got != want {
-		t.Errorf("clock(%v) = %q, want %q", today, got, want)
-	}
-	nextWeek := today.AddDate(0, 0, 7)
-	if got, want := clock(nextWeek), nextWeek.Format("2006-01-02")+" 09:30:15"; got != want {
-		t.Errorf("clock(%v) = %q, want %q", nextWeek, got, want)
+	for _, tt := range tests {
+		if got := clockAt(tt.t, now); got != tt.want {
+			t.Errorf("%s: clockAt(%v, %v) = %q, want %q", tt.name, tt.t, now, got, tt.want)
+		}
 	}
 }

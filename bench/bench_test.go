@@ -27,6 +27,7 @@ import (
 	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // The benchmark matrix. The names are part of the benchmarks' contract
@@ -285,7 +286,7 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 		srvOpts = ours(sessions)
 		f.wantRenewal = true
 	case caseRefreshRPC:
-		sessions = mustServer(interceptor.WithSessionStore(&interceptor.MemorySessionStore{}))
+		sessions = mustServer(interceptor.WithSessionStore(&memstore.SessionStore{}))
 		minter = sessions
 		srvOpts = ours(sessions)
 		fixed = false

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
@@ -450,7 +451,7 @@ func TestServerCache_FailuresNotCached(t *testing.T) {
 func TestServerCache_RevocationStillApplies(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		t.Run(kind, func(t *testing.T) {
-			rl := &MemoryRevocationList{}
+			rl := &memstore.RevocationList{}
 			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(rl)}})
 			client := cacheClient(t, e)
 			s := e.startSession(t, nil)
@@ -464,7 +465,7 @@ func TestServerCache_RevocationStillApplies(t *testing.T) {
 			if got := cacheVerifiedLen(e); got != 1 {
 				t.Fatalf("verified cache len() = %d, want 1", got)
 			}
-			rl.Revoke(s.SessionID, s.End.Add(DefaultLeeway))
+			_ = rl.Revoke(context.Background(), s.SessionID, e.clock.Now(), s.End.Add(DefaultLeeway))
 			before := e.svc.calls.Load()
 			wantReason(t, call(), ReasonSessionRevoked)
 			if e.svc.calls.Load() != before {
@@ -508,7 +509,7 @@ func TestServerCache_ExpiryBoundary(t *testing.T) {
 // renewed token.
 func cacheAuth(s *Server, tok string) (string, error) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
-	_, rn, err := s.authenticate(ctx, srvUnaryMethod)
+	_, _, rn, err := s.authenticate(ctx, srvUnaryMethod)
 	return rn.token(), err
 }
 

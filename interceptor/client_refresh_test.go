@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // crfWait bounds every wait of these tests, so that a deadlock fails the
@@ -252,7 +253,7 @@ func TestClientRefresh_NoRefreshForOtherRejections(t *testing.T) {
 			return s
 		}, ReasonSessionRevoked},
 		{"token invalid", func(t *testing.T, e *refreshEnv) Session {
-			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&MemorySessionStore{}))
+			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
 			if err != nil {
 				t.Fatal(err)
 			}

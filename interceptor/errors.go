@@ -7,6 +7,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 )
@@ -102,8 +103,10 @@ type authError struct {
 
 // MetadataHandlerRan is the google.rpc.ErrorInfo metadata key by which a
 // server says whether the method's handler ran: "false" on every rejection
-// made by the slidejwt interceptors, before the handler. A client may
-// safely replay a stream's messages only then.
+// made by the slidejwt interceptors before the handler, and "true" on a
+// slidejwt error that a handler returned (a relayed downstream rejection)
+// or that ended a stream whose handler was running. A client may safely
+// retry a call, or replay a stream's messages, only on "false".
 const MetadataHandlerRan = "handler_ran"
 
 func (e *authError) Error() string {
@@ -149,6 +152,45 @@ func (e *authError) GRPCStatus() *status.Status {
 		return withInfo
 	}
 	return st
+}
+
+// markHandlerRan returns err with the MetadataHandlerRan of its slidejwt
+// ErrorInfo, if it has one, set to "true": err came from a handler, which
+// may have relayed a rejection that a downstream slidejwt server made
+// before its own handler ran. Other errors are returned as they are.
+func markHandlerRan(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok || len(st.Proto().GetDetails()) == 0 {
+		return err
+	}
+	p := st.Proto() // a copy
+	changed := false
+	for i, d := range p.GetDetails() {
+		var info errdetails.ErrorInfo
+		if d.UnmarshalTo(&info) != nil || info.GetDomain() != ErrorDomain {
+			continue
+		}
+		if info.GetMetadata()[MetadataHandlerRan] == "true" {
+			continue
+		}
+		if info.Metadata == nil {
+			info.Metadata = map[string]string{}
+		}
+		info.Metadata[MetadataHandlerRan] = "true"
+		a, aerr := anypb.New(&info)
+		if aerr != nil {
+			continue
+		}
+		p.Details[i] = a
+		changed = true
+	}
+	if !changed {
+		return err
+	}
+	return status.ErrorProto(p)
 }
 
 // handlerNotRun reports whether err says that the server rejected the call

@@ -1,6 +1,10 @@
 package interceptor
 
-import "time"
+import (
+	"time"
+
+	"github.com/slidejwt/slidejwt/interceptor/store"
+)
 
 // EventKind says what an [Event] reports.
 type EventKind int
@@ -23,6 +27,10 @@ const (
 	EventRefreshed
 	// EventRevoked: a session was revoked (a logout, or [Server.RevokeSession]).
 	EventRevoked
+	// EventStreamEnded: the server ended an open stream because its
+	// session ended or was revoked (Reason says which), or because the
+	// session store failed (Err).
+	EventStreamEnded
 )
 
 func (k EventKind) String() string {
@@ -41,6 +49,8 @@ func (k EventKind) String() string {
 		return "refreshed"
 	case EventRevoked:
 		return "revoked"
+	case EventStreamEnded:
+		return "stream-ended"
 	}
 	return "unknown"
 }
@@ -56,4 +66,8 @@ type Event struct {
 	Reason    Reason    // for EventRejected
 	Err       error     // for EventRejected and EventRenewalFailed; never holds token text
 	Expiry    time.Time // exp of the presented token, or of the minted one
+	// Outcome is what the session store did with a refresh (for
+	// EventRefreshed, and EventRejected from Refresh once the store was
+	// asked); zero otherwise.
+	Outcome store.Outcome
 }

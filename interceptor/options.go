@@ -7,6 +7,7 @@ import (
 	"time"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
 // A ServerOption configures a [Server].
@@ -36,48 +37,59 @@ type sharedOption struct {
 }
 
 type serverConfig struct {
-	policy        Policy
+	policy        Policy // normalized by validate
 	issuer        string
 	audience      []string
-	leeway        time.Duration
 	now           func() time.Time
-	revocations   RevocationList
+	revocations   store.RevocationList
+	revoker       store.Revoker
 	exempt        map[string]bool
 	renewalHeader string
 	maxTokenSize  int
 	onEvent       func(context.Context, Event)
-	store         SessionStore
-	refreshTTL    time.Duration
-	refreshGrace  time.Duration
-	// refreshGraceSet: WithRefreshGrace was given; otherwise the grace is
-	// the default, but never more than the refresh TTL.
-	refreshGraceSet bool
-	cacheSize       int
+	store         store.SessionStore
+	cacheSize     int
+	streamCheck   time.Duration
+	clockSet      bool // WithClock was given: now is not the wall clock
+	// Overrides of policy fields by WithLeeway, WithRefreshTTL and
+	// WithRefreshGrace, applied after every option, in whatever order the
+	// options came.
+	leeway, refreshTTL, refreshGrace *time.Duration
 }
 
 func defaultServerConfig() serverConfig {
 	return serverConfig{
-		leeway:        DefaultLeeway,
 		now:           time.Now,
 		renewalHeader: DefaultRenewalHeader,
 		maxTokenSize:  DefaultMaxTokenSize,
-		refreshTTL:    DefaultRefreshTTL,
 		cacheSize:     DefaultCacheSize,
+		streamCheck:   DefaultStreamCheckInterval,
 	}
 }
 
-// maxLeeway bounds WithLeeway: a leeway this large is a configuration error,
-// not clock skew.
-const maxLeeway = 5 * time.Minute
-
 func (c *serverConfig) validate() error {
-	var err error
-	if c.policy, err = c.policy.withDefaults(); err != nil {
+	if c.leeway != nil {
+		if *c.leeway < 0 || *c.leeway > maxLeeway {
+			return fmt.Errorf("%w: leeway %v outside [0, %v]", ErrInvalidOption, *c.leeway, maxLeeway)
+		}
+		c.policy.Leeway = offIfZero(*c.leeway)
+	}
+	if c.refreshTTL != nil {
+		if *c.refreshTTL < time.Second {
+			return fmt.Errorf("%w: refresh TTL %v is below one second", ErrInvalidOption, *c.refreshTTL)
+		}
+		c.policy.RefreshTTL = *c.refreshTTL
+	}
+	if c.refreshGrace != nil {
+		if *c.refreshGrace < 0 {
+			return fmt.Errorf("%w: refresh grace period %v is negative", ErrInvalidOption, *c.refreshGrace)
+		}
+		c.policy.RefreshGrace = offIfZero(*c.refreshGrace)
+	}
+	if err := c.policy.Validate(); err != nil {
 		return err
 	}
-	if c.leeway < 0 || c.leeway > maxLeeway {
-		return fmt.Errorf("%w: leeway %v outside [0, %v]", ErrInvalidOption, c.leeway, maxLeeway)
-	}
+	c.policy = c.policy.norm()
 	if c.now == nil {
 		return fmt.Errorf("%w: nil clock", ErrInvalidOption)
 	}
@@ -90,22 +102,27 @@ func (c *serverConfig) validate() error {
 	if c.cacheSize < 0 {
 		return fmt.Errorf("%w: cache size %d is negative", ErrInvalidOption, c.cacheSize)
 	}
-	if c.refreshTTL < time.Second {
-		return fmt.Errorf("%w: refresh TTL %v is below one second", ErrInvalidOption, c.refreshTTL)
-	}
-	if !c.refreshGraceSet {
-		c.refreshGrace = min(DefaultRefreshGrace, c.refreshTTL)
-	}
-	if c.refreshGrace < 0 || c.refreshGrace > c.refreshTTL {
-		return fmt.Errorf("%w: refresh grace period %v outside [0, refresh TTL]", ErrInvalidOption, c.refreshGrace)
+	if c.streamCheck <= 0 {
+		return fmt.Errorf("%w: stream check interval %v is not positive", ErrInvalidOption, c.streamCheck)
 	}
 	if c.store != nil {
 		if c.revocations != nil {
 			return fmt.Errorf("%w: WithSessionStore already serves as the revocation list; drop WithRevocationList", ErrInvalidOption)
 		}
-		c.revocations = c.store
+		c.revocations, c.revoker = c.store, c.store
+	} else if r, ok := c.revocations.(store.Revoker); ok {
+		c.revoker = r
 	}
 	return nil
+}
+
+// offIfZero maps an option's "none" (zero) to the Policy's "off"
+// (negative).
+func offIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 type clientConfig struct {
@@ -162,8 +179,9 @@ func checkHeaderKey(k string) error {
 	return nil
 }
 
-// WithPolicy sets the renewal policy. Default: the zero [Policy], which is
-// a 24 h idle window, a 168 h absolute lifetime and renewal in the last 12 h.
+// WithPolicy sets the session [Policy]. Default: the zero Policy, which
+// is a 24 h idle window, a 168 h absolute lifetime, renewal in the last
+// 12 h, 7-day refresh tokens with a 30 s grace period, and a 30 s leeway.
 func WithPolicy(p Policy) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.policy = p })
 }
@@ -183,41 +201,57 @@ func WithAudience(aud ...string) ServerOption {
 }
 
 // WithLeeway sets the clock-skew allowance for exp, iat and the absolute
-// session end. Default [DefaultLeeway]; at most 5 minutes.
+// session end ([Policy].Leeway), whatever the order of the options; 0
+// allows none. Default [DefaultLeeway]; at most 5 minutes.
 func WithLeeway(d time.Duration) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.leeway = d })
+	return serverOptionFunc(func(c *serverConfig) { c.leeway = &d })
 }
 
-// WithRevocationList sets the list checked on every authenticated request.
-// Default: none. See [MemoryRevocationList].
-func WithRevocationList(r RevocationList) ServerOption {
+// WithRevocationList sets the list checked on every authenticated call and
+// on open streams (see [store.RevocationList]). If it is also a
+// [store.Revoker], as [memstore.RevocationList] is, [Server.RevokeSession]
+// and TokenService.Revoke revoke through it. Default: none.
+func WithRevocationList(r store.RevocationList) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.revocations = r })
 }
 
 // WithSessionStore enables refresh tokens: [Server.StartSession] also
-// mints a refresh token and records the session in store, and
+// mints a refresh token and records the session in s, and
 // [Server.TokenService] rotates refresh tokens and revokes sessions through
-// it. The store is also the server's [RevocationList], so it cannot be
-// combined with [WithRevocationList]. Default: none, and sessions have no
-// refresh token.
-func WithSessionStore(store SessionStore) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.store = store })
+// it. The store is also the server's revocation list, as an allow-list: a
+// session it does not know is refused. It cannot be combined with
+// [WithRevocationList]. Default: none, and sessions have no refresh token.
+// See [memstore.SessionStore] for one process; replicas share a networked
+// store.
+func WithSessionStore(s store.SessionStore) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.store = s })
 }
 
 // WithRefreshTTL sets the idle lifetime of refresh tokens: each one expires
 // this long after it was minted, and never after the session's absolute
-// end. Default [DefaultRefreshTTL].
+// end ([Policy].RefreshTTL, whatever the order of the options). Default
+// [DefaultRefreshTTL].
 func WithRefreshTTL(d time.Duration) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.refreshTTL = d })
+	return serverOptionFunc(func(c *serverConfig) { c.refreshTTL = &d })
 }
 
 // WithRefreshGrace sets how long a retired refresh token may be presented
 // again and get the same successor, for a client that lost the response
 // to its refresh. After it, reuse is treated as theft and revokes the
-// session. Default [DefaultRefreshGrace], or the refresh TTL if that is
-// shorter; 0 treats any reuse as theft.
+// session ([Policy].RefreshGrace, whatever the order of the options).
+// Default [DefaultRefreshGrace], or the refresh TTL if that is shorter; 0
+// treats any reuse as theft.
 func WithRefreshGrace(d time.Duration) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.refreshGrace, c.refreshGraceSet = d, true })
+	return serverOptionFunc(func(c *serverConfig) { c.refreshGrace = &d })
+}
+
+// WithStreamCheckInterval sets how often an open stream that exchanges no
+// messages checks that its session is still live: not revoked, and not
+// past its end. A stream whose session was revoked ends at its next
+// message in either direction, or within this interval if it is silent.
+// Default [DefaultStreamCheckInterval].
+func WithStreamCheckInterval(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.streamCheck = d })
 }
 
 // WithCacheSize bounds the verified-token cache and the renewal
@@ -259,7 +293,7 @@ func WithEventHook(f func(context.Context, Event)) ServerOption {
 // WithClock replaces time.Now, for tests and simulations. Default time.Now.
 func WithClock(now func() time.Time) Option {
 	return sharedOption{
-		func(c *serverConfig) { c.now = now },
+		func(c *serverConfig) { c.now, c.clockSet = now, true },
 		func(c *clientConfig) { c.now = now },
 	}
 }

@@ -18,11 +18,10 @@ import (
 // policyDefaults fills p's defaults and fails the test on an error.
 func policyDefaults(t *testing.T, p Policy) Policy {
 	t.Helper()
-	p, err := p.withDefaults()
-	if err != nil {
-		t.Fatalf("withDefaults(%+v): %v", p, err)
+	if err := p.Validate(); err != nil {
+		t.Fatalf("Validate(%+v): %v", p, err)
 	}
-	return p
+	return p.Effective()
 }
 
 // policyCaller calls the env's server with a token it sets itself, without
@@ -97,7 +96,7 @@ func policyMint(t *testing.T, e *testEnv, authTime, iat, exp time.Time) string {
 		SessionID: randomID(),
 		AuthTime:  jwt.NewNumericDate(authTime),
 	}
-	tok, err := e.server.sign(c, accessTokenType)
+	tok, err := e.server.sign(e.server.ver.Load(), c, accessTokenType)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,28 +122,34 @@ func policyExp(t *testing.T, tok string) time.Time {
 	return c.ExpiresAt.Time
 }
 
+// pol is the effective Policy with these three fields and the defaults of
+// the refresh and leeway fields.
+func pol(ttl, maxLifetime, renewBefore time.Duration) Policy {
+	return Policy{TTL: ttl, MaxLifetime: maxLifetime, RenewBefore: renewBefore,
+		RefreshTTL: DefaultRefreshTTL, RefreshGrace: DefaultRefreshGrace, Leeway: DefaultLeeway}
+}
+
 func TestPolicy_WithDefaults(t *testing.T) {
 	tests := []struct {
 		name string
 		in   Policy
 		want Policy
 	}{
-		{"zero", Policy{}, Policy{24 * time.Hour, 168 * time.Hour, 12 * time.Hour}},
-		{"RenewBefore defaults to TTL/2", Policy{TTL: 10 * time.Hour}, Policy{10 * time.Hour, 168 * time.Hour, 5 * time.Hour}},
-		{"smallest TTL", Policy{TTL: time.Second}, Policy{time.Second, 168 * time.Hour, 500 * time.Millisecond}},
-		{"MaxLifetime equal to TTL", Policy{TTL: 24 * time.Hour, MaxLifetime: 24 * time.Hour}, Policy{24 * time.Hour, 24 * time.Hour, 12 * time.Hour}},
-		{"RenewBefore equal to TTL", Policy{RenewBefore: 24 * time.Hour}, Policy{24 * time.Hour, 168 * time.Hour, 24 * time.Hour}},
-		{"explicit kept", Policy{2 * time.Hour, 10 * time.Hour, time.Hour}, Policy{2 * time.Hour, 10 * time.Hour, time.Hour}},
-		{"TTL equal to default MaxLifetime", Policy{TTL: 168 * time.Hour}, Policy{168 * time.Hour, 168 * time.Hour, 84 * time.Hour}},
+		{"zero", Policy{}, pol(24*time.Hour, 168*time.Hour, 12*time.Hour)},
+		{"RenewBefore defaults to TTL/2", Policy{TTL: 10 * time.Hour}, pol(10*time.Hour, 168*time.Hour, 5*time.Hour)},
+		{"smallest TTL", Policy{TTL: time.Second}, pol(time.Second, 168*time.Hour, 500*time.Millisecond)},
+		{"MaxLifetime equal to TTL", Policy{TTL: 24 * time.Hour, MaxLifetime: 24 * time.Hour}, pol(24*time.Hour, 24*time.Hour, 12*time.Hour)},
+		{"RenewBefore equal to TTL", Policy{RenewBefore: 24 * time.Hour}, pol(24*time.Hour, 168*time.Hour, 24*time.Hour)},
+		{"explicit kept", pol(2*time.Hour, 10*time.Hour, time.Hour), pol(2*time.Hour, 10*time.Hour, time.Hour)},
+		{"TTL equal to default MaxLifetime", Policy{TTL: 168 * time.Hour}, pol(168*time.Hour, 168*time.Hour, 84*time.Hour)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := tt.in.withDefaults()
-			if err != nil {
-				t.Fatalf("withDefaults(%+v) error %v, want nil", tt.in, err)
+			if err := tt.in.Validate(); err != nil {
+				t.Fatalf("Validate(%+v) = %v, want nil", tt.in, err)
 			}
-			if got != tt.want {
-				t.Fatalf("withDefaults(%+v) = %+v, want %+v", tt.in, got, tt.want)
+			if got := tt.in.Effective(); got != tt.want {
+				t.Fatalf("Effective(%+v) = %+v, want %+v", tt.in, got, tt.want)
 			}
 		})
 	}
@@ -157,7 +162,10 @@ func TestPolicy_WithDefaultsErrors(t *testing.T) {
 	}{
 		{"negative TTL", Policy{TTL: -time.Nanosecond}},
 		{"negative MaxLifetime", Policy{MaxLifetime: -time.Nanosecond}},
-		{"negative RenewBefore", Policy{RenewBefore: -time.Nanosecond}},
+		{"negative RefreshTTL", Policy{RefreshTTL: -time.Nanosecond}},
+		{"RefreshTTL one tick below a second", Policy{RefreshTTL: time.Second - time.Nanosecond}},
+		{"RefreshGrace one tick above RefreshTTL", Policy{RefreshTTL: time.Hour, RefreshGrace: time.Hour + time.Nanosecond}},
+		{"Leeway one tick above 5 minutes", Policy{Leeway: 5*time.Minute + time.Nanosecond}},
 		{"TTL one tick below a second", Policy{TTL: time.Second - time.Nanosecond}},
 		{"MaxLifetime one tick below TTL", Policy{TTL: 24 * time.Hour, MaxLifetime: 24*time.Hour - time.Nanosecond}},
 		{"TTL above default MaxLifetime", Policy{TTL: 168*time.Hour + time.Nanosecond}},
@@ -166,8 +174,8 @@ func TestPolicy_WithDefaultsErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := tt.in.withDefaults(); !errors.Is(err, ErrInvalidPolicy) {
-				t.Fatalf("withDefaults(%+v) error = %v, want ErrInvalidPolicy", tt.in, err)
+			if err := tt.in.Validate(); !errors.Is(err, ErrInvalidPolicy) {
+				t.Fatalf("Validate(%+v) = %v, want ErrInvalidPolicy", tt.in, err)
 			}
 			if _, err := NewServer(testKeySet(t), WithPolicy(tt.in)); !errors.Is(err, ErrInvalidPolicy) {
 				t.Fatalf("NewServer(WithPolicy(%+v)) error = %v, want ErrInvalidPolicy", tt.in, err)
@@ -181,7 +189,7 @@ func TestPolicy_ServerPolicyHasDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := s.Policy(), (Policy{10 * time.Hour, 168 * time.Hour, 5 * time.Hour}); got != want {
+	if got, want := s.Policy(), (pol(10*time.Hour, 168*time.Hour, 5*time.Hour)); got != want {
 		t.Fatalf("Policy() = %+v, want %+v", got, want)
 	}
 }
@@ -267,14 +275,36 @@ func TestPolicy_DecideNeverMintsExpiredToken(t *testing.T) {
 	}
 }
 
-// TestPolicy_DecideZeroRenewBefore checks the documented contract of
-// Decide: "a zero RenewBefore never renews".
-func TestPolicy_DecideZeroRenewBefore(t *testing.T) {
-	p := Policy{TTL: 24 * time.Hour, MaxLifetime: 168 * time.Hour}
-	for _, now := range []time.Time{t0, t0.Add(24 * time.Hour), t0.Add(24*time.Hour + 10*time.Second)} {
-		if d := p.Decide(now, t0.Add(24*time.Hour), t0); d.Renew {
-			t.Errorf("Decide(now=t0%s, exp=t0+24h) with RenewBefore 0 = renew to t0%s, want no renewal", policyRel(t0, now), policyRel(t0, d.Expiry))
-		}
+// TestPolicy_DecideZeroValues: Decide applies the same defaults as a
+// server, so Policy{TTL: 24h} renews in the last 12 h wherever it is used,
+// and a negative RenewBefore never renews.
+func TestPolicy_DecideZeroValues(t *testing.T) {
+	exp := t0.Add(24 * time.Hour)
+	tests := []struct {
+		name string
+		p    Policy
+		now  time.Time
+		want bool
+	}{
+		{"zero RenewBefore: remaining 12h, not below TTL/2", Policy{TTL: 24 * time.Hour}, exp.Add(-12 * time.Hour), false},
+		{"zero RenewBefore: remaining 12h-1ns", Policy{TTL: 24 * time.Hour}, exp.Add(-12*time.Hour + time.Nanosecond), true},
+		{"zero Policy: remaining 1s", Policy{}, exp.Add(-time.Second), true},
+		{"negative RenewBefore: remaining 1s", Policy{TTL: 24 * time.Hour, RenewBefore: -1}, exp.Add(-time.Second), false},
+		{"negative RenewBefore: within the leeway", Policy{RenewBefore: -1}, exp.Add(10 * time.Second), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.p.Decide(tt.now, exp, t0).Renew; got != tt.want {
+				t.Fatalf("%+v.Decide(now=exp%s) renews = %v, want %v", tt.p, policyRel(exp, tt.now), got, tt.want)
+			}
+			s, err := NewServer(testKeySet(t), WithPolicy(tt.p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Policy().Decide(tt.now, exp, t0).Renew; got != tt.want {
+				t.Fatalf("server policy %+v renews = %v, want %v", s.Policy(), got, tt.want)
+			}
+		})
 	}
 }
 

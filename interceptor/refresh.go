@@ -9,23 +9,31 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
 // refreshMethod is exempt from access-token authentication: a client calls
 // it precisely when its access token has lapsed.
 const refreshMethod = slidejwtv1.TokenService_Refresh_FullMethodName
 
+// revokeMethod ends the caller's session: its response carries no renewal.
+const revokeMethod = slidejwtv1.TokenService_Revoke_FullMethodName
+
 // Refresh exchanges a refresh token for the session's next token pair,
-// rotating the refresh token through the [SessionStore]; see
-// [RotateOutcome] for the reuse rules. It is what TokenService.Refresh
+// rotating the refresh token through the session store; see
+// [store.Outcome] for the reuse rules. It is what TokenService.Refresh
 // serves. Errors are gRPC status errors: TOKEN_MISSING, TOKEN_INVALID,
 // SESSION_EXPIRED (past the absolute end, or the refresh token itself
 // lapsed), SESSION_REVOKED (revoked, reused after the grace period, or
 // unknown to the store), codes.Unavailable when the store fails and
 // codes.FailedPrecondition without a store.
+//
+// The store is asked whether the session is live before anything is
+// signed, so a refresh token of a revoked or unknown session costs a
+// verification and a store lookup, never a signature.
 func (s *Server) Refresh(ctx context.Context, refreshToken string) (Session, error) {
-	sess, c, err := s.refresh(ctx, refreshToken)
-	ev := Event{Kind: EventRefreshed, Method: refreshMethod, Expiry: sess.Expiry}
+	sess, c, outcome, err := s.refresh(ctx, refreshToken)
+	ev := Event{Kind: EventRefreshed, Method: refreshMethod, Expiry: sess.Expiry, Outcome: outcome}
 	if c != nil {
 		ev.Subject, ev.SessionID = c.Subject, c.SessionID
 	}
@@ -39,82 +47,120 @@ func (s *Server) Refresh(ctx context.Context, refreshToken string) (Session, err
 	return sess, err
 }
 
-func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, error) {
+func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, store.Outcome, error) {
 	if s.cfg.store == nil {
-		return Session{}, nil, status.Error(codes.FailedPrecondition, "slidejwt: refresh tokens need a session store")
+		return Session{}, nil, 0, status.Error(codes.FailedPrecondition, "slidejwt: refresh tokens need a session store")
 	}
 	switch {
 	case raw == "":
-		return Session{}, nil, reject(ReasonTokenMissing, "no refresh token")
+		return Session{}, nil, 0, reject(ReasonTokenMissing, "no refresh token")
 	case len(raw) > s.cfg.maxTokenSize:
-		return Session{}, nil, reject(ReasonTokenInvalid, "token too long")
+		return Session{}, nil, 0, reject(ReasonTokenInvalid, "token too long")
 	case !isCompactJWS(raw):
-		return Session{}, nil, reject(ReasonTokenInvalid, "malformed token")
+		return Session{}, nil, 0, reject(ReasonTokenInvalid, "malformed token")
 	}
-	c, aerr := s.ver.Load().verifyRefresh(raw)
+	v := s.ver.Load() // one key set verifies and signs
+	p := s.cfg.policy
+	c, aerr := v.verifyRefresh(raw)
 	now := s.cfg.now()
-	// From the session's end on, no leeway: any token minted now would
-	// expire no later than it is issued.
-	if c != nil && !now.Before(s.cfg.policy.SessionEnd(c.AuthTime.Time)) {
-		return Session{}, c, reject(ReasonSessionExpired, "")
+	if c != nil && !p.CanRefresh(now, c.AuthTime.Time) {
+		return Session{}, c, 0, reject(ReasonSessionExpired, "")
 	}
 	if aerr != nil {
 		if aerr.reason == ReasonTokenExpired {
 			// Nothing can restore a session whose refresh token lapsed.
-			return Session{}, c, reject(ReasonSessionExpired, "refresh token expired")
+			return Session{}, c, 0, reject(ReasonSessionExpired, "refresh token expired")
 		}
-		return Session{}, c, aerr
+		return Session{}, c, 0, aerr
+	}
+	// Look before signing: a revoked or unknown session's token costs no
+	// signature. The rotation below still decides atomically.
+	switch revoked, err := s.cfg.store.IsRevoked(ctx, c.SessionID, now); {
+	case err != nil:
+		return Session{}, c, 0, errStoreUnavailable
+	case revoked:
+		return Session{}, c, store.Revoked, reject(ReasonSessionRevoked, "")
 	}
 
 	// Mint the successor first, so that the store checks and rotates in
 	// one atomic step; a losing concurrent request discards its candidate.
 	base := *c
 	base.Fresh = false
-	next, nextID, err := s.mint(&base, now, false)
+	next, nextID, err := s.mint(v, &base, now, false)
 	if err != nil {
-		return Session{}, c, status.Error(codes.Internal, "slidejwt: cannot mint tokens")
+		return Session{}, c, 0, status.Error(codes.Internal, "slidejwt: cannot mint tokens")
 	}
-	res, err := s.cfg.store.Rotate(ctx, Rotation{
-		SessionID:   c.SessionID,
-		PresentedID: c.ID,
-		NextID:      nextID,
-		Next:        next,
-		Now:         now,
-		GraceUntil:  now.Add(s.cfg.refreshGrace),
-		End:         s.keepUntil(c.AuthTime.Time),
+	sealed, err := sealSuccessor(next.TokenPair(), c.ID, c.SessionID)
+	if err != nil {
+		return Session{}, c, 0, status.Error(codes.Internal, "slidejwt: cannot seal tokens")
+	}
+	res, err := s.cfg.store.Rotate(ctx, store.Rotation{
+		SessionID:  c.SessionID,
+		Presented:  refreshDigest(c.ID),
+		Next:       refreshDigest(nextID),
+		Successor:  sealed,
+		Now:        now,
+		GraceUntil: p.GraceUntil(now),
+		KeepUntil:  p.KeepUntil(c.AuthTime.Time),
 	})
 	if err != nil {
-		return Session{}, c, status.Error(codes.Unavailable, "slidejwt: session store unavailable")
+		return Session{}, c, 0, errStoreUnavailable
 	}
 	switch res.Outcome {
-	case RotateOK, RotateReplay:
-		return res.Tokens, c, nil
-	case RotateReused:
-		return Session{}, c, reject(ReasonSessionRevoked, "refresh token reused; session revoked")
-	case RotateUnknown:
-		return Session{}, c, reject(ReasonSessionRevoked, "session unknown to the store")
+	case store.OK:
+		return next, c, res.Outcome, nil
+	case store.Replay:
+		pair, err := openSuccessor(res.Successor, c.ID, c.SessionID)
+		if err != nil {
+			return Session{}, c, res.Outcome, status.Error(codes.Internal, "slidejwt: stored successor does not open")
+		}
+		return sessionFromPair(pair, c, p), c, res.Outcome, nil
+	case store.Reused:
+		return Session{}, c, res.Outcome, reject(ReasonSessionRevoked, "refresh token reused; session revoked")
+	case store.Unknown:
+		return Session{}, c, res.Outcome, reject(ReasonSessionRevoked, "session unknown to the store")
 	default:
-		return Session{}, c, reject(ReasonSessionRevoked, "")
+		return Session{}, c, res.Outcome, reject(ReasonSessionRevoked, "")
 	}
 }
 
+var errStoreUnavailable = status.Error(codes.Unavailable, "slidejwt: session store unavailable")
+
+// sessionFromPair is the Session of a stored successor pair of the
+// session whose refresh claims are c.
+func sessionFromPair(pair *slidejwtv1.TokenPair, c *Claims, p Policy) Session {
+	sess := Session{
+		AccessToken:  pair.GetAccessToken(),
+		SessionID:    c.SessionID,
+		Expiry:       pair.GetAccessTokenExpiresAt().AsTime(),
+		AuthTime:     c.AuthTime.Time,
+		End:          p.SessionEnd(c.AuthTime.Time),
+		RefreshToken: pair.GetRefreshToken(),
+	}
+	if pair.GetRefreshTokenExpiresAt() != nil {
+		sess.RefreshExpiry = pair.GetRefreshTokenExpiresAt().AsTime()
+	}
+	return sess
+}
+
 // RevokeSession ends session sessionID on every server that shares the
-// [SessionStore] (or the [RevocationList], if it has a Revoke method of
-// [MemoryRevocationList]'s shape). Its access and refresh tokens are
-// rejected with SESSION_REVOKED from then on.
+// session store, or the revocation list if it is a [store.Revoker]. Its
+// access and refresh tokens are rejected with SESSION_REVOKED from then on,
+// and its open streams end. Without a revoker it fails with
+// codes.FailedPrecondition; when the store fails, with codes.Unavailable.
 func (s *Server) RevokeSession(ctx context.Context, sessionID string) error {
-	// The session began no earlier than now − MaxLifetime, so this outlives
-	// its end plus the leeway.
-	until := s.keepUntil(s.cfg.now())
-	switch r := s.cfg.revocations.(type) {
-	case SessionStore:
-		if err := r.Revoke(ctx, sessionID, until); err != nil {
-			return status.Error(codes.Unavailable, "slidejwt: session store unavailable")
-		}
-	case interface{ Revoke(string, time.Time) }:
-		r.Revoke(sessionID, until)
-	default:
+	// The session began no later than now, so its record is kept at most
+	// until now's KeepUntil.
+	return s.revoke(ctx, sessionID, s.cfg.now())
+}
+
+// revoke revokes sessionID, whose login was at authTime or earlier.
+func (s *Server) revoke(ctx context.Context, sessionID string, authTime time.Time) error {
+	if s.cfg.revoker == nil {
 		return status.Error(codes.FailedPrecondition, "slidejwt: no session store or revocation list to revoke in")
+	}
+	if err := s.cfg.revoker.Revoke(ctx, sessionID, s.cfg.now(), s.cfg.policy.KeepUntil(authTime)); err != nil {
+		return errStoreUnavailable
 	}
 	s.emit(ctx, Event{Kind: EventRevoked, SessionID: sessionID})
 	return nil
@@ -145,7 +191,7 @@ func (t tokenService) Revoke(ctx context.Context, _ *slidejwtv1.RevokeRequest) (
 		// Revoke reached without the interceptor: refuse rather than guess.
 		return nil, reject(ReasonTokenMissing, "Revoke needs the caller's access token")
 	}
-	if err := t.s.RevokeSession(ctx, c.SessionID); err != nil {
+	if err := t.s.revoke(ctx, c.SessionID, c.AuthTime.Time); err != nil {
 		return nil, err
 	}
 	return &slidejwtv1.RevokeResponse{}, nil

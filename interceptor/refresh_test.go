@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // Full method names the refresh tests count.
@@ -40,7 +41,7 @@ type refreshEnv struct {
 	clock  *fakeClock
 	keys   *KeySet
 	server *Server
-	store  *MemorySessionStore // nil with refreshEnvConfig.noStore
+	store  *memstore.SessionStore // nil with refreshEnvConfig.noStore
 	svc    *testService
 	lis    *bufconn.Listener
 	log    *refreshLog
@@ -118,6 +119,16 @@ func (l *refreshLog) refreshes() int {
 }
 
 // refreshNewEnv starts a refreshEnv. It is stopped when the test ends.
+// revoked reports whether the env's store refuses session sid now.
+func (e *refreshEnv) revoked(t testing.TB, sid string) bool {
+	t.Helper()
+	ok, err := e.store.IsRevoked(context.Background(), sid, e.clock.Now())
+	if err != nil {
+		t.Fatalf("IsRevoked(%q): %v", sid, err)
+	}
+	return ok
+}
+
 func refreshNewEnv(t testing.TB, cfg refreshEnvConfig) *refreshEnv {
 	t.Helper()
 	e := &refreshEnv{
@@ -128,7 +139,7 @@ func refreshNewEnv(t testing.TB, cfg refreshEnvConfig) *refreshEnv {
 	}
 	opts := []ServerOption{WithClock(e.clock.Now), WithEventHook(e.log.hook)}
 	if !cfg.noStore {
-		e.store = &MemorySessionStore{Now: e.clock.Now}
+		e.store = &memstore.SessionStore{}
 		opts = append(opts, WithSessionStore(e.store))
 	}
 	var err error
@@ -434,7 +445,7 @@ func TestRefresh_GracePeriod(t *testing.T) {
 				if !proto.Equal(p1, p2) || p1.GetAccessToken() != p2.GetAccessToken() || p1.GetRefreshToken() != p2.GetRefreshToken() {
 					t.Fatal("replay returned a different pair, want the same one")
 				}
-				if revoked := storeRevoked(t, e.store, s.SessionID); revoked {
+				if revoked := e.revoked(t, s.SessionID); revoked {
 					t.Fatal("session revoked by a replay within the grace period")
 				}
 				if err := refreshUnary(tsc, p1.GetAccessToken()); err != nil {
@@ -446,7 +457,7 @@ func TestRefresh_GracePeriod(t *testing.T) {
 				return
 			}
 			wantReason(t, err, ReasonSessionRevoked)
-			if !storeRevoked(t, e.store, s.SessionID) {
+			if !e.revoked(t, s.SessionID) {
 				t.Fatal("session not revoked after reuse")
 			}
 			before := e.svc.calls.Load()
@@ -480,7 +491,7 @@ func TestRefresh_TokenTypeSeparation(t *testing.T) {
 	if got := e.svc.calls.Load(); got != 0 {
 		t.Fatalf("handler ran %d times for a refresh token", got)
 	}
-	if storeRevoked(t, e.store, s.SessionID) {
+	if e.revoked(t, s.SessionID) {
 		t.Fatal("Revoke with a refresh token revoked the session")
 	}
 	// Neither rejection consumed anything: both tokens still work.
@@ -536,7 +547,7 @@ func TestRefresh_Rejections(t *testing.T) {
 			return s.RefreshToken[:len(s.RefreshToken)-2] + string(flip) + s.RefreshToken[len(s.RefreshToken)-1:]
 		}, ReasonTokenInvalid},
 		{"signed by an untrusted key", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
-			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&MemorySessionStore{}))
+			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -549,7 +560,7 @@ func TestRefresh_Rejections(t *testing.T) {
 		{"session unknown to the store", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
 			// A replica with the same keys but its own store: this env's
 			// store never saw the session.
-			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&MemorySessionStore{}))
+			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -648,7 +659,7 @@ func TestRefresh_Revoke(t *testing.T) {
 	if _, err := tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	if !storeRevoked(t, e.store, s.SessionID) {
+	if !e.revoked(t, s.SessionID) {
 		t.Fatal("session not revoked in the store")
 	}
 	before := e.svc.calls.Load()
@@ -686,7 +697,7 @@ func TestRefresh_RevokeSession(t *testing.T) {
 	}{
 		{"session store", func() refreshEnvConfig { return refreshEnvConfig{} }, codes.OK},
 		{"memory revocation list", func() refreshEnvConfig {
-			return refreshEnvConfig{noStore: true, serverOpts: []ServerOption{WithRevocationList(&MemoryRevocationList{})}}
+			return refreshEnvConfig{noStore: true, serverOpts: []ServerOption{WithRevocationList(&memstore.RevocationList{})}}
 		}, codes.OK},
 		{"neither", func() refreshEnvConfig { return refreshEnvConfig{noStore: true} }, codes.FailedPrecondition},
 	} {
@@ -751,7 +762,7 @@ func TestRefresh_Concurrent(t *testing.T) {
 	if got := e.log.count(EventRefreshed, refreshMethod); got != n {
 		t.Fatalf("%d %v events, want %d", got, EventRefreshed, n)
 	}
-	if storeRevoked(t, e.store, s.SessionID) {
+	if e.revoked(t, s.SessionID) {
 		t.Fatal("concurrent refresh revoked the session")
 	}
 	// The one successor is current: it rotates (a stale one would be
@@ -850,16 +861,16 @@ func TestRefresh_NewServerRefusals(t *testing.T) {
 		opts    []ServerOption
 		wantErr error
 	}{
-		{"store and revocation list", []ServerOption{WithSessionStore(&MemorySessionStore{}), WithRevocationList(&MemoryRevocationList{})}, ErrInvalidOption},
+		{"store and revocation list", []ServerOption{WithSessionStore(&memstore.SessionStore{}), WithRevocationList(&memstore.RevocationList{})}, ErrInvalidOption},
 		{"refresh TTL below one second", []ServerOption{WithRefreshTTL(time.Second - time.Nanosecond)}, ErrInvalidOption},
 		{"refresh TTL zero", []ServerOption{WithRefreshTTL(0)}, ErrInvalidOption},
 		{"refresh TTL negative", []ServerOption{WithRefreshTTL(-time.Hour)}, ErrInvalidOption},
 		{"refresh TTL one second", []ServerOption{WithRefreshTTL(time.Second), WithRefreshGrace(0)}, nil},
 		{"grace negative", []ServerOption{WithRefreshGrace(-time.Nanosecond)}, ErrInvalidOption},
-		{"grace above refresh TTL", []ServerOption{WithRefreshTTL(time.Hour), WithRefreshGrace(time.Hour + time.Nanosecond)}, ErrInvalidOption},
+		{"grace above refresh TTL", []ServerOption{WithRefreshTTL(time.Hour), WithRefreshGrace(time.Hour + time.Nanosecond)}, ErrInvalidPolicy},
 		{"grace equal to refresh TTL", []ServerOption{WithRefreshTTL(time.Hour), WithRefreshGrace(time.Hour)}, nil},
 		{"grace zero", []ServerOption{WithRefreshGrace(0)}, nil},
-		{"store alone", []ServerOption{WithSessionStore(&MemorySessionStore{})}, nil},
+		{"store alone", []ServerOption{WithSessionStore(&memstore.SessionStore{})}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := NewServer(testKeySet(t), tc.opts...)

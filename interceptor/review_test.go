@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // reviewWait bounds the waits of these tests that must end well within
@@ -289,7 +290,7 @@ func TestReview_RenewalDedupPerToken(t *testing.T) {
 			e := newEnv(t, envConfig{})
 			c := testpb.NewTestServiceClient(e.dial(t))
 			mint := func(sub, sid string) string {
-				tok, err := e.server.sign(&Claims{
+				tok, err := e.server.sign(e.server.ver.Load(), &Claims{
 					RegisteredClaims: jwt.RegisteredClaims{
 						Subject:   sub,
 						ID:        "the-same-jti",
@@ -638,102 +639,13 @@ func TestReview_ErrorsDoNotQuoteClaims(t *testing.T) {
 	})
 }
 
-// TestReview_RevocationListHeapPruning: MemoryRevocationList drops an entry
-// after its keep-until once a later Revoke runs, keeps the later time when
-// a session is revoked again, and stays bounded under a steady stream of
-// revocations.
-func TestReview_RevocationListHeapPruning(t *testing.T) {
-	revoked := func(m *MemoryRevocationList, sid string) bool {
-		ok, err := m.IsRevoked(context.Background(), sid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ok
-	}
-
-	t.Run("expiry", func(t *testing.T) {
-		clock := newFakeClock(t0)
-		m := &MemoryRevocationList{Now: clock.Now}
-		m.Revoke("a", t0.Add(time.Hour))
-		m.Revoke("b", t0.Add(2*time.Hour))
-		for _, tc := range []struct {
-			at      time.Time
-			a, b    bool
-			entries int
-		}{
-			{t0.Add(time.Hour), true, true, 3},                       // at a's until: kept
-			{t0.Add(time.Hour + time.Nanosecond), false, true, 3},    // one tick after: a dropped
-			{t0.Add(2*time.Hour + time.Nanosecond), false, false, 2}, // b and the first "later" too
-		} {
-			clock.Set(tc.at)
-			m.Revoke(fmt.Sprintf("later-%v", tc.at.Sub(t0)), tc.at.Add(time.Hour))
-			if got, got2 := revoked(m, "a"), revoked(m, "b"); got != tc.a || got2 != tc.b {
-				t.Fatalf("at t0+%v: a revoked %v, b revoked %v; want %v, %v", tc.at.Sub(t0), got, got2, tc.a, tc.b)
-			}
-			if got := m.Len(); got != tc.entries {
-				t.Fatalf("at t0+%v: Len = %d, want %d", tc.at.Sub(t0), got, tc.entries)
-			}
-		}
-	})
-
-	for _, tc := range []struct {
-		name          string
-		first, second time.Duration
-	}{
-		{"earlier until keeps the later", 2 * time.Hour, time.Hour},
-		{"later until replaces the earlier", time.Hour, 2 * time.Hour},
-		{"same until", 2 * time.Hour, 2 * time.Hour},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			clock := newFakeClock(t0)
-			m := &MemoryRevocationList{Now: clock.Now}
-			m.Revoke("a", t0.Add(tc.first))
-			m.Revoke("a", t0.Add(tc.second))
-			later := max(tc.first, tc.second)
-			for _, at := range []time.Duration{time.Hour + time.Nanosecond, later, later + time.Nanosecond} {
-				clock.Set(t0.Add(at))
-				m.Revoke("other", t0.Add(at+time.Hour))
-				if got, want := revoked(m, "a"), at <= later; got != want {
-					t.Fatalf("at t0+%v: a revoked %v, want %v", at, got, want)
-				}
-			}
-		})
-	}
-
-	t.Run("bounded", func(t *testing.T) {
-		clock := newFakeClock(t0)
-		m := &MemoryRevocationList{Now: clock.Now}
-		const n, keep = 100_000, time.Minute
-		maxLen := 0
-		for i := range n {
-			m.Revoke(fmt.Sprintf("s%d", i), clock.Now().Add(keep))
-			if i%7 == 0 {
-				// Revoked again, later: the entry moves, nothing is added.
-				m.Revoke(fmt.Sprintf("s%d", i), clock.Now().Add(keep+time.Second))
-			}
-			maxLen = max(maxLen, m.Len())
-			clock.Advance(time.Second)
-		}
-		// An entry lives keep plus a tick, and one arrives per second.
-		if limit := int(keep/time.Second) + 3; maxLen > limit {
-			t.Fatalf("Len reached %d, want at most %d", maxLen, limit)
-		}
-		m.mu.RLock()
-		q := len(m.queue)
-		m.mu.RUnlock()
-		if limit := 2 * (int(keep/time.Second) + 3); q > limit {
-			t.Fatalf("expiry queue holds %d items, want at most %d", q, limit)
-		}
-	})
-}
-
 // TestReview_ReopenAfterEarlierInterceptorHeader: a server interceptor
 // before slidejwt's may send a response header (a request id, say) before
 // slidejwt rejects the stream. The rejection says the handler did not run
 // (ErrorInfo handler_ran=false), so the client still refreshes and reopens.
 func TestReview_ReopenAfterEarlierInterceptorHeader(t *testing.T) {
 	clock := newFakeClock(t0)
-	sessions, err := NewServer(testKeySet(t), WithClock(clock.Now), WithSessionStore(&MemorySessionStore{Now: clock.Now}))
+	sessions, err := NewServer(testKeySet(t), WithClock(clock.Now), WithSessionStore(&memstore.SessionStore{}))
 	if err != nil {
 		t.Fatal(err)
 	}

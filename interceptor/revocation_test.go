@@ -4,174 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"github.com/slidejwt/slidejwt/interceptor/store"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 )
-
-func revocationIs(t *testing.T, m *MemoryRevocationList, sid string) bool {
-	t.Helper()
-	ok, err := m.IsRevoked(context.Background(), sid)
-	if err != nil {
-		t.Fatalf("IsRevoked(%q): %v", sid, err)
-	}
-	return ok
-}
-
-func TestRevocation_MemoryBasics(t *testing.T) {
-	var m MemoryRevocationList // the zero value is ready
-	if revocationIs(t, &m, "a") || m.Len() != 0 {
-		t.Fatalf("zero list: IsRevoked = true or Len = %d, want false, 0", m.Len())
-	}
-	m.Revoke("a", time.Now().Add(time.Hour))
-	if !revocationIs(t, &m, "a") {
-		t.Fatal(`IsRevoked("a") = false after Revoke`)
-	}
-	if revocationIs(t, &m, "b") || revocationIs(t, &m, "") {
-		t.Fatal("IsRevoked of an unknown sid = true")
-	}
-	if got := m.Len(); got != 1 {
-		t.Fatalf("Len = %d, want 1", got)
-	}
-	m.Revoke("a", time.Now().Add(2*time.Hour))
-	if got := m.Len(); got != 1 {
-		t.Fatalf("Len after revoking again = %d, want 1", got)
-	}
-}
-
-// TestRevocation_MemoryPruning: an entry is dropped by the first Revoke
-// after its keep-until time, not at it.
-func TestRevocation_MemoryPruning(t *testing.T) {
-	clk := newFakeClock(t0)
-	m := &MemoryRevocationList{Now: clk.Now}
-	m.Revoke("a", t0.Add(time.Hour))
-	m.Revoke("b", t0.Add(2*time.Hour))
-
-	clk.Set(t0.Add(time.Hour)) // exactly a's until: kept
-	m.Revoke("c", t0.Add(3*time.Hour))
-	if !revocationIs(t, m, "a") || m.Len() != 3 {
-		t.Fatalf("at a's until: a revoked %v, Len %d; want true, 3", revocationIs(t, m, "a"), m.Len())
-	}
-
-	clk.Set(t0.Add(time.Hour + time.Nanosecond)) // one tick past a's until
-	if !revocationIs(t, m, "a") {
-		t.Fatal("a pruned before any Revoke ran")
-	}
-	m.Revoke("d", t0.Add(4*time.Hour))
-	if revocationIs(t, m, "a") {
-		t.Fatal("a kept after a Revoke past its until")
-	}
-	for _, sid := range []string{"b", "c", "d"} {
-		if !revocationIs(t, m, sid) {
-			t.Fatalf("%s pruned before its until", sid)
-		}
-	}
-	if got := m.Len(); got != 3 {
-		t.Fatalf("Len = %d, want 3", got)
-	}
-
-	clk.Set(t0.Add(3*time.Hour + time.Nanosecond)) // past b and c
-	m.Revoke("e", t0.Add(5*time.Hour))
-	for sid, want := range map[string]bool{"b": false, "c": false, "d": true, "e": true} {
-		if got := revocationIs(t, m, sid); got != want {
-			t.Errorf("IsRevoked(%q) = %v, want %v", sid, got, want)
-		}
-	}
-	if got := m.Len(); got != 2 {
-		t.Fatalf("Len = %d, want 2", got)
-	}
-}
-
-// TestRevocation_MemoryRevokeAgainKeepsLater: revoking a sid again keeps
-// the later of the two times, in either order.
-func TestRevocation_MemoryRevokeAgainKeepsLater(t *testing.T) {
-	for _, order := range [][2]time.Duration{{time.Hour, 2 * time.Hour}, {2 * time.Hour, time.Hour}} {
-		t.Run(fmt.Sprint(order[0], "then", order[1]), func(t *testing.T) {
-			clk := newFakeClock(t0)
-			m := &MemoryRevocationList{Now: clk.Now}
-			m.Revoke("x", t0.Add(order[0]))
-			m.Revoke("x", t0.Add(order[1]))
-			clk.Set(t0.Add(time.Hour + time.Nanosecond))
-			m.Revoke("y", t0.Add(10*time.Hour)) // prunes
-			if !revocationIs(t, m, "x") {
-				t.Fatal("x pruned at its earlier time, want kept until the later")
-			}
-			clk.Set(t0.Add(2*time.Hour + time.Nanosecond))
-			m.Revoke("z", t0.Add(10*time.Hour))
-			if revocationIs(t, m, "x") {
-				t.Fatal("x kept past its later time")
-			}
-			if got := m.Len(); got != 2 {
-				t.Fatalf("Len = %d, want 2 (y, z)", got)
-			}
-		})
-	}
-}
-
-// TestRevocation_MemoryBounded revokes 10 000 sessions of one hour each,
-// one a minute: the list never holds much more than an hour's worth.
-func TestRevocation_MemoryBounded(t *testing.T) {
-	clk := newFakeClock(t0)
-	m := &MemoryRevocationList{Now: clk.Now}
-	const bound = 62 // revoked in the last 60 minutes, both ends included, plus slack of one
-	maxLen := 0
-	for i := range 10000 {
-		clk.Advance(time.Minute)
-		m.Revoke(fmt.Sprintf("s%d", i), clk.Now().Add(time.Hour))
-		maxLen = max(maxLen, m.Len())
-		if m.Len() > bound {
-			t.Fatalf("after %d revocations Len = %d, want at most %d", i+1, m.Len(), bound)
-		}
-	}
-	if maxLen < 60 {
-		t.Fatalf("max Len = %d, want about 60 (entries pruned too early)", maxLen)
-	}
-	if !revocationIs(t, m, "s9999") || revocationIs(t, m, "s0") {
-		t.Fatal("latest entry missing or oldest kept")
-	}
-}
-
-func TestRevocation_MemoryConcurrent(t *testing.T) {
-	clk := newFakeClock(t0)
-	m := &MemoryRevocationList{Now: clk.Now}
-	const workers, per = 8, 200
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			for i := range per {
-				clk.Advance(time.Second)
-				m.Revoke(fmt.Sprintf("w%d-%d", w, i), t0.Add(24*time.Hour))
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			for i := range per {
-				_, _ = m.IsRevoked(context.Background(), fmt.Sprintf("w%d-%d", w, i))
-				_ = m.Len()
-			}
-		}()
-	}
-	wg.Wait()
-	if got := m.Len(); got != workers*per {
-		t.Fatalf("Len = %d, want %d", got, workers*per)
-	}
-	for w := range workers {
-		for i := range per {
-			if !revocationIs(t, m, fmt.Sprintf("w%d-%d", w, i)) {
-				t.Fatalf("w%d-%d not revoked", w, i)
-			}
-		}
-	}
-}
 
 // revocationStream runs a streaming call of the given kind and returns its
 // first error (nil when it completes).
@@ -220,9 +64,8 @@ var revocationKinds = []string{"unary", "server-stream", "client-stream", "bidi"
 func TestRevocation_RevokedSession(t *testing.T) {
 	for _, kind := range revocationKinds {
 		t.Run(kind, func(t *testing.T) {
-			list := &MemoryRevocationList{}
+			list := &memstore.RevocationList{}
 			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(list)}})
-			list.Now = e.clock.Now // before any Revoke
 			revoked := e.startSession(t, nil)
 			other := e.startSession(t, nil)
 			revokedClient, _ := e.holderClient(t, revoked.AccessToken)
@@ -232,7 +75,7 @@ func TestRevocation_RevokedSession(t *testing.T) {
 			if err := revocationStream(ctx, revokedClient, kind); err != nil {
 				t.Fatalf("before revocation: %v", err)
 			}
-			list.Revoke(revoked.SessionID, revoked.End)
+			_ = list.Revoke(context.Background(), revoked.SessionID, e.clock.Now(), revoked.End)
 			before := e.svc.calls.Load()
 			wantReason(t, revocationStream(ctx, revokedClient, kind), ReasonSessionRevoked)
 			if n := e.svc.calls.Load(); n != before {
@@ -261,7 +104,7 @@ func TestRevocation_StoreError(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			var mu sync.Mutex
 			var asked []string
-			store := RevocationFunc(func(_ context.Context, sid string) (bool, error) {
+			store := store.RevocationFunc(func(_ context.Context, sid string, _ time.Time) (bool, error) {
 				mu.Lock()
 				asked = append(asked, sid)
 				mu.Unlock()
@@ -297,7 +140,7 @@ func TestRevocation_StoreError(t *testing.T) {
 func TestRevocation_NotRevokedByStore(t *testing.T) {
 	var got []string
 	var mu sync.Mutex
-	store := RevocationFunc(func(_ context.Context, sid string) (bool, error) {
+	store := store.RevocationFunc(func(_ context.Context, sid string, _ time.Time) (bool, error) {
 		mu.Lock()
 		got = append(got, sid)
 		mu.Unlock()
@@ -321,9 +164,8 @@ func TestRevocation_NotRevokedByStore(t *testing.T) {
 // claims the application put in them. A custom claim "SID" is decoded
 // into the sid field by encoding/json's case-insensitive matching.
 func TestRevocation_CustomClaimCannotShadowSid(t *testing.T) {
-	list := &MemoryRevocationList{}
+	list := &memstore.RevocationList{}
 	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(list)}})
-	list.Now = e.clock.Now
 	s, err := e.server.StartSession(context.Background(), "alice", map[string]any{"SID": "legacy-session-42"})
 	if errors.Is(err, ErrReservedClaim) {
 		return // refused: nothing to shadow
@@ -332,7 +174,7 @@ func TestRevocation_CustomClaimCannotShadowSid(t *testing.T) {
 		t.Fatal(err)
 	}
 	client, _ := e.holderClient(t, s.AccessToken)
-	list.Revoke(s.SessionID, s.End)
+	_ = list.Revoke(context.Background(), s.SessionID, e.clock.Now(), s.End)
 	_, err = client.UnaryCall(context.Background(), &testpb.SimpleRequest{})
 	if err == nil {
 		t.Fatal("revoked session accepted: a custom claim \"SID\" replaced the sid the server checks")
@@ -344,23 +186,22 @@ func TestRevocation_CustomClaimCannotShadowSid(t *testing.T) {
 // until its absolute end + leeway, so Revoke's doc asks for that as until.
 // Pruning must not re-admit a revoked session during the leeway.
 func TestRevocation_EntryOutlivesLeeway(t *testing.T) {
-	list := &MemoryRevocationList{}
+	list := &memstore.RevocationList{}
 	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(list)}})
-	list.Now = e.clock.Now
 	capT := e.server.Policy().SessionEnd(t0)
 	tok := policyMint(t, e, t0, capT.Add(-24*time.Hour), capT) // renewed up to the cap
 	var sid string
 	if err := json.Unmarshal(claimsSegment(t, tok, 1)["sid"], &sid); err != nil {
 		t.Fatal(err)
 	}
-	list.Revoke(sid, capT.Add(DefaultLeeway)) // as documented: the session's end plus the leeway
+	_ = list.Revoke(context.Background(), sid, e.clock.Now(), capT.Add(DefaultLeeway)) // as documented: the session's end plus the leeway
 	p := newPolicyCaller(t, e)
 	e.clock.Set(capT.Add(-time.Second))
 	_, err := p.unary(tok)
 	wantReason(t, err, ReasonSessionRevoked)
 
 	e.clock.Set(capT.Add(10 * time.Second)) // within the leeway of exp and of the cap
-	list.Revoke("another-session", capT.Add(time.Hour))
+	_ = list.Revoke(context.Background(), "another-session", e.clock.Now(), capT.Add(time.Hour))
 	_, err = p.unary(tok)
 	if err == nil {
 		t.Fatal("revoked session accepted at cap+10s: its entry was pruned at the cap, but its token is accepted until cap+leeway")

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,6 +32,9 @@ import (
 type Server struct {
 	cfg serverConfig
 	ver atomic.Pointer[verifier]
+	// signHook, if set, is called before every signature (tests count
+	// signatures with it).
+	signHook func()
 }
 
 // NewServer returns a Server that trusts keys. It fails on an invalid
@@ -110,6 +112,7 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		raw[name] = b
 	}
 	now := s.cfg.now().Truncate(jwt.TimePrecision)
+	v := s.ver.Load() // one key set for the whole session start
 	c := &Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:   s.cfg.issuer,
@@ -120,12 +123,13 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		AuthTime:  jwt.NewNumericDate(now),
 		Custom:    raw,
 	}
-	sess, refreshID, err := s.mint(c, now, true)
+	sess, refreshID, err := s.mint(v, c, now, true)
 	if err != nil {
 		return Session{}, err
 	}
 	if s.cfg.store != nil {
-		if err := s.cfg.store.CreateSession(ctx, sess.SessionID, refreshID, s.keepUntil(now)); err != nil {
+		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, s.cfg.policy.KeepUntil(now))
+		if err != nil {
 			return Session{}, fmt.Errorf("slidejwt: session store: %w", err)
 		}
 	}
@@ -133,20 +137,20 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	return sess, nil
 }
 
-// mint signs a session's access token at now, and its refresh token when
-// a session store is configured, from the session claims in base (iss, aud,
-// sub, sid, auth_time, custom). It returns the refresh token's id.
-func (s *Server) mint(base *Claims, now time.Time, fresh bool) (Session, string, error) {
+// mint signs, with v's active key, a session's access token at now, and
+// its refresh token when a session store is configured, from the session
+// claims in base (iss, aud, sub, sid, auth_time, custom). It returns the
+// refresh token's id.
+func (s *Server) mint(v *verifier, base *Claims, now time.Time, fresh bool) (Session, string, error) {
 	p := s.cfg.policy
 	authTime := base.AuthTime.Time
-	end := p.SessionEnd(authTime)
 
 	access := *base
 	access.IssuedAt = jwt.NewNumericDate(now)
-	access.ExpiresAt = jwt.NewNumericDate(capAt(now.Add(p.TTL), end))
+	access.ExpiresAt = jwt.NewNumericDate(p.AccessExpiry(now, authTime))
 	access.ID = randomID()
 	access.Fresh = fresh
-	tok, err := s.sign(&access, accessTokenType)
+	tok, err := s.sign(v, &access, accessTokenType)
 	if err != nil {
 		return Session{}, "", err
 	}
@@ -155,41 +159,32 @@ func (s *Server) mint(base *Claims, now time.Time, fresh bool) (Session, string,
 		SessionID:   base.SessionID,
 		Expiry:      access.ExpiresAt.Time,
 		AuthTime:    authTime,
-		End:         end,
+		End:         p.SessionEnd(authTime),
 	}
 	if s.cfg.store == nil {
 		return sess, "", nil
 	}
 	refresh := *base
 	refresh.IssuedAt = jwt.NewNumericDate(now)
-	refresh.ExpiresAt = jwt.NewNumericDate(capAt(now.Add(s.cfg.refreshTTL), end))
+	refresh.ExpiresAt = jwt.NewNumericDate(p.RefreshExpiry(now, authTime))
 	refresh.ID = randomID()
 	refresh.Fresh = false
-	if sess.RefreshToken, err = s.sign(&refresh, refreshTokenType); err != nil {
+	if sess.RefreshToken, err = s.sign(v, &refresh, refreshTokenType); err != nil {
 		return Session{}, "", err
 	}
 	sess.RefreshExpiry = refresh.ExpiresAt.Time
 	return sess, refresh.ID, nil
 }
 
-// capAt returns t, but no later than end, at JWT time resolution.
-func capAt(t, end time.Time) time.Time {
-	if t.After(end) {
-		t = end
+// sign mints c under v's active key with the JOSE header typ and the key's
+// kid, and enforces the token size bound. The key set is the caller's:
+// a renewal is signed by the set that verified the request, even while
+// RotateKeys replaces it.
+func (s *Server) sign(v *verifier, c *Claims, typ string) (string, error) {
+	if s.signHook != nil {
+		s.signHook()
 	}
-	return t.Truncate(jwt.TimePrecision)
-}
-
-// keepUntil is how long state about a session that began at authTime must
-// be kept: the server accepts its tokens until its end plus the leeway.
-func (s *Server) keepUntil(authTime time.Time) time.Time {
-	return s.cfg.policy.SessionEnd(authTime).Add(s.cfg.leeway)
-}
-
-// sign mints c under the active key with the JOSE header typ and the key's
-// kid, and enforces the token size bound.
-func (s *Server) sign(c *Claims, typ string) (string, error) {
-	k := s.ver.Load().keys.active
+	k := v.keys.active
 	t := jwt.NewWithClaims(k.method, c)
 	t.Header["typ"] = typ
 	t.Header["kid"] = k.id
@@ -212,12 +207,16 @@ func randomID() string {
 
 // authenticate is the one place where a call is authenticated and its
 // renewal decided; the interceptors and AuthFunc only adapt it. It returns
-// the handler's context (carrying the claims) and the renewal to send, or
-// nil when none is due. Its error is a gRPC status error and the handler
-// must not run.
-func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *renewal, error) {
+// the handler's context (carrying the claims), the verified claims, and
+// the renewal to send, or nil when none is due. Its error is a gRPC status
+// error and the handler must not run.
+//
+// One key set serves the whole call: the renewal is signed by the set that
+// verified the token, even while [Server.RotateKeys] replaces it.
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *Claims, *renewal, error) {
 	now := s.cfg.now() // one reading of the clock for the whole decision
-	c, raw, err := s.check(ctx, now)
+	v := s.ver.Load()
+	c, raw, err := s.check(ctx, v, now)
 	if err != nil {
 		ev := Event{Kind: EventRejected, Method: method, Err: err}
 		if ae, ok := err.(*authError); ok {
@@ -228,11 +227,14 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			ev.Subject, ev.SessionID = c.Subject, c.SessionID
 		}
 		s.emit(ctx, ev)
-		return ctx, nil, err
+		return ctx, nil, nil, err
 	}
 	ctx = context.WithValue(ctx, claimsKey{}, c)
 	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.Subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time}
-	r := s.renew(c, raw, now)
+	var r *renewal
+	if method != revokeMethod { // a logout gets no renewal of the session it ends
+		r = s.renew(v, c, raw, now)
+	}
 	switch {
 	case r == nil:
 	case r.err != nil:
@@ -244,13 +246,13 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		ev.Kind, ev.Expiry = EventRenewed, r.exp
 	}
 	s.emit(ctx, ev)
-	return ctx, r, nil
+	return ctx, c, r, nil
 }
 
-// check extracts and verifies the bearer token and applies the session
-// rules. It returns the claims and the token as presented. On rejection it
-// may return the verified claims (for events).
-func (s *Server) check(ctx context.Context, now time.Time) (*Claims, string, error) {
+// check extracts and verifies the bearer token with v and applies the
+// session rules. It returns the claims and the token as presented. On
+// rejection it may return the verified claims (for events).
+func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*Claims, string, error) {
 	// One metadata lookup: auth.AuthFromMD reads only the first value, so
 	// it can neither see a second one nor save the copy made to count them.
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
@@ -270,20 +272,16 @@ func (s *Server) check(ctx context.Context, now time.Time) (*Claims, string, err
 	if !isCompactJWS(raw) {
 		return nil, "", reject(ReasonTokenInvalid, "malformed token")
 	}
-	c, aerr := s.ver.Load().verifyCached(raw, now)
-	if c != nil && sessionEnded(s.cfg.policy, now, c.AuthTime.Time, s.cfg.leeway) {
+	c, aerr := v.verifyCached(raw, now)
+	if c != nil && s.cfg.policy.SessionEnded(now, c.AuthTime.Time) {
 		return c, raw, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
 	// claims are checked against the revocation list too, so that a client
 	// is told SESSION_REVOKED rather than invited to refresh.
-	if c != nil && s.cfg.revocations != nil {
-		revoked, err := s.cfg.revocations.IsRevoked(ctx, c.SessionID)
-		if err != nil {
-			return c, raw, status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
-		}
-		if revoked {
-			return c, raw, reject(ReasonSessionRevoked, "")
+	if c != nil {
+		if err := s.checkLive(ctx, c.SessionID, now); err != nil {
+			return c, raw, err
 		}
 	}
 	if aerr != nil {
@@ -292,16 +290,35 @@ func (s *Server) check(ctx context.Context, now time.Time) (*Claims, string, err
 	return c, raw, nil
 }
 
-// renew mints the renewed token for the verified claims c of the token raw
-// when the policy says one is due; it returns nil otherwise. Everything but
-// exp, iat, jti and the freshness marker is copied from c.
+// checkLive asks the revocation list, if any, whether session sid may
+// still be used at now: nil, a SESSION_REVOKED rejection, or
+// codes.Unavailable when the list cannot answer (the server fails closed).
+func (s *Server) checkLive(ctx context.Context, sid string, now time.Time) error {
+	if s.cfg.revocations == nil {
+		return nil
+	}
+	revoked, err := s.cfg.revocations.IsRevoked(ctx, sid, now)
+	switch {
+	case err != nil:
+		return errRevocationUnavailable
+	case revoked:
+		return reject(ReasonSessionRevoked, "")
+	}
+	return nil
+}
+
+var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
+
+// renew mints, under v, the renewed token for the verified claims c of the
+// token raw when the policy says one is due; it returns nil otherwise.
+// Everything but exp, iat, jti and the freshness marker is copied from c.
 //
 // Requests presenting the same token while its renewal is due share one
 // renewed token: one signature per token per renewal, not one per request.
 // They are matched on the token as presented, byte for byte, never on a
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
-func (s *Server) renew(c *Claims, raw string, now time.Time) *renewal {
+func (s *Server) renew(v *verifier, c *Claims, raw string, now time.Time) *renewal {
 	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
 	if !d.Renew {
 		return nil
@@ -313,23 +330,22 @@ func (s *Server) renew(c *Claims, raw string, now time.Time) *renewal {
 		next.ID = randomID()
 		next.Fresh = false
 		r.exp = d.Expiry
-		if r.tok, r.err = s.sign(&next, accessTokenType); r.err == nil {
+		if r.tok, r.err = s.sign(v, &next, accessTokenType); r.err == nil {
 			r.md = metadata.Pairs(s.cfg.renewalHeader, r.tok)
 		}
 	}
-	v := s.ver.Load()
 	if v.renewals == nil {
 		r := new(renewal)
 		mint(r)
 		return r
 	}
-	// The entry dies with the presented token (at exp + leeway), or with
-	// the renewal itself if that comes first (a TTL shorter than the
-	// leeway), so a renewal handed out is never already expired. Whoever
-	// runs the Once mints at a time no earlier than the entry's creation,
-	// so the token's exp is no earlier than d.Expiry.
+	// The entry dies with the presented token (once it is no longer
+	// accepted), or with the renewal itself if that comes first (a TTL
+	// shorter than the leeway), so a renewal handed out is never already
+	// expired. Whoever runs the Once mints at a time no earlier than the
+	// entry's creation, so the token's exp is no earlier than d.Expiry.
 	r := v.renewals.getOrPut(raw, now, func() (*renewal, time.Time) {
-		until := c.ExpiresAt.Add(s.cfg.leeway)
+		until := s.cfg.policy.AcceptExpiryUntil(c.ExpiresAt.Time)
 		if d.Expiry.Before(until) {
 			until = d.Expiry
 		}
@@ -369,13 +385,16 @@ func (s *Server) emit(ctx context.Context, e Event) {
 }
 
 // UnaryServerInterceptor authenticates unary calls. A renewed token goes
-// into the response trailer, also when the handler returns an error.
+// into the response trailer, also when the handler returns an error. A
+// slidejwt rejection that the handler returns (relayed from a downstream
+// call, say) is marked as having run the handler (see
+// [MetadataHandlerRan]), so that no client retries it.
 func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if s.exempt(info.FullMethod) {
 			return handler(ctx, req)
 		}
-		ctx, r, err := s.authenticate(ctx, info.FullMethod)
+		ctx, _, r, err := s.authenticate(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
@@ -383,31 +402,37 @@ func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 			// Set before the handler runs; handler trailers are joined to it.
 			_ = grpc.SetTrailer(ctx, r.md)
 		}
-		return handler(ctx, req)
+		resp, err := handler(ctx, req)
+		return resp, markHandlerRan(err)
 	}
 }
 
 // StreamServerInterceptor authenticates streaming calls. A renewed token is
 // set in the response header before the handler runs, so it arrives with
-// the first message, and in the trailer.
+// the first message, and in the trailer; if an earlier interceptor already
+// sent the header, in the trailer only.
+//
+// An open stream lives as long as its session, not as long as the access
+// token that opened it: it ends with SESSION_EXPIRED at the session's end
+// plus the leeway, and with SESSION_REVOKED at its next message in either
+// direction after a revocation, or within [WithStreamCheckInterval] if it
+// is silent. See [Server.guardStream].
 func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if s.exempt(info.FullMethod) {
 			return handler(srv, ss)
 		}
-		ctx, r, err := s.authenticate(ss.Context(), info.FullMethod)
+		ctx, c, r, err := s.authenticate(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err
 		}
 		if r != nil {
-			if err := ss.SetHeader(r.md); err != nil {
-				return status.Error(codes.Internal, "slidejwt: cannot set response header")
-			}
+			// The header may be gone already (an earlier interceptor sent
+			// it): the trailer still carries the renewal.
+			_ = ss.SetHeader(r.md)
 			ss.SetTrailer(r.md)
 		}
-		wrapped := middleware.WrapServerStream(ss)
-		wrapped.WrappedContext = ctx
-		return handler(srv, wrapped)
+		return markHandlerRan(s.guardStream(ctx, c, srv, ss, info.FullMethod, handler))
 	}
 }
 
@@ -415,13 +440,19 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 // already chain go-grpc-middleware's auth interceptors. A renewed token is
 // set in both the header and the trailer, since an AuthFunc cannot tell a
 // unary call from a stream. Exempt methods pass through.
+//
+// An AuthFunc sees a call only before its handler runs, so two promises of
+// the interceptors do not hold through it: an open stream does not end
+// with its session, and a slidejwt rejection that a handler relays is not
+// marked as having run the handler. Prefer the interceptors wherever they
+// fit; go-grpc-middleware's selector composes with them just as well.
 func (s *Server) AuthFunc() auth.AuthFunc {
 	return func(ctx context.Context) (context.Context, error) {
 		method, _ := grpc.Method(ctx)
 		if s.exempt(method) {
 			return ctx, nil
 		}
-		ctx, r, err := s.authenticate(ctx, method)
+		ctx, _, r, err := s.authenticate(ctx, method)
 		if err != nil {
 			return nil, err
 		}

@@ -52,7 +52,7 @@ type verifier struct {
 	parser     *jwt.Parser
 	accessKey  jwt.Keyfunc
 	refreshKey jwt.Keyfunc
-	leeway     time.Duration
+	policy     Policy // the server's, normalized
 
 	// verified maps a token, byte for byte, to its verified claims. Keyed
 	// on the exact string, a re-encoded or malleated copy is a miss and is
@@ -68,7 +68,7 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		jwt.WithValidMethods(ks.algs),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
-		jwt.WithLeeway(cfg.leeway),
+		jwt.WithLeeway(cfg.policy.leeway()),
 		jwt.WithTimeFunc(cfg.now),
 		jwt.WithStrictDecoding(),
 	}
@@ -83,7 +83,7 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		parser:     jwt.NewParser(opts...),
 		accessKey:  ks.keyFunc(accessTokenType),
 		refreshKey: ks.keyFunc(refreshTokenType),
-		leeway:     cfg.leeway,
+		policy:     cfg.policy,
 	}
 	if cfg.cacheSize > 0 {
 		v.verified = newBoundedCache[*Claims](cfg.cacheSize)
@@ -109,13 +109,13 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*Claims, *authError)
 	if v.verified == nil {
 		return v.verify(raw)
 	}
-	if c, ok := v.verified.get(raw, now); ok && !now.Before(c.IssuedAt.Add(-v.leeway)) {
+	if c, ok := v.verified.get(raw, now); ok && !now.Before(c.IssuedAt.Add(-v.policy.leeway())) {
 		return c, nil
 	}
 	c, err := v.verify(raw)
 	if err == nil {
 		// jwt accepts while now < exp + leeway; the entry dies then.
-		v.verified.put(raw, c, c.ExpiresAt.Add(v.leeway))
+		v.verified.put(raw, c, v.policy.AcceptExpiryUntil(c.ExpiresAt.Time))
 	}
 	return c, err
 }
@@ -192,10 +192,4 @@ func invalidDetail(err error) string {
 		}
 	}
 	return "token rejected"
-}
-
-// sessionEnded reports whether a session that began at authTime is past
-// its absolute end at now, allowing leeway.
-func sessionEnded(p Policy, now, authTime time.Time, leeway time.Duration) bool {
-	return !now.Before(p.SessionEnd(authTime).Add(leeway))
 }

@@ -882,7 +882,7 @@ func TestVerify_RawMetadata(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", tc.value))
-			hctx, rn, err := srv.authenticate(ctx, "/grpc.testing.TestService/UnaryCall")
+			hctx, _, rn, err := srv.authenticate(ctx, "/grpc.testing.TestService/UnaryCall")
 			renewed := rn.token()
 			if tc.want == noReason {
 				if err != nil {
@@ -952,7 +952,7 @@ func FuzzServerVerify(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, tok string) {
 		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
-		hctx, rn, err := srv.authenticate(ctx, "/grpc.testing.TestService/UnaryCall")
+		hctx, _, rn, err := srv.authenticate(ctx, "/grpc.testing.TestService/UnaryCall")
 		renewed := rn.token()
 		if err == nil {
 			if !minted[tok] {

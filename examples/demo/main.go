@@ -33,6 +33,7 @@ import (
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 func main() {
@@ -93,7 +94,7 @@ func run(out io.Writer) error {
 	sessions, err := interceptor.NewServer(keys,
 		interceptor.WithIssuer("slidejwt-demo"),
 		interceptor.WithAudience("demo"),
-		interceptor.WithSessionStore(&interceptor.MemorySessionStore{Now: clk.Now}),
+		interceptor.WithSessionStore(&memstore.SessionStore{}),
 		interceptor.WithClock(clk.Now),
 	)
 	if err != nil {

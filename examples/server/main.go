@@ -42,6 +42,7 @@ import (
 	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 func main() {
@@ -208,7 +209,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		interceptor.WithIssuer(cfg.issuer),
 		interceptor.WithAudience(cfg.audience),
 		interceptor.WithLeeway(cfg.leeway),
-		interceptor.WithSessionStore(&interceptor.MemorySessionStore{}),
+		interceptor.WithSessionStore(&memstore.SessionStore{}),
 		interceptor.WithRefreshTTL(cfg.refreshTTL),
 		interceptor.WithRefreshGrace(cfg.refreshGrace),
 		interceptor.WithExemptMethods(demov1.DemoService_Login_FullMethodName),

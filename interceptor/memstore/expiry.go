@@ -1,4 +1,4 @@
-package interceptor
+package memstore
 
 import (
 	"container/heap"

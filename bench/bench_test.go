@@ -30,8 +30,8 @@ import (
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
-// The benchmark matrix. The names are part of the benchmarks' contract
-// (issue 4): runs from different commits compare by name.
+// The benchmark matrix. The names are part of the benchmarks' contract:
+// runs from different commits compare by name.
 var (
 	algs     = []string{"HS256", "ES256", "EdDSA"}
 	cases    = []string{caseFloor, caseMiddleware, caseSteady, caseRenew, caseRefreshRPC}

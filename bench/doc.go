@@ -1,5 +1,5 @@
 // Package bench measures what authentication and renewal cost per gRPC
-// call, side by side with the alternatives, as issue 4 asks. It holds only
+// call, side by side with the alternatives. It holds only
 // benchmarks and the test that keeps them honest; run them all with
 //
 //	bash scripts/bench

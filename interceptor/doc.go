@@ -16,7 +16,7 @@
 //		interceptor.WithIssuer("auth.example.com"),
 //		interceptor.WithAudience("orders"),
 //		interceptor.WithPolicy(interceptor.Policy{TTL: 24 * time.Hour, MaxLifetime: 168 * time.Hour}),
-//		interceptor.WithRevocationList(revoked),
+//		interceptor.WithRevocationList(&memstore.RevocationList{}),
 //		interceptor.WithExemptMethods("/shop.v1.AuthService/Login", healthpb.Health_Check_FullMethodName),
 //	)
 //	srv := grpc.NewServer(
@@ -57,7 +57,8 @@
 //
 // # Refresh tokens
 //
-// With a [SessionStore] ([WithSessionStore]), [Server.StartSession] also
+// With a session store ([WithSessionStore]; see the store and memstore
+// packages below this one), [Server.StartSession] also
 // returns a refresh token (typ rt+jwt) and [Server.TokenService] serves
 // slidejwt.v1.TokenService: Refresh rotates the refresh token (a retired one
 // presented again within [WithRefreshGrace] gets the same successor, later
@@ -81,46 +82,20 @@
 // same token while its renewal is due share one renewed token. See
 // [WithCacheSize].
 //
-// # Wire contract
+// # Streams
 //
-// Request: metadata "authorization: Bearer <jwt>", exactly one value; the
-// scheme matches case-insensitively.
+// An open stream lives as long as its session, not as long as the token
+// that opened it: it ends with SESSION_EXPIRED at the session's end plus
+// the leeway, and with SESSION_REVOKED at its next message after the
+// session was revoked, or within [WithStreamCheckInterval] if it is silent.
 //
-// Response: a renewed compact JWT under the metadata key "renewed-token"
-// ([WithRenewalHeader]). Unary calls: in the trailer, also when the handler
-// fails. Streams: in the header, set before the handler runs so that it
-// arrives with the first message, and in the trailer.
+// # Protocol
 //
-// Failure: codes.Unauthenticated with a google.rpc.ErrorInfo detail in the
-// domain "slidejwt" whose reason is TOKEN_MISSING, TOKEN_INVALID,
-// TOKEN_EXPIRED, SESSION_EXPIRED or SESSION_REVOKED (see [Reason], the
-// generated slidejwt.v1.ErrorReason enum, and [ReasonOf]). The message never contains the token or its claims, and the
-// handler does not run.
-//
-// # Session model
-//
-// An access token carries iss, aud, sub, exp, iat, a jti new for every
-// token, sid (the session id, random at login and stable across renewals),
-// auth_time (the login time, stable across renewals) and the application's
-// custom claims, which renewals copy unchanged. The token minted at login
-// also carries "fresh": true, which renewed tokens lack ([RequireFresh]).
-// The JOSE header has typ "at+jwt" (RFC 9068) and the kid of the signing
-// key.
-//
-// A token is renewed when its remaining lifetime is below
-// [Policy].RenewBefore; the renewed token expires at min(now + TTL,
-// auth_time + MaxLifetime), and none is sent unless it expires later than
-// the presented one. The decision is the pure function [Policy.Decide].
-//
-// # Verifier rules
-//
-// A presented token is rejected unless: it is at most [DefaultMaxTokenSize]
-// bytes ([WithMaxTokenSize]); it decodes as strict base64url; its kid names
-// a key in the [KeySet] and its alg is that key's algorithm ("none" never
-// is); its typ is at+jwt and it has no crit header; its signature verifies;
-// it has exp, iat, sub, jti, sid and auth_time; exp has not passed and iat
-// is not in the future, allowing [DefaultLeeway] of clock skew
-// ([WithLeeway]); iss and aud match when configured; the session has not
-// passed auth_time + MaxLifetime; and the [RevocationList], if any, does not
-// list its sid.
+// The wire contract (metadata keys, where a renewal travels, the
+// [Reason]s of a refusal and what a client does about each, the
+// handler_ran marker), the session model, the verifier rules, stream
+// lifetime, what a client trusts, what a session store holds and how to
+// rotate keys are specified once, in PROTOCOL.md at the root of the
+// repository:
+// https://github.com/slidejwt/slidejwt/blob/main/PROTOCOL.md
 package interceptor

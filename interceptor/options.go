@@ -209,7 +209,7 @@ func WithLeeway(d time.Duration) ServerOption {
 
 // WithRevocationList sets the list checked on every authenticated call and
 // on open streams (see [store.RevocationList]). If it is also a
-// [store.Revoker], as [memstore.RevocationList] is, [Server.RevokeSession]
+// [store.Revoker], as [github.com/slidejwt/slidejwt/interceptor/memstore.RevocationList] is, [Server.RevokeSession]
 // and TokenService.Revoke revoke through it. Default: none.
 func WithRevocationList(r store.RevocationList) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.revocations = r })
@@ -221,7 +221,7 @@ func WithRevocationList(r store.RevocationList) ServerOption {
 // it. The store is also the server's revocation list, as an allow-list: a
 // session it does not know is refused. It cannot be combined with
 // [WithRevocationList]. Default: none, and sessions have no refresh token.
-// See [memstore.SessionStore] for one process; replicas share a networked
+// See [github.com/slidejwt/slidejwt/interceptor/memstore.SessionStore] for one process; replicas share a networked
 // store.
 func WithSessionStore(s store.SessionStore) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.store = s })

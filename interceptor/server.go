@@ -26,7 +26,7 @@ import (
 //
 // Every replica configured with the same keys, issuer, audience and policy
 // verifies and renews the same sessions without shared state; refresh and
-// revocation need a shared [SessionStore] (or [RevocationList]).
+// revocation need a shared [store.SessionStore] (or [store.RevocationList]).
 //
 // A Server is safe for concurrent use.
 type Server struct {
@@ -81,7 +81,7 @@ type Session struct {
 	// End is the session's absolute end: AuthTime + MaxLifetime.
 	End time.Time
 	// RefreshToken is the session's current refresh token, for
-	// TokenService.Refresh; empty unless the server has a [SessionStore].
+	// TokenService.Refresh; empty unless the server has a session store.
 	RefreshToken string
 	// RefreshExpiry is the refresh token's exp.
 	RefreshExpiry time.Time

@@ -3,7 +3,7 @@
 // ns/op, B/op and allocs/op of every Benchmark<family>/<alg>/<case>, its
 // time as a ratio to the same family and alg's floor case (the ratio of
 // the medians, and the median of the ratios within each run) and its
-// allocations as a difference from floor, and then issue 4's targets,
+// allocations as a difference from floor, and then the performance targets,
 // judged on the ratios of the medians and each marked pass or MISS.
 //
 //	go test -run '^$' -bench . -benchmem -count 6 ./bench | go run ./internal/benchratio
@@ -236,7 +236,7 @@ func write(w io.Writer, gs []*group) {
 		fmt.Fprintln(w)
 	}
 
-	fmt.Fprintln(w, "### Targets (issue 4)")
+	fmt.Fprintln(w, "### Targets")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | renew / floor ≤ 1.20 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- |")

@@ -102,7 +102,7 @@ func TestWrite(t *testing.T) {
 | EdDSA | floor | 1 | 200000 | 1.00 | 1.00 | 12000 | 200 | +0 |
 | EdDSA | steady | 1 | 230000 | 1.15 | 1.15 | 13000 | 220 | +20 |
 
-### Targets (issue 4)
+### Targets
 
 | benchmark | steady / floor ≤ 1.10 | renew / floor ≤ 1.20 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 |
 | --- | --- | --- | --- | --- |

@@ -11,6 +11,7 @@
 package memstore
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"time"
@@ -64,14 +65,16 @@ func (m *SessionStore) Rotate(_ context.Context, r store.Rotation) (store.Result
 		return store.Result{Outcome: store.Revoked}, nil
 	case r.Presented == rec.current:
 		rec.previous, rec.hasPrev, rec.current = rec.current, true, r.Next
-		rec.successor, rec.graceUntil = r.Successor, r.GraceUntil
+		// Keep a copy, and hand out copies: the caller may reuse its
+		// buffer, and a replaying caller may open the successor in place.
+		rec.successor, rec.graceUntil = bytes.Clone(r.Successor), r.GraceUntil
 		if r.KeepUntil.After(rec.keepUntil) {
 			rec.keepUntil = r.KeepUntil
 			m.queue.add(r.SessionID, r.KeepUntil)
 		}
 		return store.Result{Outcome: store.OK, Successor: r.Successor}, nil
 	case rec.hasPrev && r.Presented == rec.previous && r.Now.Before(rec.graceUntil):
-		return store.Result{Outcome: store.Replay, Successor: rec.successor}, nil
+		return store.Result{Outcome: store.Replay, Successor: bytes.Clone(rec.successor)}, nil
 	default:
 		rec.revoked, rec.successor = true, nil // forget the tokens of a stolen session
 		return store.Result{Outcome: store.Reused}, nil

@@ -72,7 +72,9 @@ type SessionStore interface {
 	RevocationList
 	Revoker
 	// Create records a new session whose current refresh token has the
-	// digest refresh. The record may be dropped after keepUntil.
+	// digest refresh. The record may be dropped after keepUntil. The
+	// server makes sessionID 128 random bits: it is always new, and a store
+	// may overwrite whatever it held under that id.
 	Create(ctx context.Context, sessionID string, refresh Digest, now, keepUntil time.Time) error
 	// Rotate is the atomic check-and-rotate of a refresh token; see
 	// [Rotation] and [Outcome].
@@ -84,7 +86,9 @@ type SessionStore interface {
 type Digest [32]byte
 
 // Rotation asks a [SessionStore] to retire the refresh token whose digest
-// is Presented and make Next the session's current one.
+// is Presented and make Next the session's current one. Presented always
+// comes from a refresh token whose signature the server verified, so a
+// digest the store does not recognise is a retired token, not noise.
 type Rotation struct {
 	SessionID string
 	Presented Digest

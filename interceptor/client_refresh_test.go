@@ -60,12 +60,13 @@ func (k *crfHooks) lastRefresh() *slidejwtv1.TokenPair {
 
 // crfHolder returns a TestService client whose calls go through a holder
 // for s with s's refresh token, on the env's clock, and the holder's hooks.
-// Without a WithRefresher in opts, the holder refreshes on the same
-// connection.
+// The holder is bound to the env's target: without a WithRefresher in
+// opts, it refreshes on the same connection.
 func crfHolder(t testing.TB, e *refreshEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
 	t.Helper()
 	hooks := new(crfHooks)
 	all := append([]ClientOption{
+		BindTarget(cliTarget),
 		AllowInsecureTransport(),
 		WithClock(e.clock.Now),
 		WithRefreshToken(s.RefreshToken),
@@ -813,6 +814,8 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 func TestClientRefresh_Options(t *testing.T) {
 	e := refreshNewEnv(t, refreshEnvConfig{})
 	s := e.start(t, nil)
+	other := e.start(t, nil)
+	conn := e.dial(t)
 	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) { return nil, nil })
 	for _, tc := range []struct {
 		name    string
@@ -824,9 +827,19 @@ func TestClientRefresh_Options(t *testing.T) {
 		{"negative margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(-time.Nanosecond)}, ErrInvalidOption},
 		{"zero timeout", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshTimeout(0)}, ErrInvalidOption},
 		{"negative timeout", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshTimeout(-time.Second)}, ErrInvalidOption},
-		{"refresh token alone", []ClientOption{WithRefreshToken(s.RefreshToken)}, nil},
+		{"refresh token alone", []ClientOption{WithRefreshToken(s.RefreshToken)}, ErrInvalidOption},
+		{"refresh token, unbound, margin 0", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0)}, ErrInvalidOption},
+		{"token service without refresh token", []ClientOption{WithTokenService(conn)}, ErrInvalidOption},
+		{"token service and refresher", []ClientOption{WithRefreshToken(s.RefreshToken), WithTokenService(conn), WithRefresher(r)}, ErrInvalidOption},
+		{"empty bound target", []ClientOption{BindTarget("")}, ErrInvalidOption},
+		{"access token in place of the refresh token", []ClientOption{WithRefreshToken(s.AccessToken), WithRefresher(r)}, ErrMalformedToken},
+		{"refresh token of another session", []ClientOption{WithRefreshToken(other.RefreshToken), WithRefresher(r)}, ErrInvalidOption},
+		{"session end before the token's exp", []ClientOption{WithSessionEnd(s.Expiry.Add(-time.Second))}, ErrInvalidOption},
+		{"session end at the token's exp", []ClientOption{WithSessionEnd(s.Expiry)}, nil},
+		{"refresh token, bound", []ClientOption{WithRefreshToken(s.RefreshToken), BindTarget(cliTarget)}, nil},
+		{"refresh token and token service", []ClientOption{WithRefreshToken(s.RefreshToken), WithTokenService(conn)}, nil},
 		{"refresh token and refresher", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefresher(r)}, nil},
-		{"zero margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0)}, nil},
+		{"zero margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0), BindTarget(cliTarget)}, nil},
 		{"no refresh at all", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -924,7 +937,7 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 		newer := refreshMust(t, tokc, older.GetRefreshToken()) // access exp t0+25h
 		held := Session{AccessToken: newer.GetAccessToken(), RefreshToken: newer.GetRefreshToken()}
 
-		const nextRT = "the-next-refresh-token"
+		nextRT := refreshMust(t, tokc, newer.GetRefreshToken()).GetRefreshToken()
 		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) {
 			p := proto.Clone(older).(*slidejwtv1.TokenPair)
 			p.RefreshToken = nextRT

@@ -30,6 +30,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// cliTarget is the target of every bufconn connection of the tests
+// (dialBufconn).
+const cliTarget = "passthrough:///bufnet"
+
 // cliSecret signs the tokens the client tests craft. The holder does not
 // verify signatures, so any key will do.
 var cliSecret = []byte("client-test-secret-0123456789abcdef")

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	mathrand "math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1447,6 +1448,113 @@ func TestTokenHolder_CheckTarget(t *testing.T) {
 			if err != nil && (!errors.Is(err, ErrUnboundTarget) || status.Code(err) != codes.FailedPrecondition) {
 				t.Fatalf("err = %v, want ErrUnboundTarget as FailedPrecondition", err)
 			}
+		})
+	}
+}
+
+// TestUnary_FallbackAfterRejectedRenewal: a swapped-in renewal that the
+// server rejects as TOKEN_INVALID (before its handler ran) makes the
+// holder fall back to the token it replaced and retry once, which
+// succeeds. The rejected token is never taken again, and the holder never
+// falls back twice to the same token: a second bad renewal on top of the
+// fallback is returned to the caller.
+func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
+	for _, kind := range []string{"unary", "server-stream"} {
+		t.Run(kind, func(t *testing.T) {
+			var rejected atomic.Int64
+			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(func(_ context.Context, ev Event) {
+				if ev.Kind == EventRejected {
+					rejected.Add(1)
+				}
+			})}})
+			s := e.startSession(t, nil)
+			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
+			client := testpb.NewTestServiceClient(cliConn(t, e, h))
+			call := func() error {
+				if kind == "unary" {
+					_, err := client.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+					return err
+				}
+				return cliServerStream(1)(client, nil)
+			}
+			// Renewals that keep to the client's rules, signed with a key
+			// the server does not trust.
+			bad := func(d time.Duration) string {
+				return cliRemint(t, s.AccessToken, func(_, c map[string]any) { c["exp"] = cliUnix(s.Expiry.Add(d)) })
+			}
+			r1, r2 := bad(time.Hour), bad(2*time.Hour)
+			if !h.offer(r1) {
+				t.Fatal("holder refused a renewal that keeps to its rules")
+			}
+
+			if err := call(); err != nil {
+				t.Fatalf("call after a bad renewal: %v", err)
+			}
+			if got := rejected.Load(); got != 1 {
+				t.Fatalf("server rejected %d attempts, want 1", got)
+			}
+			if got := e.svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if h.Token() != s.AccessToken || !h.Expiry().Equal(s.Expiry) {
+				t.Fatal("holder did not fall back to the login token")
+			}
+			cliWantSwaps(t, swaps, r1, s.AccessToken)
+			if got := e.svc.lastClaims.Load(); got == nil || !got.ExpiresAt.Time.Equal(s.Expiry) {
+				t.Fatal("the retry did not carry the previous token")
+			}
+
+			// The rejected token is not taken again.
+			if h.offer(r1) {
+				t.Fatal("holder took the rejected renewal again")
+			}
+			// A second bad renewal on top of the fallback: no second
+			// fallback to the login token; the caller gets the rejection.
+			if !h.offer(r2) {
+				t.Fatal("holder refused a second renewal")
+			}
+			wantReason(t, call(), ReasonTokenInvalid)
+			if got := rejected.Load(); got != 2 {
+				t.Fatalf("server rejected %d attempts, want 2 (no retry)", got)
+			}
+			if got := e.svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if h.Token() != r2 {
+				t.Fatal("holder fell back twice to the same token")
+			}
+			cliWantSwaps(t, swaps, r1, s.AccessToken, r2)
+		})
+	}
+}
+
+// TestUnary_NoFallbackWithoutMarker: a TOKEN_INVALID that does not say the
+// handler did not run does not make the holder fall back or retry.
+func TestUnary_NoFallbackWithoutMarker(t *testing.T) {
+	for _, marker := range []string{"", "true"} {
+		t.Run("marker "+strconv.Quote(marker), func(t *testing.T) {
+			svc := crfRejectingService{&testService{}, func() error { return crfRejection(t, ReasonTokenInvalid, marker) }}
+			e := refreshNewEnv(t, refreshEnvConfig{service: svc})
+			s := e.start(t, nil)
+			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
+			conn := e.dial(t, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()))
+			// A renewal the server accepts: the handler's rejection is
+			// the only one.
+			e.clock.Advance(time.Hour)
+			_, tokc := e.clients(t)
+			r1 := refreshMust(t, tokc, s.RefreshToken).GetAccessToken()
+			if !h.offer(r1) {
+				t.Fatal("holder refused a renewal that keeps to its rules")
+			}
+			_, err := testpb.NewTestServiceClient(conn).UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+			wantReason(t, err, ReasonTokenInvalid)
+			if got := svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if h.Token() != r1 {
+				t.Fatal("holder fell back without the marker")
+			}
+			cliWantSwaps(t, swaps, r1)
 		})
 	}
 }

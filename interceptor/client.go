@@ -244,8 +244,13 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if sig == "" {
 		return sessionClaims{}, errUnsigned
 	}
+	// One copy of the token and one buffer for both decoded segments.
+	src := []byte(raw)
+	enc := base64.RawURLEncoding.Strict()
+	buf := make([]byte, enc.DecodedLen(len(hdr))+enc.DecodedLen(len(payload)))
+	hb, pb := buf[:enc.DecodedLen(len(hdr))], buf[enc.DecodedLen(len(hdr)):]
 	var h wireHeader
-	if err := decodeSegment(hdr, &h); err != nil {
+	if err := decodeSegment(hb, src[:len(hdr)], &h); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
 	if h.Alg == "" || strings.EqualFold(h.Alg, "none") {
@@ -255,7 +260,7 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 		return sessionClaims{}, errWrongTokenTyp
 	}
 	var w wireClaims
-	if err := decodeSegment(payload, &w); err != nil {
+	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], &w); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
 	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) {
@@ -268,15 +273,14 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	}, nil
 }
 
-// decodeSegment decodes one strict base64url segment of a JWS as JSON into v.
-func decodeSegment(seg string, v any) error {
-	enc := base64.RawURLEncoding.Strict()
-	b := make([]byte, enc.DecodedLen(len(seg)))
-	n, err := enc.Decode(b, []byte(seg))
+// decodeSegment decodes seg, one strict base64url segment of a JWS, into
+// dst, and that as JSON into v.
+func decodeSegment(dst, seg []byte, v any) error {
+	n, err := base64.RawURLEncoding.Strict().Decode(dst, seg)
 	if err != nil {
 		return err
 	}
-	return json.Unmarshal(b[:n], v)
+	return json.Unmarshal(dst[:n], v)
 }
 
 func validDate(f float64) bool { return f > 0 && f <= maxNumericDate }

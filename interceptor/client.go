@@ -2,15 +2,22 @@ package interceptor
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // TokenHolder holds a session's current access token on the client. Its
@@ -18,11 +25,20 @@ import (
 // tokens that servers send back, so the application never makes a
 // "refresh" call while it stays active.
 //
-// A renewed token is swapped in only if it decodes, names the same session
-// (sid) and subject, and expires later than the held one, so a response
-// that arrives late never downgrades the token. The holder does not verify
-// signatures (it needs no keys); it trusts the server it called over a
-// secure transport.
+// Every server a holder sends its token to is trusted with the session:
+// it can replay the token until it expires. The holder does not verify
+// signatures (it needs no keys), so it also cannot tell a renewal minted
+// by the session's issuer from one made up by the server it called. It
+// limits what a renewal can do instead: a renewed token is swapped in
+// only if it is a signed access token (typ at+jwt) whose iss, aud, sub,
+// sid and auth_time are identical to the held token's, and whose exp is
+// later than the held one but not past the session's end ([WithSessionEnd],
+// learnt from a refresh, or else auth_time + [DefaultMaxLifetime]). A
+// response that arrives late never downgrades the token. If a server then
+// rejects the swapped-in token as TOKEN_INVALID before its handler ran,
+// the holder falls back once to the token it replaced. A holder used with
+// more than one backend should be bound to one ([BindTarget]), or use one
+// holder per backend.
 //
 // A TokenHolder is safe for concurrent use by multiple goroutines.
 type TokenHolder struct {
@@ -33,28 +49,47 @@ type TokenHolder struct {
 	fmu    sync.Mutex // guards flight and failed
 	flight *refreshFlight
 	failed *refreshFailure
-	guard  grpc.CallOption // transport-security check for the default refresh call
+	guard  grpc.CallOption // transport-security check for the holder's own refresh call
 }
 
 // heldToken is one immutable generation of the held tokens. It is also the
 // call credentials of the calls that send it, so that a call knows exactly
 // which generation it sent.
 type heldToken struct {
-	raw      string
-	sid      string
-	sub      string
-	exp      time.Time
+	raw string
+	sessionClaims
 	md       map[string]string // request metadata, built once per token
 	refresh  string            // the refresh token; "" without one
 	insecure bool              // AllowInsecureTransport
 	callOpt  grpc.CallOption   // grpc.PerRPCCredentials(this), built once
-	end      time.Time         // the session's absolute end, once a refresh told it; else zero
+	end      time.Time         // the session's absolute end, when known; else zero
+
+	// prev is the generation a renewal replaced, which the holder falls
+	// back to (once) if a server rejects this one as TOKEN_INVALID. It is
+	// nil for the login token, a refreshed token, a fallback and a renewal
+	// of a fallback (never fall back twice to the same token). Its own
+	// prev is nil, so that generations do not chain.
+	prev *heldToken
+	// refused is the token this generation fell back from; it is never
+	// swapped in again.
+	refused string
+	// fellBack marks a generation the holder fell back to.
+	fellBack bool
 }
 
 // withCallOpt fills t.callOpt and returns t.
 func (t *heldToken) withCallOpt() *heldToken {
 	t.callOpt = grpc.PerRPCCredentials(t)
 	return t
+}
+
+// bound returns the latest exp a token of this session may have: the
+// session's end when known, or else auth_time + DefaultMaxLifetime.
+func (t *heldToken) bound() time.Time {
+	if !t.end.IsZero() {
+		return t.end
+	}
+	return t.authTime.Add(DefaultMaxLifetime)
 }
 
 // GetRequestMetadata implements [credentials.PerRPCCredentials].
@@ -67,7 +102,10 @@ func (t *heldToken) RequireTransportSecurity() bool { return !t.insecure }
 
 // NewTokenHolder returns a holder for token, the access token from
 // [Server.StartSession] or a login RPC. It fails with [ErrMalformedToken]
-// if token does not decode as a session token.
+// if token does not decode as a session access token, and with
+// [ErrInvalidOption] for options that cannot work together, among them a
+// refresh token ([WithRefreshToken]) without a place to send it
+// ([WithTokenService], [WithRefresher] or [BindTarget]).
 func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	cfg := defaultClientConfig()
 	for _, o := range opts {
@@ -76,74 +114,237 @@ func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	h := &TokenHolder{cfg: cfg, guard: grpc.PerRPCCredentials(transportGuard{insecure: cfg.allowInsecure})}
-	t, err := h.decode(token)
+	c, err := decodeSession(token, accessTokenType, cfg.maxTokenSize)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %s", ErrMalformedToken, err.Error())
 	}
-	t.refresh = cfg.refreshToken
+	h := &TokenHolder{cfg: cfg, guard: grpc.PerRPCCredentials(transportGuard{insecure: cfg.allowInsecure})}
+	t := h.newHeld(token, c)
+	t.end = cfg.sessionEnd
+	if t.exp.After(t.bound()) {
+		return nil, fmt.Errorf("%w: the token expires after the session's end (WithSessionEnd, or auth_time + DefaultMaxLifetime)", ErrInvalidOption)
+	}
+	if cfg.refreshToken != "" {
+		rc, err := decodeSession(cfg.refreshToken, refreshTokenType, cfg.maxTokenSize)
+		if err != nil {
+			return nil, fmt.Errorf("%w: refresh token: %s", ErrMalformedToken, err.Error())
+		}
+		if !t.sameSession(&rc) || rc.exp.After(t.bound()) {
+			return nil, fmt.Errorf("%w: the refresh token is not one of the access token's session", ErrInvalidOption)
+		}
+		t.refresh = cfg.refreshToken
+	}
 	h.cur.Store(t)
 	return h, nil
+}
+
+// newHeld returns a generation for raw, which decoded as c, with its
+// request metadata and call option built.
+func (h *TokenHolder) newHeld(raw string, c sessionClaims) *heldToken {
+	t := &heldToken{
+		raw:           raw,
+		sessionClaims: c,
+		md:            map[string]string{"authorization": "Bearer " + raw},
+		insecure:      h.cfg.allowInsecure,
+	}
+	return t.withCallOpt()
 }
 
 // Token returns the current access token.
 func (h *TokenHolder) Token() string { return h.cur.Load().raw }
 
-// Expiry returns the current access token's exp.
+// Expiry returns the current access token's exp. It only moves forward,
+// except when the holder falls back from a rejected renewal.
 func (h *TokenHolder) Expiry() time.Time { return h.cur.Load().exp }
 
 // SessionID returns the session id (sid) of the held token.
 func (h *TokenHolder) SessionID() string { return h.cur.Load().sid }
 
-var unverified = jwt.NewParser(jwt.WithStrictDecoding())
+// SessionEnd returns the session's absolute end, or the zero time while
+// the holder does not know it (see [WithSessionEnd]).
+func (h *TokenHolder) SessionEnd() time.Time { return h.cur.Load().end }
 
-// decode reads the claims the holder needs, without verifying the
-// signature.
-func (h *TokenHolder) decode(raw string) (*heldToken, error) {
-	if len(raw) > h.cfg.maxTokenSize {
-		return nil, fmt.Errorf("%w: longer than %d bytes", ErrMalformedToken, h.cfg.maxTokenSize)
+// sessionClaims are the claims of a session token that the holder checks.
+type sessionClaims struct {
+	iss, sub, sid string
+	aud           []string
+	authTime      time.Time
+	exp           time.Time
+}
+
+// sameSession reports whether c names the same session as s: identical
+// iss, aud, sub, sid and auth_time.
+func (s *sessionClaims) sameSession(c *sessionClaims) bool {
+	return c.sid == s.sid && c.sub == s.sub && c.iss == s.iss &&
+		c.authTime.Equal(s.authTime) && slices.Equal(c.aud, s.aud)
+}
+
+// wireHeader is the part of a JOSE header the holder reads.
+type wireHeader struct {
+	Alg string `json:"alg"`
+	Typ string `json:"typ"`
+}
+
+// wireClaims is the part of a session token's payload the holder reads.
+// Dates are float64 so that a quoted date fails to decode, as RFC 7519
+// wants; the other claims (custom ones too) are skipped, not kept.
+type wireClaims struct {
+	Iss      string   `json:"iss"`
+	Sub      string   `json:"sub"`
+	Aud      audience `json:"aud"`
+	Exp      float64  `json:"exp"`
+	AuthTime float64  `json:"auth_time"`
+	Sid      string   `json:"sid"`
+}
+
+// audience is the "aud" claim: one string or an array of strings.
+type audience []string
+
+func (a *audience) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		*a = audience{s}
+		return nil
 	}
-	var c Claims
-	t, _, err := unverified.ParseUnverified(raw, &c)
+	return json.Unmarshal(b, (*[]string)(a))
+}
+
+// maxNumericDate is the latest date the holder decodes: 9999-12-31T23:59:59Z.
+const maxNumericDate = 253402300799
+
+// Errors of decodeSession. They are fixed phrases: a token, its claims or
+// a golang-jwt message (which can quote claims) never reach an error.
+var (
+	errTokenTooLong  = errors.New("longer than the maximum token size")
+	errNotCompactJWS = errors.New("not a compact JWS")
+	errUnsigned      = errors.New("not signed")
+	errWrongTokenTyp = errors.New("typ is not that of a session token of the expected kind")
+	errNotDecodable  = errors.New("header or claims do not decode")
+	errNoSession     = errors.New("sub, sid, exp or auth_time missing or out of range")
+)
+
+// decodeSession reads the claims the holder checks from raw, a session
+// token of type typ, without verifying its signature. It allocates little:
+// it decodes only the header fields and claims it checks.
+func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
+	if len(raw) > maxSize {
+		return sessionClaims{}, errTokenTooLong
+	}
+	if !isCompactJWS(raw) {
+		return sessionClaims{}, errNotCompactJWS
+	}
+	hdr, rest, ok1 := strings.Cut(raw, ".")
+	payload, sig, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || strings.IndexByte(sig, '.') >= 0 || hdr == "" || payload == "" {
+		return sessionClaims{}, errNotCompactJWS
+	}
+	if sig == "" {
+		return sessionClaims{}, errUnsigned
+	}
+	// One copy of the token and one buffer for both decoded segments.
+	src := []byte(raw)
+	enc := base64.RawURLEncoding.Strict()
+	buf := make([]byte, enc.DecodedLen(len(hdr))+enc.DecodedLen(len(payload)))
+	hb, pb := buf[:enc.DecodedLen(len(hdr))], buf[enc.DecodedLen(len(hdr)):]
+	var h wireHeader
+	if err := decodeSegment(hb, src[:len(hdr)], &h); err != nil {
+		return sessionClaims{}, errNotDecodable
+	}
+	if h.Alg == "" || strings.EqualFold(h.Alg, "none") {
+		return sessionClaims{}, errUnsigned
+	}
+	if !isType(h.Typ, typ) {
+		return sessionClaims{}, errWrongTokenTyp
+	}
+	var w wireClaims
+	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], &w); err != nil {
+		return sessionClaims{}, errNotDecodable
+	}
+	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) {
+		return sessionClaims{}, errNoSession
+	}
+	return sessionClaims{
+		iss: w.Iss, sub: w.Sub, sid: w.Sid, aud: w.Aud,
+		authTime: numericDate(w.AuthTime),
+		exp:      numericDate(w.Exp),
+	}, nil
+}
+
+// decodeSegment decodes seg, one strict base64url segment of a JWS, into
+// dst, and that as JSON into v.
+func decodeSegment(dst, seg []byte, v any) error {
+	n, err := base64.RawURLEncoding.Strict().Decode(dst, seg)
 	if err != nil {
-		// Not %w of err: golang-jwt's messages can quote claim values.
-		return nil, fmt.Errorf("%w: does not decode as a JWT", ErrMalformedToken)
+		return err
 	}
-	typ, _ := t.Header["typ"].(string)
-	if !isType(typ, accessTokenType) || c.SessionID == "" || c.Subject == "" || c.ExpiresAt == nil {
-		return nil, fmt.Errorf("%w: not a session access token", ErrMalformedToken)
-	}
-	ht := &heldToken{
-		raw:      raw,
-		sid:      c.SessionID,
-		sub:      c.Subject,
-		exp:      c.ExpiresAt.Time,
-		md:       map[string]string{"authorization": "Bearer " + raw},
-		insecure: h.cfg.allowInsecure,
-	}
-	return ht.withCallOpt(), nil
+	return json.Unmarshal(dst[:n], v)
+}
+
+func validDate(f float64) bool { return f > 0 && f <= maxNumericDate }
+
+// numericDate converts a NumericDate in seconds, possibly fractional, to a
+// time.
+func numericDate(f float64) time.Time {
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(math.Round(frac*1e9))).UTC()
 }
 
 // offer swaps raw in if it renews the held token, and reports whether it
 // did.
 func (h *TokenHolder) offer(raw string) bool {
-	if raw == "" || raw == h.cur.Load().raw {
+	if cur := h.cur.Load(); raw == "" || raw == cur.raw || raw == cur.refused {
 		return false
 	}
-	t, err := h.decode(raw)
+	c, err := decodeSession(raw, accessTokenType, h.cfg.maxTokenSize)
 	if err != nil {
 		return false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old := h.cur.Load()
-	if t.sid != old.sid || t.sub != old.sub || !t.exp.After(old.exp) {
+	if raw == old.raw || raw == old.refused || !old.sameSession(&c) ||
+		!c.exp.After(old.exp) || c.exp.After(old.bound()) {
 		return false
 	}
+	t := h.newHeld(raw, c)
 	t.refresh, t.end = old.refresh, old.end
+	if !old.fellBack {
+		prev := *old
+		prev.prev, prev.refused = nil, ""
+		t.prev = prev.withCallOpt()
+	}
 	h.cur.Store(t)
 	if h.cfg.onSwap != nil {
 		h.cfg.onSwap(t.raw, t.exp)
+	}
+	return true
+}
+
+// fallBack handles a TOKEN_INVALID rejection, before the handler ran, of
+// a call that sent held. If held is a renewal with a generation to fall
+// back to, the holder swaps that one back in (calling OnSwap) and refuses
+// held from then on. It reports whether the call is worth one retry with
+// the tokens held now: after a fallback, or when another caller has moved
+// the holder on from held meanwhile.
+func (h *TokenHolder) fallBack(held *heldToken) bool {
+	if held.prev == nil {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cur := h.cur.Load()
+	if cur != held {
+		return cur.raw != held.raw
+	}
+	back := *held.prev
+	back.refresh, back.end = held.refresh, held.end
+	back.refused, back.fellBack = held.raw, true
+	h.cur.Store(back.withCallOpt())
+	if h.cfg.onSwap != nil {
+		h.cfg.onSwap(back.raw, back.exp)
 	}
 	return true
 }
@@ -169,32 +370,108 @@ func (h *TokenHolder) RequireTransportSecurity() bool { return !h.cfg.allowInsec
 var _ credentials.PerRPCCredentials = (*TokenHolder)(nil)
 
 // PerRPCCredentials returns the holder as call credentials, for
-// grpc.WithPerRPCCredentials. It only attaches the token; renewals are
-// picked up by the interceptors. The interceptors attach the token
-// themselves: use one way or the other, not both, or every call carries
-// two "authorization" values and is rejected.
+// grpc.WithPerRPCCredentials. It only attaches the token: renewals,
+// refreshes, fallbacks and the [BindTarget] check are the interceptors'.
+// Give it only to a connection to a server trusted with the token. The
+// interceptors attach the token themselves: use one way or the other, not
+// both, or every call carries two "authorization" values and is rejected.
 func (h *TokenHolder) PerRPCCredentials() credentials.PerRPCCredentials { return h }
+
+// ErrUnboundTarget is the error, wrapped, of a call through a holder's
+// interceptors on a connection whose target is not the one the holder is
+// bound to ([BindTarget]). It is a codes.FailedPrecondition status: the
+// call failed in the client, before any token left the process, and only
+// a change of the program can cure it (neither a retry nor a new login).
+var ErrUnboundTarget = errors.New("slidejwt: the token holder is bound to another target")
+
+// targetError is an ErrUnboundTarget for one call.
+type targetError struct{ target string }
+
+func (e *targetError) Error() string {
+	return fmt.Sprintf("%v; no token sent to %q", ErrUnboundTarget, e.target)
+}
+
+func (e *targetError) Unwrap() error { return ErrUnboundTarget }
+
+func (e *targetError) GRPCStatus() *status.Status {
+	return status.New(codes.FailedPrecondition, e.Error())
+}
+
+// checkTarget fails unless the holder is unbound or cc is a connection to
+// its bound target, named as given to grpc.NewClient or in canonical form.
+func (h *TokenHolder) checkTarget(cc *grpc.ClientConn) error {
+	want := h.cfg.target
+	if want == "" {
+		return nil
+	}
+	if cc == nil {
+		return &targetError{}
+	}
+	if got := cc.Target(); got != want && cc.CanonicalTarget() != want {
+		return &targetError{target: got}
+	}
+	return nil
+}
+
+// cure decides what to do about a call that failed with err after sending
+// held: it reports whether one retry with the tokens held now is worth
+// making, or else the error to return instead of err, if any. Only a
+// rejection that says the handler did not run (ErrorInfo handler_ran
+// "false") is ever cured: TOKEN_EXPIRED by a refresh, TOKEN_INVALID of a
+// renewal by a fallback to the token it replaced.
+func (h *TokenHolder) cure(ctx context.Context, cc *grpc.ClientConn, held *heldToken, err error) (bool, error) {
+	if err == nil || !handlerNotRun(err) {
+		return false, nil
+	}
+	switch r, _ := ReasonOf(err); r {
+	case ReasonTokenInvalid:
+		return h.fallBack(held), nil
+	case ReasonTokenExpired:
+		if !h.canRefresh() {
+			return false, nil
+		}
+		if rerr := h.refreshFrom(ctx, cc, held); rerr != nil {
+			return false, rerr
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// mayRetry reports whether a call that sends held may be retried: with a
+// refresh token, or with a generation to fall back to.
+func (h *TokenHolder) mayRetry(held *heldToken) bool { return h.canRefresh() || held.prev != nil }
 
 // UnaryClientInterceptor attaches the token to unary calls and swaps in a
 // renewed token from the response header or trailer. It reads them with
 // its own grpc.Header and grpc.Trailer call options, so the caller's own
 // options still receive the metadata.
 //
-// With a refresh token ([WithRefreshToken]) it also refreshes: before a
-// call when the token expires within the margin ([WithRefreshMargin]), and
-// after a call that failed with TOKEN_EXPIRED, which it then retries once.
+// A call is retried at most once, and only after a rejection that says
+// the handler did not run: after TOKEN_EXPIRED when the holder has a
+// refresh token, which it refreshes first; after TOKEN_INVALID of a
+// swapped-in renewal, which it falls back from. With a refresh token
+// ([WithRefreshToken]) it also refreshes before a call when the token
+// expires within the margin ([WithRefreshMargin]).
+//
+// A holder bound to a target ([BindTarget]) fails a call on a connection
+// to any other target with [ErrUnboundTarget], before sending anything.
 func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if isRefreshCall(ctx) {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
-		held := h.beforeCall(ctx, cc)
-		err := h.invoke(ctx, held, method, req, reply, cc, invoker, opts)
-		if !h.shouldRefresh(err) {
+		if err := h.checkTarget(cc); err != nil {
 			return err
 		}
-		if rerr := h.refreshFrom(ctx, cc, held); rerr != nil {
-			return rerr
+		held := h.beforeCall(ctx, cc)
+		err := h.invoke(ctx, held, method, req, reply, cc, invoker, opts)
+		retry, cerr := h.cure(ctx, cc, held, err)
+		if cerr != nil {
+			return cerr
+		}
+		if !retry {
+			return err
 		}
 		return h.invoke(ctx, h.cur.Load(), method, req, reply, cc, invoker, opts)
 	}
@@ -218,25 +495,30 @@ func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string
 // arrived, or when the caller asks for it) and the trailer (read once the
 // stream has ended). It never blocks the caller.
 //
-// With a refresh token it refreshes before opening a stream when the token
-// expires within the margin, and reopens a stream once when it fails with
-// TOKEN_EXPIRED before any response arrived, replaying the messages sent
-// so far (the server rejected them before its handler ran). A stream that
-// has received a message or header is never replayed.
+// It refreshes before opening a stream as the unary interceptor does before
+// a call, and reopens a stream at most once, on the same rejections as the
+// unary interceptor retries on, and only before any response message
+// arrived. It then replays the messages sent so far: the rejection says
+// that no handler consumed them. A stream that has received a message or
+// header is never replayed. [BindTarget] applies as for unary calls.
 func (h *TokenHolder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		if isRefreshCall(ctx) {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
+		if err := h.checkTarget(cc); err != nil {
+			return nil, err
+		}
 		held := h.beforeCall(ctx, cc)
 		s := &clientStream{h: h, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts, held: held}
 		cs, err := s.open(held)
 		if err != nil {
-			if !h.shouldRefresh(err) {
-				return nil, err
+			retry, cerr := h.cure(ctx, cc, held, err)
+			if cerr != nil {
+				return nil, cerr
 			}
-			if rerr := h.refreshFrom(ctx, cc, held); rerr != nil {
-				return nil, rerr
+			if !retry {
+				return nil, err
 			}
 			s.held = h.cur.Load()
 			if cs, err = s.open(s.held); err != nil {
@@ -254,7 +536,7 @@ func (h *TokenHolder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 const maxReplay = 64
 
 // clientStream watches a stream's header and trailer for renewed tokens,
-// and can reopen the stream once after TOKEN_EXPIRED.
+// and can reopen the stream once after a rejection before its handler ran.
 type clientStream struct {
 	h        *TokenHolder
 	ctx      context.Context
@@ -272,7 +554,7 @@ type clientStream struct {
 	sent      []any // messages sent before the first response, for a reopen
 	closed    bool  // CloseSend was called
 	committed bool  // a response arrived, or too many messages were sent: no reopen
-	retried   bool  // the one reopen was used
+	retried   bool  // the one reopen was used, or considered
 }
 
 func (s *clientStream) open(held *heldToken) (grpc.ClientStream, error) {
@@ -297,7 +579,7 @@ func (s *clientStream) Trailer() metadata.MD { return s.current().Trailer() }
 // SendMsg sends m, keeping it for a reopen until the first response.
 func (s *clientStream) SendMsg(m any) error {
 	s.mu.Lock()
-	if !s.committed && s.h.canRefresh() {
+	if !s.committed && !s.retried && s.h.mayRetry(s.held) {
 		if len(s.sent) < maxReplay {
 			s.sent = append(s.sent, m)
 		} else {
@@ -372,27 +654,24 @@ func (s *clientStream) commit() {
 	s.mu.Unlock()
 }
 
-// reopen refreshes and reopens the stream after err, once, if err is
-// TOKEN_EXPIRED and no response has arrived. It replays the messages sent
-// so far and the half-close. It holds s.mu throughout, so that concurrent
-// senders wait for the new stream. It reports whether the stream was
-// reopened, or else the refresh's error, if a refresh was tried and failed.
+// reopen reopens the stream after err, once, if no response has arrived
+// and [TokenHolder.cure] finds err worth a retry: only a rejection that
+// says the handler did not run (a missing header alone proves nothing; an
+// earlier server interceptor or a proxy may have consumed messages). It
+// replays the messages sent so far and the half-close. It holds s.mu
+// throughout, so that concurrent senders wait for the new stream. It
+// reports whether the stream was reopened, or else the error of a failed
+// refresh, if one was tried.
 func (s *clientStream) reopen(err error) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.committed || s.retried || !s.h.shouldRefresh(err) {
+	if s.committed || s.retried || !handlerNotRun(err) {
 		return false, nil
 	}
 	s.retried = true
-	// Replay only what no handler can have consumed: a stream that ended
-	// without a header (slidejwt's rejection is trailers-only), or whose
-	// rejection says the handler did not run (an earlier server interceptor
-	// may have sent a header). Header does not block on a failed stream.
-	if md, _ := s.cs.Header(); md != nil && !handlerNotRun(err) {
-		return false, nil
-	}
-	if rerr := s.h.refreshFrom(s.ctx, s.cc, s.held); rerr != nil {
-		return false, rerr
+	retry, cerr := s.h.cure(s.ctx, s.cc, s.held, err)
+	if !retry {
+		return false, cerr
 	}
 	held := s.h.cur.Load()
 	cs, oerr := s.open(held)

@@ -3,6 +3,7 @@ package interceptor
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -54,19 +55,26 @@ func TokenServiceRefresher(client slidejwtv1.TokenServiceClient) Refresher {
 
 // WithRefreshToken gives the holder the session's refresh token, which
 // turns on refresh: proactive, before a call when the access token expires
-// within the margin, and reactive, after a call failed with TOKEN_EXPIRED,
-// which is then retried once. Unless [WithRefresher] says otherwise, the
-// holder calls TokenService.Refresh on the connection of the call that
-// needs it.
+// within the margin, and reactive, after a call was rejected with
+// TOKEN_EXPIRED before its handler ran, which is then retried once. The
+// token must be a refresh token (typ rt+jwt) of the access token's session.
+//
+// The refresh token is the session's longest-lived credential, so the
+// holder sends it only where it is told to: it needs [WithTokenService] or
+// [WithRefresher], or else [BindTarget], in which case it calls
+// TokenService.Refresh on the bound connection. [NewTokenHolder] fails
+// with [ErrInvalidOption] otherwise: never does a refresh go to whichever
+// server just rejected a call.
 func WithRefreshToken(refreshToken string) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.refreshToken = refreshToken })
 }
 
-// WithRefresher sets how the holder refreshes, for a token service on
-// another connection or a non-gRPC one. It needs [WithRefreshToken]. The
-// refresh token is a long-lived credential: r must send it only over a
-// secure transport (the default refresher lets gRPC enforce that, as for
-// the access token).
+// WithRefresher sets how the holder refreshes, for a token service that
+// is not a gRPC connection the holder can call itself. It needs
+// [WithRefreshToken] and excludes [WithTokenService]. The refresh token is
+// a long-lived credential: r must send it only to the session's token
+// service, and only over a secure transport (the holder's own refresh
+// call lets gRPC enforce that, as for the access token).
 func WithRefresher(r Refresher) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.refresher = r })
 }
@@ -81,7 +89,9 @@ func WithRefreshMargin(d time.Duration) ClientOption {
 }
 
 // WithRefreshTimeout bounds each refresh call. Default
-// [DefaultRefreshTimeout].
+// [DefaultRefreshTimeout]. The refresh runs for every caller waiting for
+// it, so it does not take the deadline of the call that started it; each
+// caller still stops waiting when its own context ends.
 func WithRefreshTimeout(d time.Duration) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.refreshTimeout = d })
 }
@@ -98,16 +108,6 @@ func OnRefresh(f func(*slidejwtv1.TokenPair)) ClientOption {
 func (h *TokenHolder) RefreshToken() string { return h.cur.Load().refresh }
 
 func (h *TokenHolder) canRefresh() bool { return h.cfg.refreshToken != "" }
-
-// shouldRefresh reports whether a call that failed with err can be cured by
-// a refresh: only TOKEN_EXPIRED can.
-func (h *TokenHolder) shouldRefresh(err error) bool {
-	if err == nil || !h.canRefresh() {
-		return false
-	}
-	r, ok := ReasonOf(err)
-	return ok && r == ReasonTokenExpired
-}
 
 // beforeCall refreshes proactively when due and returns the tokens the
 // call is to send. A failed proactive refresh is not an error: the call
@@ -128,10 +128,16 @@ func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn) *held
 }
 
 // refreshFlight is one refresh in progress, shared by every caller that
-// needs it.
+// needs it. It runs on a goroutine of its own, under its own timeout, so
+// that no caller's deadline cuts it short and every caller, the one that
+// started it included, can stop waiting at its own deadline.
 type refreshFlight struct {
 	done chan struct{}
-	err  error
+	err  error // written before done is closed
+
+	mu         sync.Mutex
+	panicked   any  // a Refresher's panic, for the leader to raise again
+	leaderGone bool // the caller that started the flight stopped waiting
 }
 
 // refreshFailure remembers that refreshing generation held failed with a
@@ -153,7 +159,10 @@ func (h *TokenHolder) failedBefore(held *heldToken) error {
 // refreshFrom refreshes the session unless the held tokens have already
 // moved on from seen (another caller refreshed, or a renewal arrived), in
 // which case the caller just retries with the tokens held now. Concurrent
-// callers share one refresh (single flight).
+// callers share one refresh (single flight). Each caller waits for it
+// until its own ctx ends, and then returns ctx's error as a gRPC status
+// (codes.DeadlineExceeded or codes.Canceled); the refresh goes on for the
+// others, bounded by the refresh timeout.
 func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen *heldToken) error {
 	h.fmu.Lock()
 	if h.cur.Load() != seen {
@@ -165,20 +174,39 @@ func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen
 		h.fmu.Unlock()
 		return err
 	}
-	if f := h.flight; f != nil {
-		h.fmu.Unlock()
-		select {
-		case <-f.done:
-			return f.err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	f, leader := h.flight, false
+	if f == nil {
+		f, leader = &refreshFlight{done: make(chan struct{}), err: errRefreshPanicked}, true
+		h.flight = f
+		go h.fly(context.WithoutCancel(ctx), cc, seen, f)
 	}
-	f := &refreshFlight{done: make(chan struct{}), err: errRefreshPanicked}
-	h.flight = f
 	h.fmu.Unlock()
-	// Deferred, so that waiters are released even if a Refresher panics.
+	select {
+	case <-f.done:
+		if leader && f.panicked != nil {
+			panic(f.panicked)
+		}
+		return f.err
+	case <-ctx.Done():
+		if leader {
+			f.mu.Lock()
+			f.leaderGone = true
+			p := f.panicked
+			f.mu.Unlock()
+			if p != nil {
+				panic(p)
+			}
+		}
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// fly runs flight f. A Refresher's panic is raised again on the goroutine
+// of the caller that started the flight if it still waits, or else here:
+// it is never swallowed. Waiters are released either way.
+func (h *TokenHolder) fly(ctx context.Context, cc *grpc.ClientConn, seen *heldToken, f *refreshFlight) {
 	defer func() {
+		p := recover()
 		h.fmu.Lock()
 		h.flight = nil
 		// A rejection, or a pair the holder cannot take, will not go
@@ -190,10 +218,18 @@ func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen
 			h.failed = &refreshFailure{held: seen, err: f.err}
 		}
 		h.fmu.Unlock()
+		f.mu.Lock()
+		gone := p != nil && f.leaderGone
+		if !gone {
+			f.panicked = p
+		}
+		f.mu.Unlock()
 		close(f.done)
+		if gone {
+			panic(p)
+		}
 	}()
 	f.err = h.doRefresh(ctx, cc, seen)
-	return f.err
 }
 
 var errRefreshPanicked = status.Error(codes.Internal, "slidejwt: refresher panicked")
@@ -212,8 +248,12 @@ type refreshCallKey struct{}
 // call, which its interceptors pass through untouched.
 func isRefreshCall(ctx context.Context) bool { return ctx.Value(refreshCallKey{}) != nil }
 
+// doRefresh makes one refresh call, with the refresh timeout, to the
+// configured token service: the Refresher, the WithTokenService
+// connection, or else cc, which is then the bound target (NewTokenHolder
+// allows nothing else).
 func (h *TokenHolder) doRefresh(ctx context.Context, cc *grpc.ClientConn, seen *heldToken) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.refreshTimeout)
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.refreshTimeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, refreshCallKey{}, true)
 	var pair *slidejwtv1.TokenPair
@@ -224,10 +264,17 @@ func (h *TokenHolder) doRefresh(ctx context.Context, cc *grpc.ClientConn, seen *
 		}
 		pair = p
 	} else {
+		var conn grpc.ClientConnInterface = h.cfg.tokenService
+		if conn == nil {
+			if cc == nil || h.checkTarget(cc) != nil || h.cfg.target == "" {
+				return status.Error(codes.Internal, "slidejwt: no token service to refresh with")
+			}
+			conn = cc
+		}
 		// The refresh token is the longest-lived credential: the same
 		// transport-security rule as for the access token applies. The
 		// guard attaches nothing; it only makes gRPC check the transport.
-		resp, err := slidejwtv1.NewTokenServiceClient(cc).Refresh(ctx,
+		resp, err := slidejwtv1.NewTokenServiceClient(conn).Refresh(ctx,
 			&slidejwtv1.RefreshRequest{RefreshToken: seen.refresh}, h.guard)
 		if err != nil {
 			return err
@@ -247,34 +294,56 @@ func (transportGuard) GetRequestMetadata(context.Context, ...string) (map[string
 
 func (g transportGuard) RequireTransportSecurity() bool { return !g.insecure }
 
-// install swaps in a refreshed token pair. The access token must name the
-// same session and subject, and must not expire before the one held. Its
-// errors are codes.Internal statuses: the token service misbehaved.
+// install swaps in a refreshed token pair. It checks the pair as offer
+// checks a renewal: both tokens decode, as an access token (at+jwt) and a
+// refresh token (rt+jwt), of the held session (identical iss, aud, sub,
+// sid and auth_time), and neither expires past the session's end. The
+// pair's session end must not be later than a known one. An access token
+// that expires before the held one is not swapped in, but the refresh
+// token is taken: the old one is retired. Its errors are codes.Internal
+// statuses: the token service misbehaved.
 func (h *TokenHolder) install(pair *slidejwtv1.TokenPair) error {
-	t, err := h.decode(pair.GetAccessToken())
+	ac, err := decodeSession(pair.GetAccessToken(), accessTokenType, h.cfg.maxTokenSize)
 	if err != nil {
-		return &installError{"an access token that does not decode"}
+		return &installError{"an access token that does not decode as one"}
 	}
 	if pair.GetRefreshToken() == "" {
 		return &installError{"no refresh token"}
 	}
+	rc, err := decodeSession(pair.GetRefreshToken(), refreshTokenType, h.cfg.maxTokenSize)
+	if err != nil {
+		return &installError{"a refresh token that does not decode as one"}
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old := h.cur.Load()
-	if t.sid != old.sid || t.sub != old.sub {
+	if !old.sameSession(&ac) || !old.sameSession(&rc) {
 		return &installError{"a token of another session"}
 	}
-	if t.exp.Before(old.exp) {
+	end := old.end
+	if ts := pair.GetSessionEndsAt(); ts != nil {
+		if !ts.IsValid() {
+			return &installError{"an invalid session end"}
+		}
+		e := ts.AsTime()
+		if !end.IsZero() && e.After(end) {
+			return &installError{"a session end later than the known one"}
+		}
+		end = e
+	}
+	bound := (&heldToken{sessionClaims: old.sessionClaims, end: end}).bound()
+	if ac.exp.After(bound) || rc.exp.After(bound) {
+		return &installError{"a token that expires after the session's end"}
+	}
+	var t *heldToken
+	if ac.exp.Before(old.exp) {
 		// A renewal that arrived meanwhile is newer; keep it, but take the
 		// new refresh token: the old one is retired.
-		t = (&heldToken{raw: old.raw, sid: old.sid, sub: old.sub, exp: old.exp, md: old.md, insecure: old.insecure}).withCallOpt()
-	}
-	t.refresh = pair.GetRefreshToken()
-	if end := pair.GetSessionEndsAt(); end != nil {
-		t.end = end.AsTime()
+		t = h.newHeld(old.raw, old.sessionClaims)
 	} else {
-		t.end = old.end
+		t = h.newHeld(pair.GetAccessToken(), ac)
 	}
+	t.refresh, t.end = pair.GetRefreshToken(), end
 	h.cur.Store(t)
 	if h.cfg.onSwap != nil && t.raw != old.raw {
 		h.cfg.onSwap(t.raw, t.exp)

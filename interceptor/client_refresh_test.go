@@ -5,16 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
@@ -61,12 +66,13 @@ func (k *crfHooks) lastRefresh() *slidejwtv1.TokenPair {
 
 // crfHolder returns a TestService client whose calls go through a holder
 // for s with s's refresh token, on the env's clock, and the holder's hooks.
-// Without a WithRefresher in opts, the holder refreshes on the same
-// connection.
+// The holder is bound to the env's target: without a WithRefresher in
+// opts, it refreshes on the same connection.
 func crfHolder(t testing.TB, e *refreshEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
 	t.Helper()
 	hooks := new(crfHooks)
 	all := append([]ClientOption{
+		BindTarget(cliTarget),
 		AllowInsecureTransport(),
 		WithClock(e.clock.Now),
 		WithRefreshToken(s.RefreshToken),
@@ -814,6 +820,8 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 func TestClientRefresh_Options(t *testing.T) {
 	e := refreshNewEnv(t, refreshEnvConfig{})
 	s := e.start(t, nil)
+	other := e.start(t, nil)
+	conn := e.dial(t)
 	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) { return nil, nil })
 	for _, tc := range []struct {
 		name    string
@@ -825,9 +833,19 @@ func TestClientRefresh_Options(t *testing.T) {
 		{"negative margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(-time.Nanosecond)}, ErrInvalidOption},
 		{"zero timeout", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshTimeout(0)}, ErrInvalidOption},
 		{"negative timeout", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshTimeout(-time.Second)}, ErrInvalidOption},
-		{"refresh token alone", []ClientOption{WithRefreshToken(s.RefreshToken)}, nil},
+		{"refresh token alone", []ClientOption{WithRefreshToken(s.RefreshToken)}, ErrInvalidOption},
+		{"refresh token, unbound, margin 0", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0)}, ErrInvalidOption},
+		{"token service without refresh token", []ClientOption{WithTokenService(conn)}, ErrInvalidOption},
+		{"token service and refresher", []ClientOption{WithRefreshToken(s.RefreshToken), WithTokenService(conn), WithRefresher(r)}, ErrInvalidOption},
+		{"empty bound target", []ClientOption{BindTarget("")}, ErrInvalidOption},
+		{"access token in place of the refresh token", []ClientOption{WithRefreshToken(s.AccessToken), WithRefresher(r)}, ErrMalformedToken},
+		{"refresh token of another session", []ClientOption{WithRefreshToken(other.RefreshToken), WithRefresher(r)}, ErrInvalidOption},
+		{"session end before the token's exp", []ClientOption{WithSessionEnd(s.Expiry.Add(-time.Second))}, ErrInvalidOption},
+		{"session end at the token's exp", []ClientOption{WithSessionEnd(s.Expiry)}, nil},
+		{"refresh token, bound", []ClientOption{WithRefreshToken(s.RefreshToken), BindTarget(cliTarget)}, nil},
+		{"refresh token and token service", []ClientOption{WithRefreshToken(s.RefreshToken), WithTokenService(conn)}, nil},
 		{"refresh token and refresher", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefresher(r)}, nil},
-		{"zero margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0)}, nil},
+		{"zero margin", []ClientOption{WithRefreshToken(s.RefreshToken), WithRefreshMargin(0), BindTarget(cliTarget)}, nil},
 		{"no refresh at all", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -925,7 +943,7 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 		newer := refreshMust(t, tokc, older.GetRefreshToken()) // access exp t0+25h
 		held := Session{AccessToken: newer.GetAccessToken(), RefreshToken: newer.GetRefreshToken()}
 
-		const nextRT = "the-next-refresh-token"
+		nextRT := refreshMust(t, tokc, newer.GetRefreshToken()).GetRefreshToken()
 		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) {
 			p := proto.Clone(older).(*slidejwtv1.TokenPair)
 			p.RefreshToken = nextRT
@@ -982,5 +1000,369 @@ func crfPileUp(t *testing.T, c testpb.TestServiceClient, n int, r *crfRefresher,
 		if err != nil {
 			t.Errorf("call %d: %v", i, err)
 		}
+	}
+}
+
+// crfRejection is a slidejwt rejection built by hand, as it travels on the
+// wire, with the ErrorInfo metadata handler_ran set to handlerRan unless
+// that is "".
+func crfRejection(t testing.TB, reason Reason, handlerRan string) error {
+	t.Helper()
+	info := &errdetails.ErrorInfo{Reason: WireReason(reason), Domain: ErrorDomain}
+	if handlerRan != "" {
+		info.Metadata = map[string]string{MetadataHandlerRan: handlerRan}
+	}
+	st, err := status.New(codes.Unauthenticated, "rejected").WithDetails(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Err()
+}
+
+// crfRogueTokenService records every Refresh call that reaches it.
+type crfRogueTokenService struct {
+	slidejwtv1.UnimplementedTokenServiceServer
+	calls atomic.Int64
+}
+
+func (s *crfRogueTokenService) Refresh(context.Context, *slidejwtv1.RefreshRequest) (*slidejwtv1.RefreshResponse, error) {
+	s.calls.Add(1)
+	return nil, status.Error(codes.Unavailable, "rogue")
+}
+
+// TestClientRefresh_RogueTokenExpiredGetsNoRefreshToken: a rogue backend
+// answers TOKEN_EXPIRED (with the marker) on purpose. The holder refreshes
+// at its configured token service only; the refresh token never reaches
+// the rogue, in a Refresh call or in any metadata.
+func TestClientRefresh_RogueTokenExpiredGetsNoRefreshToken(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	var (
+		mu  sync.Mutex
+		got []string // every metadata value that reached the rogue
+	)
+	seen := func(ctx context.Context) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, vs := range md {
+			got = append(got, vs...)
+		}
+	}
+	expired := crfRejection(t, ReasonTokenExpired, "false")
+	rogueTS := new(crfRogueTokenService)
+	rogueSvc := &testService{}
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			seen(ctx)
+			if info.FullMethod == refreshMethod {
+				return handler(ctx, req)
+			}
+			return nil, expired
+		}),
+		grpc.ChainStreamInterceptor(func(_ any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, _ grpc.StreamHandler) error {
+			seen(ss.Context())
+			return expired
+		}),
+	)
+	testpb.RegisterTestServiceServer(srv, rogueSvc)
+	slidejwtv1.RegisterTokenServiceServer(srv, rogueTS)
+	lis := bufconn.Listen(1 << 20)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	hooks := new(crfHooks)
+	h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now),
+		WithRefreshToken(s.RefreshToken), WithRefreshMargin(0), WithTokenService(e.dial(t)),
+		OnSwap(hooks.onSwap), OnRefresh(hooks.onRefresh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue := testpb.NewTestServiceClient(cliDialAs(t, lis, "passthrough:///rogue",
+		grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(h.StreamClientInterceptor())))
+
+	wantReason(t, crfUnary(t, rogue), ReasonTokenExpired)
+	_, serr := crfServerStream(t, rogue, 1)
+	wantReason(t, serr, ReasonTokenExpired)
+
+	if n := rogueTS.calls.Load(); n != 0 {
+		t.Fatalf("rogue TokenService got %d Refresh calls, want 0", n)
+	}
+	// One refresh per call, each at the configured token service: the
+	// stream was rejected with the token the unary call's refresh got.
+	if n := e.log.refreshes(); n != 2 {
+		t.Fatalf("configured token service answered %d Refresh calls, want 2", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range got {
+		for _, rt := range []string{s.RefreshToken, h.RefreshToken()} {
+			if strings.Contains(v, rt) {
+				t.Fatal("a refresh token reached the rogue in metadata")
+			}
+		}
+	}
+	if len(got) == 0 {
+		t.Fatal("the rogue recorded no metadata; the test checks nothing")
+	}
+}
+
+// crfRejectingService runs its handler and then fails every UnaryCall and
+// StreamingOutputCall with err, before sending anything: as a handler
+// that forwards another service's rejection does.
+type crfRejectingService struct {
+	*testService
+	err func() error
+}
+
+func (s crfRejectingService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	s.enter(ctx)
+	if err := s.err(); err != nil {
+		return nil, err
+	}
+	return &testpb.SimpleResponse{}, nil
+}
+
+func (s crfRejectingService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	s.enter(stream.Context())
+	if err := s.err(); err != nil {
+		return err
+	}
+	return stream.Send(&testpb.StreamingOutputCallResponse{})
+}
+
+// TestClientRefresh_RetryNeedsMarker: a TOKEN_EXPIRED that a handler
+// returns is never retried, for unary calls and streams alike: without
+// the handler_ran marker, with "true", and with a "false" that the handler
+// itself put there (the server interceptor rewrites it to "true"). No
+// refresh, no retry, no replay.
+func TestClientRefresh_RetryNeedsMarker(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		marker    string
+		wantCalls int64 // handler runs
+	}{
+		{"no marker", "", 1},
+		{"handler ran", "true", 1},
+		// A handler cannot claim it did not run: the server interceptor
+		// marks every slidejwt error a handler returns as handler_ran=true.
+		// (The real interceptor's own rejections, before the handler, are
+		// retried: see the reactive-refresh tests.)
+		{"handler claims it did not run", "false", 1},
+	} {
+		for _, kind := range []string{"unary", "server-stream"} {
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				var n atomic.Int64
+				svc := crfRejectingService{&testService{}, func() error {
+					if n.Add(1) == 1 {
+						return crfRejection(t, ReasonTokenExpired, tc.marker)
+					}
+					return nil
+				}}
+				e := refreshNewEnv(t, refreshEnvConfig{service: svc})
+				s := e.start(t, nil)
+				r := crfNewRefresher(t, e)
+				c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+				var err error
+				if kind == "unary" {
+					err = crfUnary(t, c)
+				} else {
+					_, err = crfServerStream(t, c, 1)
+				}
+				if got := svc.calls.Load(); got != tc.wantCalls {
+					t.Fatalf("handler ran %d times, want %d", got, tc.wantCalls)
+				}
+				if tc.wantCalls == 1 {
+					wantReason(t, err, ReasonTokenExpired)
+					if n := r.calls.Load(); n != 0 {
+						t.Fatalf("refresher called %d times, want 0", n)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("with the marker: %v", err)
+				}
+				if n := r.calls.Load(); n != 1 {
+					t.Fatalf("refresher called %d times, want 1", n)
+				}
+			})
+		}
+	}
+}
+
+// TestClientRefresh_LeaderHonoursDeadline: the caller that starts a
+// refresh with a 200 ms deadline returns at its deadline with
+// DeadlineExceeded while the token service hangs; the refresh goes on for
+// a second caller, which gets its result.
+func TestClientRefresh_LeaderHonoursDeadline(t *testing.T) {
+	var rejected atomic.Int64
+	secondRejected := make(chan struct{})
+	e := refreshNewEnv(t, refreshEnvConfig{onEvent: func(ev Event) {
+		if ev.Kind == EventRejected && ev.Method == refreshUnaryMethod && rejected.Add(1) == 2 {
+			close(secondRejected)
+		}
+	}})
+	s := e.start(t, nil)
+	r := crfNewRefresher(t, e)
+	r.started = make(chan struct{}, 2)
+	r.release = make(chan struct{})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(r.release)
+		}
+	}
+	defer release()
+	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r), WithRefreshTimeout(crfWait))
+	crfLapse(e, s)
+
+	leaderCtx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	leader := make(chan error, 1)
+	go func() {
+		_, err := c.UnaryCall(leaderCtx, &testpb.SimpleRequest{})
+		leader <- err
+	}()
+	select {
+	case <-r.started:
+	case <-time.After(crfWait):
+		t.Fatal("the refresh did not start")
+	}
+	var err error
+	select {
+	case err = <-leader:
+	case <-time.After(crfWait):
+		release()
+		t.Fatal("the leader did not return at its deadline")
+	}
+	if elapsed := time.Since(start); elapsed > time.Second {
+		t.Fatalf("the leader returned after %v, want about 200ms", elapsed)
+	}
+	if got := status.Code(err); got != codes.DeadlineExceeded {
+		t.Fatalf("leader: code = %v (err %v), want %v", got, err, codes.DeadlineExceeded)
+	}
+
+	// The refresh still hangs; a second caller joins it and gets its
+	// result once the token service answers.
+	second := make(chan error, 1)
+	go func() { second <- crfUnary(t, c) }()
+	select {
+	case <-secondRejected:
+	case <-time.After(crfWait):
+		t.Fatal("the second call was not rejected")
+	}
+	release()
+	if err := <-second; err != nil {
+		t.Fatalf("second caller: %v", err)
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("refresher called %d times, want 1", n)
+	}
+	if h.Token() == s.AccessToken {
+		t.Fatal("holder did not take the refreshed token")
+	}
+}
+
+// TestClientRefresh_InstallChecks: the pair a refresher returns is held
+// to the rules of a renewal, and its tokens to the session's end. Tested
+// on install directly, at the end and one second either side.
+func TestClientRefresh_InstallChecks(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	foreign := e.start(t, nil)
+	e.clock.Advance(time.Hour)
+	_, tokc := e.clients(t)
+	next := refreshMust(t, tokc, s.RefreshToken)
+	end := next.GetSessionEndsAt().AsTime()
+	if !end.Equal(s.End) {
+		t.Fatalf("pair's session end %v, want %v", end, s.End)
+	}
+	with := func(mod func(p *slidejwtv1.TokenPair)) *slidejwtv1.TokenPair {
+		p := proto.Clone(next).(*slidejwtv1.TokenPair)
+		mod(p)
+		return p
+	}
+	access := func(mod func(h, c map[string]any)) func(p *slidejwtv1.TokenPair) {
+		return func(p *slidejwtv1.TokenPair) { p.AccessToken = cliRemint(t, p.AccessToken, mod) }
+	}
+	refresh := func(mod func(h, c map[string]any)) func(p *slidejwtv1.TokenPair) {
+		return func(p *slidejwtv1.TokenPair) { p.RefreshToken = cliRemint(t, p.RefreshToken, mod) }
+	}
+	expAt := func(at time.Time) func(h, c map[string]any) {
+		return func(_, c map[string]any) { c["exp"] = cliUnix(at) }
+	}
+	for _, tc := range []struct {
+		name string
+		opts []ClientOption
+		pair *slidejwtv1.TokenPair
+		ok   bool
+	}{
+		{"control: the token service's pair", nil, next, true},
+		{"access exp at the session end", nil, with(access(expAt(end))), true},
+		{"access exp one second before the end", nil, with(access(expAt(end.Add(-time.Second)))), true},
+		{"access exp one second past the end", nil, with(access(expAt(end.Add(time.Second)))), false},
+		{"refresh exp at the session end", nil, with(refresh(expAt(end))), true},
+		{"refresh exp one second past the end", nil, with(refresh(expAt(end.Add(time.Second)))), false},
+		{"access exp in 2999, end moved along", nil, with(func(p *slidejwtv1.TokenPair) {
+			y2999 := time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC)
+			access(expAt(y2999))(p)
+			p.SessionEndsAt = timestamppb.New(y2999)
+		}), true}, // with no end known, the configured token service is trusted with it
+		{"access exp in 2999, end known", []ClientOption{WithSessionEnd(s.End)}, with(func(p *slidejwtv1.TokenPair) {
+			y2999 := time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC)
+			access(expAt(y2999))(p)
+			p.SessionEndsAt = timestamppb.New(y2999)
+		}), false},
+		{"session end one second later than the known one", []ClientOption{WithSessionEnd(s.End)}, with(func(p *slidejwtv1.TokenPair) {
+			p.SessionEndsAt = timestamppb.New(s.End.Add(time.Second))
+		}), false},
+		{"session end at the known one", []ClientOption{WithSessionEnd(s.End)}, next, true},
+		{"no session end, access exp past auth_time + DefaultMaxLifetime", nil, with(func(p *slidejwtv1.TokenPair) {
+			p.SessionEndsAt = nil
+			access(expAt(s.AuthTime.Add(DefaultMaxLifetime + time.Second)))(p)
+		}), false},
+		{"refresh token with typ at+jwt", nil, with(func(p *slidejwtv1.TokenPair) { p.RefreshToken = p.AccessToken }), false},
+		{"refresh token of another session", nil, with(func(p *slidejwtv1.TokenPair) { p.RefreshToken = foreign.RefreshToken }), false},
+		{"access token of another session", nil, with(func(p *slidejwtv1.TokenPair) { p.AccessToken = foreign.AccessToken }), false},
+		{"access other iss", nil, with(access(func(_, c map[string]any) { c["iss"] = "rogue.example" })), false},
+		{"access other aud", nil, with(access(func(_, c map[string]any) { c["aud"] = []string{"rogue"} })), false},
+		{"access other auth_time", nil, with(access(func(_, c map[string]any) { c["auth_time"] = cliUnix(s.AuthTime.Add(time.Second)) })), false},
+		{"refresh other auth_time", nil, with(refresh(func(_, c map[string]any) { c["auth_time"] = cliUnix(s.AuthTime.Add(-time.Second)) })), false},
+		{"access unsigned", nil, with(func(p *slidejwtv1.TokenPair) {
+			p.AccessToken = p.AccessToken[:strings.LastIndexByte(p.AccessToken, '.')+1]
+		}), false},
+		{"refresh alg none", nil, with(refresh(func(h, _ map[string]any) { h["alg"] = "none" })), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hooks := new(crfHooks)
+			h, err := NewTokenHolder(s.AccessToken, append([]ClientOption{WithRefreshToken(s.RefreshToken),
+				WithRefresher(new(crfRefresher)), OnSwap(hooks.onSwap), OnRefresh(hooks.onRefresh)}, tc.opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = h.install(tc.pair)
+			swaps, refreshes := hooks.counts()
+			if !tc.ok {
+				if err == nil || status.Code(err) != codes.Internal {
+					t.Fatalf("install = %v, want a codes.Internal error", err)
+				}
+				if swaps+refreshes != 0 || h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+					t.Fatal("holder took a pair it refused")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("install = %v, want nil", err)
+			}
+			if swaps != 1 || refreshes != 1 || h.Token() != tc.pair.GetAccessToken() || h.RefreshToken() != tc.pair.GetRefreshToken() {
+				t.Fatalf("OnSwap %d, OnRefresh %d; want the pair taken", swaps, refreshes)
+			}
+			if want := tc.pair.GetSessionEndsAt().AsTime(); !h.SessionEnd().Equal(want) {
+				t.Fatalf("SessionEnd = %v, want %v", h.SessionEnd(), want)
+			}
+		})
 	}
 }

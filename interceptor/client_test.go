@@ -1,6 +1,7 @@
 package interceptor
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,12 +9,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	mathrand "math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +33,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
+
+// cliTarget is the target of every bufconn connection of the tests
+// (dialBufconn).
+const cliTarget = "passthrough:///bufnet"
 
 // cliSecret signs the tokens the client tests craft. The holder does not
 // verify signatures, so any key will do.
@@ -1068,5 +1076,485 @@ func TestUnary_HolderOutOfOrderRenewals(t *testing.T) {
 	cliWantSwaps(t, swaps, b)
 	if got, want := h.Expiry(), t0.Add(srvDueAfter+time.Hour+DefaultTTL); !got.Equal(want) {
 		t.Errorf("Expiry = %v, want %v", got, want)
+	}
+}
+
+// cliForge builds a compact JWS from header and claims as given, signed
+// with cliSecret (HS256) when signed, or else with an empty signature.
+// Unlike cliMint it can write any claim, in any JSON type.
+func cliForge(t testing.TB, header, claims map[string]any, signed bool) string {
+	t.Helper()
+	seg := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	input := seg(header) + "." + seg(claims)
+	if !signed {
+		return input + "."
+	}
+	sig, err := jwt.SigningMethodHS256.Sign(input, cliSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// cliClaimsOf returns tok's header and claims as JSON objects, numbers
+// kept exact.
+func cliClaimsOf(t testing.TB, tok string) (header, claims map[string]any) {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		t.Fatalf("token has %d segments, want 3", len(parts))
+	}
+	for i, dst := range []*map[string]any{&header, &claims} {
+		b, err := base64.RawURLEncoding.DecodeString(parts[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := json.NewDecoder(bytes.NewReader(b))
+		d.UseNumber()
+		if err := d.Decode(dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return header, claims
+}
+
+// cliRemint returns a copy of tok signed with cliSecret, with its header
+// and claims changed by mod (nil: unchanged). A nil value deletes an entry.
+func cliRemint(t testing.TB, tok string, mod func(header, claims map[string]any)) string {
+	t.Helper()
+	h, c := cliClaimsOf(t, tok)
+	h["alg"] = "HS256"
+	if mod != nil {
+		mod(h, c)
+	}
+	for _, m := range []map[string]any{h, c} {
+		for k, v := range m {
+			if v == nil {
+				delete(m, k)
+			}
+		}
+	}
+	return cliForge(t, h, c, true)
+}
+
+// cliUnix is t as a NumericDate.
+func cliUnix(t time.Time) int64 { return t.Unix() }
+
+// TestTokenHolder_OfferIdentity: a renewal must repeat iss, aud, sub, sid
+// and auth_time exactly, be signed, and expire later than the held token
+// but not past the session's end. Boundaries are tested at the second and
+// one second either side.
+func TestTokenHolder_OfferIdentity(t *testing.T) {
+	exp := t0.Add(24 * time.Hour)
+	base := func() map[string]any {
+		return map[string]any{
+			"iss": "auth.example", "aud": []string{"orders", "billing"}, "sub": "alice", "sid": "sid-1",
+			"auth_time": cliUnix(t0), "iat": cliUnix(t0), "exp": cliUnix(exp), "jti": "j0",
+		}
+	}
+	hdr := func() map[string]any { return map[string]any{"alg": "HS256", "typ": "at+jwt", "kid": "k1"} }
+	held := cliForge(t, hdr(), base(), true)
+	later := exp.Add(time.Hour)
+	end := t0.Add(48 * time.Hour)
+	defaultEnd := t0.Add(DefaultMaxLifetime)
+	renewal := func(mod func(h, c map[string]any)) string {
+		h, c := hdr(), base()
+		c["exp"], c["jti"] = cliUnix(later), "j1"
+		mod(h, c)
+		return cliForge(t, h, c, true)
+	}
+	for _, tc := range []struct {
+		name string
+		tok  string
+		opts []ClientOption
+		swap bool
+	}{
+		{"control: same identity, later exp", renewal(func(h, c map[string]any) {}), nil, true},
+		{"control: aud in the same order", renewal(func(_, c map[string]any) { c["aud"] = []any{"orders", "billing"} }), nil, true},
+		{"the reported forgery: unsigned, other iss, aud and kid, exp in 2999", func() string {
+			h, c := hdr(), base()
+			h["alg"], h["kid"] = "none", "rogue"
+			c["iss"], c["aud"], c["exp"] = "rogue.example", "rogue", time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+			return cliForge(t, h, c, false)
+		}(), nil, false},
+		{"alg none, signed", renewal(func(h, _ map[string]any) { h["alg"] = "none" }), nil, false},
+		{"alg NONE", renewal(func(h, _ map[string]any) { h["alg"] = "NONE" }), nil, false},
+		{"no alg", renewal(func(h, _ map[string]any) { delete(h, "alg") }), nil, false},
+		{"empty signature", func() string {
+			tok := renewal(func(h, c map[string]any) {})
+			return tok[:strings.LastIndexByte(tok, '.')+1]
+		}(), nil, false},
+		{"four segments", renewal(func(h, c map[string]any) {}) + ".x", nil, false},
+		{"other iss", renewal(func(_, c map[string]any) { c["iss"] = "rogue.example" }), nil, false},
+		{"no iss", renewal(func(_, c map[string]any) { delete(c, "iss") }), nil, false},
+		{"other aud", renewal(func(_, c map[string]any) { c["aud"] = []string{"orders"} }), nil, false},
+		{"aud reordered", renewal(func(_, c map[string]any) { c["aud"] = []string{"billing", "orders"} }), nil, false},
+		{"aud as one string", renewal(func(_, c map[string]any) { c["aud"] = "orders" }), nil, false},
+		{"no aud", renewal(func(_, c map[string]any) { delete(c, "aud") }), nil, false},
+		{"auth_time one second later", renewal(func(_, c map[string]any) { c["auth_time"] = cliUnix(t0.Add(time.Second)) }), nil, false},
+		{"auth_time one second earlier", renewal(func(_, c map[string]any) { c["auth_time"] = cliUnix(t0.Add(-time.Second)) }), nil, false},
+		{"no auth_time", renewal(func(_, c map[string]any) { delete(c, "auth_time") }), nil, false},
+		{"quoted exp", renewal(func(_, c map[string]any) { c["exp"] = fmt.Sprint(cliUnix(later)) }), nil, false},
+		{"typ rt+jwt", renewal(func(h, _ map[string]any) { h["typ"] = "rt+jwt" }), nil, false},
+		{"exp in 2999", renewal(func(_, c map[string]any) { c["exp"] = time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC).Unix() }), nil, false},
+		{"exp beyond year 9999", renewal(func(_, c map[string]any) { c["exp"] = 1e15 }), nil, false},
+		// The session's end, given by WithSessionEnd.
+		{"exp at the session end", renewal(func(_, c map[string]any) { c["exp"] = cliUnix(end) }), []ClientOption{WithSessionEnd(end)}, true},
+		{"exp one second before the session end", renewal(func(_, c map[string]any) { c["exp"] = cliUnix(end.Add(-time.Second)) }), []ClientOption{WithSessionEnd(end)}, true},
+		{"exp one second past the session end", renewal(func(_, c map[string]any) { c["exp"] = cliUnix(end.Add(time.Second)) }), []ClientOption{WithSessionEnd(end)}, false},
+		{"exp half a second past the session end", renewal(func(_, c map[string]any) { c["exp"] = float64(cliUnix(end)) + 0.5 }), []ClientOption{WithSessionEnd(end)}, false},
+		// Unknown end: auth_time + DefaultMaxLifetime.
+		{"exp at auth_time + DefaultMaxLifetime", renewal(func(_, c map[string]any) { c["exp"] = cliUnix(defaultEnd) }), nil, true},
+		{"exp one second past auth_time + DefaultMaxLifetime", renewal(func(_, c map[string]any) { c["exp"] = cliUnix(defaultEnd.Add(time.Second)) }), nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, swaps := cliHolder(t, held, tc.opts...)
+			if got := h.offer(tc.tok); got != tc.swap {
+				t.Fatalf("offer = %v, want %v", got, tc.swap)
+			}
+			if tc.swap {
+				cliWantSwaps(t, swaps, tc.tok)
+				return
+			}
+			cliWantSwaps(t, swaps)
+			if h.Token() != held || !h.Expiry().Equal(exp) {
+				t.Fatal("holder changed its token")
+			}
+		})
+	}
+}
+
+// cliRecorder is a server interceptor pair that counts the calls that
+// reach a server, and those that carried an authorization value, before
+// anything else sees them.
+type cliRecorder struct {
+	calls, authorized atomic.Int64
+}
+
+func (r *cliRecorder) see(ctx context.Context) {
+	r.calls.Add(1)
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) > 0 {
+		r.authorized.Add(1)
+	}
+}
+
+func (r *cliRecorder) opts(unary grpc.UnaryServerInterceptor, stream grpc.StreamServerInterceptor) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			r.see(ctx)
+			if unary != nil {
+				return unary(ctx, req, info, handler)
+			}
+			return handler(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			r.see(ss.Context())
+			if stream != nil {
+				return stream(srv, ss, info, handler)
+			}
+			return handler(srv, ss)
+		}),
+	}
+}
+
+// cliDialAs returns a plaintext connection to lis under target, with opts.
+// It is closed when the test ends.
+func cliDialAs(t testing.TB, lis interface {
+	DialContext(context.Context) (net.Conn, error)
+}, target string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	opts = append([]grpc.DialOption{
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	}, opts...)
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// TestUnary_RogueBackendRenewals: a holder talks to an honest backend and
+// to a rogue one, which answers with forged renewals in its header and
+// trailer. None is swapped in or reaches OnSwap, and the honest backend
+// keeps accepting the held token.
+func TestUnary_RogueBackendRenewals(t *testing.T) {
+	honest := newEnv(t, envConfig{serverOpts: []ServerOption{WithIssuer("auth.example"), WithAudience("orders")}})
+	s := honest.startSession(t, nil)
+	in := new(cliInjector)
+	rogue := in.env(t)
+	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(honest.clock.Now), WithSessionEnd(s.End))
+	good := testpb.NewTestServiceClient(cliConn(t, honest, h))
+	bad := testpb.NewTestServiceClient(cliConn(t, rogue, h))
+	y2999 := time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	forge := func(mod func(h, c map[string]any)) string {
+		return cliRemint(t, s.AccessToken, func(h, c map[string]any) {
+			c["exp"] = cliUnix(s.Expiry.Add(time.Hour))
+			mod(h, c)
+		})
+	}
+	other := honest.startSession(t, nil)
+	for _, tc := range []struct {
+		name string
+		tok  string
+	}{
+		{"the reported forgery", func() string {
+			hd, c := cliClaimsOf(t, s.AccessToken)
+			hd["alg"], hd["kid"] = "none", "rogue"
+			c["iss"], c["aud"], c["exp"] = "rogue.example", []string{"rogue"}, y2999
+			return cliForge(t, hd, c, false)
+		}()},
+		{"unsigned", func() string {
+			hd, c := cliClaimsOf(t, s.AccessToken)
+			hd["alg"] = "none"
+			c["exp"] = cliUnix(s.Expiry.Add(time.Hour))
+			return cliForge(t, hd, c, false)
+		}()},
+		{"other iss", forge(func(_, c map[string]any) { c["iss"] = "rogue.example" })},
+		{"other aud", forge(func(_, c map[string]any) { c["aud"] = []string{"rogue"} })},
+		{"other auth_time", forge(func(_, c map[string]any) { c["auth_time"] = cliUnix(t0.Add(time.Second)) })},
+		{"exp in 2999", forge(func(_, c map[string]any) { c["exp"] = y2999 })},
+		{"exp one second past the session end", forge(func(_, c map[string]any) { c["exp"] = cliUnix(s.End.Add(time.Second)) })},
+		{"typ rt+jwt", forge(func(h, _ map[string]any) { h["typ"] = "rt+jwt" })},
+		{"another session's token", cliRemint(t, other.AccessToken, func(_, c map[string]any) {
+			c["exp"] = cliUnix(s.Expiry.Add(time.Hour))
+		})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in.set(tc.tok, tc.tok)
+			if _, err := bad.UnaryCall(context.Background(), &testpb.SimpleRequest{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := cliServerStream(1)(bad, nil); err != nil {
+				t.Fatal(err)
+			}
+			cliWantSwaps(t, swaps)
+			if h.Token() != s.AccessToken {
+				t.Fatal("holder swapped in a forged renewal")
+			}
+			if _, err := good.UnaryCall(context.Background(), &testpb.SimpleRequest{}); err != nil {
+				t.Fatalf("honest backend: %v", err)
+			}
+		})
+	}
+
+	// Control: the same path takes a renewal that keeps to the rules.
+	ok := forge(func(_, _ map[string]any) {})
+	in.set("", ok)
+	if _, err := bad.UnaryCall(context.Background(), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cliWantSwaps(t, swaps, ok)
+}
+
+// TestUnary_BoundHolderRefusesOtherTarget: a holder bound to target A,
+// used through its interceptors on a connection to B, fails every call
+// with ErrUnboundTarget before anything reaches B, and does not retry.
+func TestUnary_BoundHolderRefusesOtherTarget(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	s := e.startSession(t, nil)
+	rogueRec := new(cliRecorder)
+	rogue := newEnv(t, envConfig{grpcOpts: func(*Server) []grpc.ServerOption { return rogueRec.opts(nil, nil) }})
+	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), BindTarget(cliTarget))
+	chain := []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()),
+	}
+	good := testpb.NewTestServiceClient(cliDialAs(t, e.lis, cliTarget, chain...))
+	bad := testpb.NewTestServiceClient(cliDialAs(t, rogue.lis, "passthrough:///rogue", chain...))
+
+	wantRefused := func(t *testing.T, err error) {
+		t.Helper()
+		if got := status.Code(err); got != codes.FailedPrecondition {
+			t.Fatalf("code = %v (err %v), want %v", got, err, codes.FailedPrecondition)
+		}
+		if !errors.Is(err, ErrUnboundTarget) {
+			t.Fatalf("err = %v, want ErrUnboundTarget", err)
+		}
+		if _, ok := ReasonOf(err); ok {
+			t.Fatal("error carries a server reason, want a client-side failure")
+		}
+		if strings.Contains(err.Error(), s.AccessToken) {
+			t.Fatal("error quotes the token")
+		}
+	}
+	_, err := bad.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+	wantRefused(t, err)
+	_, err = bad.StreamingOutputCall(crfCtx(t), &testpb.StreamingOutputCallRequest{})
+	wantRefused(t, err)
+	_, err = bad.FullDuplexCall(crfCtx(t))
+	wantRefused(t, err)
+	if n, auth := rogueRec.calls.Load(), rogueRec.authorized.Load(); n != 0 || auth != 0 {
+		t.Fatalf("rogue saw %d calls, %d with authorization; want 0, 0", n, auth)
+	}
+	if got := rogue.svc.calls.Load(); got != 0 {
+		t.Fatalf("rogue handler ran %d times, want 0", got)
+	}
+
+	// The bound target works, named as given or in canonical form.
+	if _, err := good.UnaryCall(crfCtx(t), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cliServerStream(1)(good, nil); err != nil {
+		t.Fatal(err)
+	}
+	cliWantSwaps(t, swaps)
+}
+
+// TestTokenHolder_CheckTarget: the target comparison, on connections that
+// are never used.
+func TestTokenHolder_CheckTarget(t *testing.T) {
+	tok := cliMint(t, nil, cliClaims("alice", "sid-1", t0.Add(time.Hour)))
+	conn, err := grpc.NewClient("api.example.com:443", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, tc := range []struct {
+		name, bound string
+		cc          *grpc.ClientConn
+		ok          bool
+	}{
+		{"unbound", "", conn, true},
+		{"unbound, nil connection", "", nil, true},
+		{"as given", "api.example.com:443", conn, true},
+		{"canonical", "dns:///api.example.com:443", conn, true},
+		{"other port", "api.example.com:444", conn, false},
+		{"other host", "api.example.org:443", conn, false},
+		{"prefix", "api.example.com", conn, false},
+		{"other scheme", "passthrough:///api.example.com:443", conn, false},
+		{"nil connection", "api.example.com:443", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var opts []ClientOption
+			if tc.bound != "" {
+				opts = append(opts, BindTarget(tc.bound))
+			}
+			h, err := NewTokenHolder(tok, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = h.checkTarget(tc.cc)
+			if got := err == nil; got != tc.ok {
+				t.Fatalf("checkTarget = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && (!errors.Is(err, ErrUnboundTarget) || status.Code(err) != codes.FailedPrecondition) {
+				t.Fatalf("err = %v, want ErrUnboundTarget as FailedPrecondition", err)
+			}
+		})
+	}
+}
+
+// TestUnary_FallbackAfterRejectedRenewal: a swapped-in renewal that the
+// server rejects as TOKEN_INVALID (before its handler ran) makes the
+// holder fall back to the token it replaced and retry once, which
+// succeeds. The rejected token is never taken again, and the holder never
+// falls back twice to the same token: a second bad renewal on top of the
+// fallback is returned to the caller.
+func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
+	for _, kind := range []string{"unary", "server-stream"} {
+		t.Run(kind, func(t *testing.T) {
+			var rejected atomic.Int64
+			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(func(_ context.Context, ev Event) {
+				if ev.Kind == EventRejected {
+					rejected.Add(1)
+				}
+			})}})
+			s := e.startSession(t, nil)
+			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
+			client := testpb.NewTestServiceClient(cliConn(t, e, h))
+			call := func() error {
+				if kind == "unary" {
+					_, err := client.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+					return err
+				}
+				return cliServerStream(1)(client, nil)
+			}
+			// Renewals that keep to the client's rules, signed with a key
+			// the server does not trust.
+			bad := func(d time.Duration) string {
+				return cliRemint(t, s.AccessToken, func(_, c map[string]any) { c["exp"] = cliUnix(s.Expiry.Add(d)) })
+			}
+			r1, r2 := bad(time.Hour), bad(2*time.Hour)
+			if !h.offer(r1) {
+				t.Fatal("holder refused a renewal that keeps to its rules")
+			}
+
+			if err := call(); err != nil {
+				t.Fatalf("call after a bad renewal: %v", err)
+			}
+			if got := rejected.Load(); got != 1 {
+				t.Fatalf("server rejected %d attempts, want 1", got)
+			}
+			if got := e.svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if h.Token() != s.AccessToken || !h.Expiry().Equal(s.Expiry) {
+				t.Fatal("holder did not fall back to the login token")
+			}
+			cliWantSwaps(t, swaps, r1, s.AccessToken)
+			if got := e.svc.lastClaims.Load(); got == nil || !got.ExpiresAt.Time.Equal(s.Expiry) {
+				t.Fatal("the retry did not carry the previous token")
+			}
+
+			// The rejected token is not taken again.
+			if h.offer(r1) {
+				t.Fatal("holder took the rejected renewal again")
+			}
+			// A second bad renewal on top of the fallback: no second
+			// fallback to the login token; the caller gets the rejection.
+			if !h.offer(r2) {
+				t.Fatal("holder refused a second renewal")
+			}
+			wantReason(t, call(), ReasonTokenInvalid)
+			if got := rejected.Load(); got != 2 {
+				t.Fatalf("server rejected %d attempts, want 2 (no retry)", got)
+			}
+			if got := e.svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if h.Token() != r2 {
+				t.Fatal("holder fell back twice to the same token")
+			}
+			cliWantSwaps(t, swaps, r1, s.AccessToken, r2)
+		})
+	}
+}
+
+// TestUnary_NoFallbackWithoutMarker: a TOKEN_INVALID that does not say the
+// handler did not run does not make the holder fall back or retry.
+func TestUnary_NoFallbackWithoutMarker(t *testing.T) {
+	for _, marker := range []string{"", "true"} {
+		t.Run("marker "+strconv.Quote(marker), func(t *testing.T) {
+			svc := crfRejectingService{&testService{}, func() error { return crfRejection(t, ReasonTokenInvalid, marker) }}
+			e := refreshNewEnv(t, refreshEnvConfig{service: svc})
+			s := e.start(t, nil)
+			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
+			conn := e.dial(t, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()))
+			// A renewal the server accepts: the handler's rejection is
+			// the only one.
+			e.clock.Advance(time.Hour)
+			_, tokc := e.clients(t)
+			r1 := refreshMust(t, tokc, s.RefreshToken).GetAccessToken()
+			if !h.offer(r1) {
+				t.Fatal("holder refused a renewal that keeps to its rules")
+			}
+			_, err := testpb.NewTestServiceClient(conn).UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+			wantReason(t, err, ReasonTokenInvalid)
+			if got := svc.calls.Load(); got != 1 {
+				t.Fatalf("handler ran %d times, want 1", got)
+			}
+			if h.Token() != r1 {
+				t.Fatal("holder fell back without the marker")
+			}
+			cliWantSwaps(t, swaps, r1)
+		})
 	}
 }

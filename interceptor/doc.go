@@ -68,10 +68,15 @@
 //
 // A holder given the refresh token ([WithRefreshToken]) refreshes inside its
 // interceptors: before a call when its token expires within
-// [WithRefreshMargin], and after a call that failed with TOKEN_EXPIRED, which
-// it retries once; concurrent callers share one refresh.
+// [WithRefreshMargin], and after a call rejected with TOKEN_EXPIRED before
+// its handler ran, which it retries once; concurrent callers share one
+// refresh. It refreshes only at a configured token service
+// ([WithTokenService], [WithRefresher]) or on the one target it is bound to
+// ([BindTarget]): every server a holder talks to is trusted with its token.
 //
 //	holder, err := interceptor.NewTokenHolder(pair.GetAccessToken(),
+//		interceptor.BindTarget(addr),
+//		interceptor.WithSessionEnd(pair.GetSessionEndsAt().AsTime()),
 //		interceptor.WithRefreshToken(pair.GetRefreshToken()))
 //
 // # Cost per call

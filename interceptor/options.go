@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor/store"
 )
@@ -136,6 +138,10 @@ type clientConfig struct {
 	refreshMargin  time.Duration
 	refreshTimeout time.Duration
 	onRefresh      func(*slidejwtv1.TokenPair)
+	tokenService   grpc.ClientConnInterface // WithTokenService
+	target         string                   // BindTarget; "" when unbound
+	targetSet      bool                     // BindTarget was given
+	sessionEnd     time.Time                // WithSessionEnd; zero when unknown
 }
 
 func defaultClientConfig() clientConfig {
@@ -154,6 +160,19 @@ func (c *clientConfig) validate() error {
 	}
 	if c.refresher != nil && c.refreshToken == "" {
 		return fmt.Errorf("%w: WithRefresher needs WithRefreshToken", ErrInvalidOption)
+	}
+	if c.tokenService != nil && c.refreshToken == "" {
+		return fmt.Errorf("%w: WithTokenService needs WithRefreshToken", ErrInvalidOption)
+	}
+	if c.tokenService != nil && c.refresher != nil {
+		return fmt.Errorf("%w: WithTokenService and WithRefresher both say where to refresh; give one", ErrInvalidOption)
+	}
+	if c.targetSet && c.target == "" {
+		return fmt.Errorf("%w: BindTarget needs a target", ErrInvalidOption)
+	}
+	if c.refreshToken != "" && c.refresher == nil && c.tokenService == nil && c.target == "" {
+		return fmt.Errorf("%w: a refresh token needs a token service: add WithTokenService(conn) or WithRefresher(r), "+
+			"or BindTarget(target) to refresh on the one connection the holder may use", ErrInvalidOption)
 	}
 	if c.refreshMargin < 0 || c.refreshTimeout <= 0 {
 		return fmt.Errorf("%w: refresh margin must not be negative, refresh timeout must be positive", ErrInvalidOption)
@@ -318,9 +337,11 @@ func WithMaxTokenSize(n int) Option {
 	}
 }
 
-// OnSwap sets a function called after the holder swapped in a renewed
-// token, for example to persist it. Calls are serialized and come in the
-// order of the swaps, so the last call names the held token. It must not
+// OnSwap sets a function called after the holder swapped in a new access
+// token, for example to persist it: a renewed or refreshed token, or the
+// previous token when the holder falls back from a rejected renewal (see
+// [TokenHolder]). Calls are serialized and come in the order of the swaps,
+// so the last call names the held token. It must not
 // block for long: a swap waits for the previous call. It must not make a
 // call through the same holder: that call's renewal would wait for the
 // hook to return, which deadlocks.

@@ -60,7 +60,7 @@ func TestReview_RefreshNeedsSecureTransport(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := refreshNewEnv(t, refreshEnvConfig{})
 			s := e.start(t, nil)
-			opts := []ClientOption{WithClock(e.clock.Now), WithRefreshToken(s.RefreshToken), WithRefreshTimeout(reviewWait)}
+			opts := []ClientOption{WithClock(e.clock.Now), WithRefreshToken(s.RefreshToken), WithRefreshTimeout(reviewWait), BindTarget(cliTarget)}
 			if tc.insecure {
 				opts = append(opts, AllowInsecureTransport())
 			}
@@ -672,7 +672,7 @@ func TestReview_ReopenAfterEarlierInterceptorHeader(t *testing.T) {
 	}
 	var refreshes atomic.Int64
 	h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(clock.Now),
-		WithRefreshToken(s.RefreshToken), WithRefreshMargin(0),
+		WithRefreshToken(s.RefreshToken), WithRefreshMargin(0), BindTarget(cliTarget),
 		OnRefresh(func(*slidejwtv1.TokenPair) { refreshes.Add(1) }))
 	if err != nil {
 		t.Fatal(err)

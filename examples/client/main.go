@@ -167,17 +167,26 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		cfg.user, clock(pair.GetAccessTokenExpiresAt().AsTime()),
 		clock(pair.GetRefreshTokenExpiresAt().AsTime()), clock(pair.GetSessionEndsAt().AsTime()))
 
-	holder, err := interceptor.NewTokenHolder(pair.GetAccessToken(),
+	opts := []interceptor.ClientOption{
 		// The holder refuses to send its token over a connection without
 		// transport security unless told to: the plaintext loopback
 		// connection above is deliberate. A real client omits this.
 		interceptor.AllowInsecureTransport(),
+		// The holder is meant for this one server: bound to its address,
+		// it refuses to send its token on a connection to any other.
+		interceptor.BindTarget(cfg.addr),
 		interceptor.WithRefreshToken(pair.GetRefreshToken()),
-		interceptor.WithRefresher(interceptor.TokenServiceRefresher(slidejwtv1.NewTokenServiceClient(authConn))),
+		// Refreshes go to the token service on authConn, and nowhere else.
+		interceptor.WithTokenService(authConn),
 		interceptor.WithRefreshMargin(cfg.refreshMargin),
 		interceptor.OnSwap(p.swapped),
 		interceptor.OnRefresh(p.refreshed),
-	)
+	}
+	if end := pair.GetSessionEndsAt(); end != nil {
+		// Renewals and refreshes never outlive the session's end.
+		opts = append(opts, interceptor.WithSessionEnd(end.AsTime()))
+	}
+	holder, err := interceptor.NewTokenHolder(pair.GetAccessToken(), opts...)
 	if err != nil {
 		return fmt.Errorf("token holder: %w", err)
 	}

@@ -72,6 +72,9 @@ func (service) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, strea
 	return nil
 }
 
+// demoTarget is the target of the demo's in-memory connections.
+const demoTarget = "passthrough:///demo"
+
 func run(out io.Writer) error {
 	login := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
 	clk := &clock{now: login}
@@ -135,13 +138,15 @@ func run(out io.Writer) error {
 			interceptor.OnRefresh(func(*slidejwtv1.TokenPair) { c.refreshes++ }),
 		}
 		if withRefresh {
-			opts = append(opts, interceptor.WithRefreshToken(s.RefreshToken))
+			// The holder refreshes on the one connection it may use:
+			// bound to the demo's target, its tokens reach no other.
+			opts = append(opts, interceptor.WithRefreshToken(s.RefreshToken), interceptor.BindTarget(demoTarget))
 		}
 		holder, err := interceptor.NewTokenHolder(s.AccessToken, opts...)
 		if err != nil {
 			return nil, nil, err
 		}
-		conn, err := grpc.NewClient("passthrough:///demo",
+		conn, err := grpc.NewClient(demoTarget,
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithChainUnaryInterceptor(holder.UnaryClientInterceptor()),

@@ -94,10 +94,15 @@ func (c Claims) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON decodes the registered claims and keeps every other member
-// as a custom claim.
+// as a custom claim. It refuses an object, at any depth, that names a
+// member twice: encoding/json would keep the last value, another parser
+// the first.
 func (c *Claims) UnmarshalJSON(data []byte) error {
 	var all map[string]json.RawMessage
 	if err := json.Unmarshal(data, &all); err != nil {
+		return err
+	}
+	if err := checkUniqueNames(data); err != nil {
 		return err
 	}
 	// Refuse look-alikes of the session claims first: only then is it safe

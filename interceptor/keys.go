@@ -172,9 +172,16 @@ func (ks *KeySet) Active() *Key { return ks.active }
 
 // keyFunc returns the jwt.Keyfunc for tokens of JOSE type typ: it
 // enforces the header rules and returns the verification key. golang-jwt
-// calls it after decoding the header and before checking the signature.
+// calls it after decoding the header and the claims and before checking
+// the signature. It is used for access and refresh tokens alike.
 func (ks *KeySet) keyFunc(typ string) jwt.Keyfunc {
 	return func(t *jwt.Token) (any, error) {
+		// t.Header is a map, in which the last of two equal names won:
+		// look at the header's bytes. (The payload's are checked by
+		// Claims.UnmarshalJSON.)
+		if err := checkHeaderNames(t.Raw); err != nil {
+			return nil, err
+		}
 		if _, ok := t.Header["crit"]; ok {
 			return nil, errCritHeader
 		}

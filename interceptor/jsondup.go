@@ -21,17 +21,6 @@ var errDuplicateName = errors.New("duplicate member name")
 // accepted, so it means a bug rather than hostile input.
 var errJSONSyntax = errors.New("malformed JSON")
 
-// checkUniqueNames returns errDuplicateName if any object in the JSON value
-// data, at any depth, has two members whose names are equal once unescaped
-// as encoding/json unescapes them ("s\u0075b" is "sub"; invalid UTF-8 and
-// lone surrogates are U+FFFD). Names are compared exactly, not folded.
-//
-// Nested objects are checked too: a custom claim is application data that
-// the application decodes later (with encoding/json, which keeps the last
-// value, or with anything else) and that every renewal signs again byte
-// for byte, so an ambiguous one would stay ambiguous for the session's
-// life. The scanner walks nested values anyway to find where they end.
-//
 // checkHeaderNames is checkUniqueNames for the JOSE header of the compact
 // JWS raw. golang-jwt decodes the header into a map, where the last of two
 // equal names silently wins, before the key function runs; so the key
@@ -80,6 +69,17 @@ type dupFrame struct {
 	set    map[string]struct{} // the object's names, once there are many
 }
 
+// checkUniqueNames returns errDuplicateName if any object in the JSON value
+// data, at any depth, has two members whose names are equal once unescaped
+// as encoding/json unescapes them ("s\u0075b" is "sub"; invalid UTF-8 and
+// lone surrogates are U+FFFD). Names are compared exactly, not folded.
+//
+// Nested objects are checked too: a custom claim is application data that
+// the application decodes later (with encoding/json, which keeps the last
+// value, or with anything else) and that every renewal signs again byte
+// for byte, so an ambiguous one would stay ambiguous for the session's
+// life. The scanner walks nested values anyway to find where they end.
+//
 // It is one pass over data that allocates nothing for the usual token
 // (names without escapes, at most 32 names in scope, 16 open containers).
 // It does not validate numbers and literals: its callers pass only bytes

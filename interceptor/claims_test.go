@@ -9,11 +9,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"math"
 	"math/big"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -631,6 +633,260 @@ func TestClaims_UnmarshalUnknownMembers(t *testing.T) {
 		var c Claims
 		if err := json.Unmarshal([]byte(bad), &c); err == nil {
 			t.Errorf("Unmarshal(%s) succeeded, want an error", bad)
+		}
+	}
+}
+
+// claimsVandalize changes everything a handler can reach from c: every
+// field, the audience and custom-claim bytes in place, the dates through
+// their pointers, and the custom map itself.
+func claimsVandalize(c *Claims) {
+	c.Subject, c.SessionID, c.ID, c.Issuer = "mallory", "sid-evil", "jti-evil", "https://evil.test"
+	for i := range c.Audience {
+		c.Audience[i] = "evil-aud"
+	}
+	c.Audience = append(c.Audience, "more-aud")
+	// A second earlier: small enough that, if this reached the cache, the
+	// next call would still hit it and renew from it.
+	for _, d := range []*jwt.NumericDate{c.ExpiresAt, c.IssuedAt, c.NotBefore, c.AuthTime} {
+		if d != nil {
+			d.Time = d.Add(-time.Second)
+		}
+	}
+	c.Fresh = !c.Fresh
+	for _, raw := range c.Custom {
+		_ = append(raw[:0], `"overflow-into-spare-capacity"`...)
+		for i := range raw {
+			raw[i] = ' '
+		}
+		raw[0] = '0' // still JSON, so that a renewal could sign it
+	}
+	copy(c.Custom["role"], `"writer"`) // as long as "reader"
+	c.Custom["extra"] = json.RawMessage(`true`)
+	delete(c.Custom, "tags")
+}
+
+// claimsVandalEnv is a server whose calls pass, after the session
+// interceptor, through one that records the claims it gets as JSON, then
+// vandalizes them, and records a second ClaimsFromContext as JSON again.
+type claimsVandalEnv struct {
+	*testEnv
+	mu   sync.Mutex
+	seen [][2]string // per call: the claims before and after vandalism
+}
+
+func newClaimsVandalEnv(t *testing.T, opts ...ServerOption) *claimsVandalEnv {
+	v := &claimsVandalEnv{}
+	vandal := func(ctx context.Context) {
+		c, ok := ClaimsFromContext(ctx)
+		if !ok {
+			t.Error("no claims in the handler's context")
+			return
+		}
+		before, err := json.Marshal(c)
+		if err != nil {
+			t.Error(err)
+		}
+		claimsVandalize(c)
+		again, _ := ClaimsFromContext(ctx)
+		after, err := json.Marshal(again)
+		if err != nil {
+			t.Error(err)
+		}
+		*again = Claims{}
+		v.mu.Lock()
+		v.seen = append(v.seen, [2]string{string(before), string(after)})
+		v.mu.Unlock()
+	}
+	v.testEnv = newEnv(t, envConfig{serverOpts: opts, grpcOpts: func(s *Server) []grpc.ServerOption {
+		return []grpc.ServerOption{
+			grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor(), func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				vandal(ctx)
+				return h(ctx, req)
+			}),
+			grpc.ChainStreamInterceptor(s.StreamServerInterceptor(), func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				vandal(ss.Context())
+				return h(srv, ss)
+			}),
+		}
+	}})
+	return v
+}
+
+func (v *claimsVandalEnv) last(t *testing.T) (before, after string) {
+	t.Helper()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.seen) == 0 {
+		t.Fatal("the handler did not run")
+	}
+	s := v.seen[len(v.seen)-1]
+	return s[0], s[1]
+}
+
+// TestClaims_HandlerCannotChangeClaims: a handler that modifies everything
+// it can reach from ClaimsFromContext changes neither what a second
+// ClaimsFromContext returns, nor the claims a later call with the same
+// token gets from the verified-token cache, nor the claims that call's
+// renewal signs.
+func TestClaims_HandlerCannotChangeClaims(t *testing.T) {
+	custom := map[string]any{"role": "reader", "perm": map[string]any{"level": "reader"}, "tags": []string{"a", "b"}}
+	for _, kind := range []string{"unary", "stream"} {
+		for _, aud := range [][]string{{"orders"}, {"orders", "billing"}} {
+			t.Run(fmt.Sprintf("%s/aud=%d", kind, len(aud)), func(t *testing.T) {
+				v := newClaimsVandalEnv(t, WithIssuer("https://issuer.test"), WithAudience(aud...))
+				p := newPolicyCaller(t, v.testEnv)
+				tok := v.startSession(t, custom).AccessToken
+				login, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+
+				// Call 1, before the renewal window: the handler vandalizes.
+				v.clock.Advance(time.Minute)
+				if renewed, err := p.call(kind, tok); err != nil || renewed != "" {
+					t.Fatalf("call 1: renewed %v, err %v; want no renewal, nil", renewed != "", err)
+				}
+				before, after := v.last(t)
+				if before != string(login) {
+					t.Errorf("call 1: handler got claims\n%s\nwant the token's\n%s", before, login)
+				}
+				if after != before {
+					t.Errorf("call 1: a second ClaimsFromContext after vandalism = \n%s\nwant\n%s", after, before)
+				}
+				if got, err := json.Marshal(v.svc.lastClaims.Load()); err != nil || string(got) != string(login) {
+					t.Errorf("call 1: the interceptor's own claims = \n%s (%v)\nwant\n%s", got, err, login)
+				}
+
+				// Call 2, same token (a cache hit), in the renewal window.
+				v.clock.Advance(13 * time.Hour)
+				renewed, err := p.call(kind, tok)
+				if err != nil || renewed == "" {
+					t.Fatalf("call 2: renewed %v, err %v; want a renewal", renewed != "", err)
+				}
+				if before, _ := v.last(t); before != string(login) {
+					t.Errorf("call 2: handler got claims\n%s\nwant the token's\n%s", before, login)
+				}
+				want := claimsSegment(t, tok, 1)
+				got := claimsSegment(t, renewed, 1)
+				for name, raw := range want {
+					switch name {
+					case "iat", "exp", "jti", "fresh":
+						continue
+					}
+					if string(got[name]) != string(raw) {
+						t.Errorf("renewal: %s = %s, want %s", name, got[name], raw)
+					}
+				}
+				for name := range got {
+					if _, ok := want[name]; !ok && name != "iat" && name != "exp" && name != "jti" {
+						t.Errorf("renewal carries %s = %s, which the token did not", name, got[name])
+					}
+				}
+
+				// Call 3 with the renewal: the vandalism of call 2 did not
+				// reach it either.
+				if _, err := p.call(kind, renewed); err != nil {
+					t.Fatalf("call 3: %v", err)
+				}
+				before, _ = v.last(t)
+				var c Claims
+				if err := json.Unmarshal([]byte(before), &c); err != nil {
+					t.Fatal(err)
+				}
+				var role string
+				if ok, err := c.Lookup("role", &role); c.Subject != "alice" || !slices.Equal(c.Audience, aud) || !ok || err != nil || role != "reader" {
+					t.Fatalf("call 3: handler got sub %q, aud %q, role %q (%v, %v); want alice, %q, reader", c.Subject, c.Audience, role, ok, err, aud)
+				}
+			})
+		}
+	}
+}
+
+// TestClaims_CloneIsDeep: the copy ClaimsFromContext returns shares
+// nothing with the interceptor's claims, and one custom claim's bytes
+// cannot spill into another's.
+func TestClaims_CloneIsDeep(t *testing.T) {
+	for _, aud := range []jwt.ClaimStrings{nil, {}, {"orders"}, {"orders", "billing", "x"}} {
+		orig := &Claims{
+			RegisteredClaims: jwt.RegisteredClaims{
+				Issuer: "i", Subject: "alice", Audience: aud, ID: "j",
+				ExpiresAt: jwt.NewNumericDate(t0.Add(time.Hour)), NotBefore: jwt.NewNumericDate(t0),
+				IssuedAt: jwt.NewNumericDate(t0),
+			},
+			SessionID: "s", AuthTime: jwt.NewNumericDate(t0), Fresh: true,
+			Custom: map[string]json.RawMessage{"role": json.RawMessage(`"reader"`), "n": json.RawMessage(`1`), "o": json.RawMessage(`{"a":[1]}`)},
+		}
+		want, err := json.Marshal(orig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.WithValue(context.Background(), claimsKey{}, orig)
+		c, ok := ClaimsFromContext(ctx)
+		if !ok || c == orig {
+			t.Fatalf("aud %q: ClaimsFromContext = %p, %v; want a copy of %p", aud, c, ok, orig)
+		}
+		if got, _ := json.Marshal(c); string(got) != string(want) {
+			t.Fatalf("aud %q: copy = %s, want %s", aud, got, want)
+		}
+		if (c.Audience == nil) != (aud == nil) {
+			t.Errorf("aud %q: copy's audience nil = %v, want %v", aud, c.Audience == nil, aud == nil)
+		}
+		// Growing one custom claim in place leaves the others alone.
+		c.Custom["n"] = append(c.Custom["n"], `23456789`...)
+		for name, wantRaw := range map[string]string{"role": `"reader"`, "o": `{"a":[1]}`, "n": `123456789`} {
+			if got := string(c.Custom[name]); got != wantRaw {
+				t.Errorf("aud %q: after appending to n, copy's %s = %s, want %s", aud, name, got, wantRaw)
+			}
+		}
+		claimsVandalize(c)
+		if got, _ := json.Marshal(orig); string(got) != string(want) {
+			t.Errorf("aud %q: after vandalizing the copy, original = %s, want %s", aud, got, want)
+		}
+	}
+}
+
+// TestClaims_ContextCost: reading claims costs one allocation for the
+// usual claims, and RequireFresh, which only reads, none.
+func TestClaims_ContextCost(t *testing.T) {
+	c := &Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer: "i", Subject: "alice", Audience: jwt.ClaimStrings{"orders"}, ID: "j",
+			ExpiresAt: jwt.NewNumericDate(t0.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(t0),
+		},
+		SessionID: "s", AuthTime: jwt.NewNumericDate(t0), Fresh: true,
+	}
+	ctx := context.WithValue(context.Background(), claimsKey{}, c)
+	for _, tc := range []struct {
+		name string
+		f    func()
+		want float64
+	}{
+		{"ClaimsFromContext", func() { _, _ = ClaimsFromContext(ctx) }, 1},
+		{"RequireFresh", func() { _ = RequireFresh(ctx) }, 0},
+	} {
+		if got := testing.AllocsPerRun(100, tc.f); got != tc.want {
+			t.Errorf("%s: %v allocations, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestClaims_UnmarshalDuplicateNames: Claims refuses a payload that names
+// a member twice, at any depth, also when the names differ only in their
+// escaping.
+func TestClaims_UnmarshalDuplicateNames(t *testing.T) {
+	for _, payload := range []string{
+		`{"sub":"mallory","sub":"alice","sid":"s"}`,
+		`{"sub":"alice","sid":"s","sid":"t"}`,
+		`{"exp":1,"sub":"alice","exp":2}`,
+		`{"s\u0075b":"mallory","sub":"alice"}`,
+		`{"sub":"alice","role":"admin","role":"reader"}`,
+		`{"sub":"alice","perm":{"level":"admin","level":"reader"}}`,
+		`{"sub":"alice","perm":[{"l\u0065vel":"admin","level":"reader"}]}`,
+	} {
+		var c Claims
+		if err := json.Unmarshal([]byte(payload), &c); !errors.Is(err, errDuplicateName) {
+			t.Errorf("Unmarshal(%s) = %v, want errDuplicateName", payload, err)
 		}
 	}
 }

@@ -69,8 +69,9 @@ var (
 	// algorithm (an RSA key for ES256, a P-384 key for ES256, ...).
 	ErrKeyType = errors.New("slidejwt: key type does not match algorithm")
 	// ErrInvalidKeySet is returned by [NewKeySet] for a set without a
-	// signing key or with two keys sharing a kid, and by [NewKey] for an
-	// empty kid.
+	// signing key, with two keys sharing a kid or with a nil or zero [Key],
+	// by [NewServer] and [Server.RotateKeys] for a nil or zero [KeySet],
+	// and by [NewKey] for an empty kid.
 	ErrInvalidKeySet = errors.New("slidejwt: invalid key set")
 	// ErrInvalidPolicy is returned for a [Policy] whose durations are
 	// negative or inconsistent.

@@ -121,14 +121,32 @@ func NewKey(id string, method jwt.SigningMethod, key any) (*Key, error) {
 	return k, nil
 }
 
-// ID returns the key id.
-func (k *Key) ID() string { return k.id }
+// ID returns the key id; "" for a nil or zero Key.
+func (k *Key) ID() string {
+	if k == nil {
+		return ""
+	}
+	return k.id
+}
 
-// Algorithm returns the JOSE algorithm name the key is bound to.
-func (k *Key) Algorithm() string { return k.method.Alg() }
+// Algorithm returns the JOSE algorithm name the key is bound to; "" for a
+// nil or zero Key.
+func (k *Key) Algorithm() string {
+	if k == nil || k.method == nil {
+		return ""
+	}
+	return k.method.Alg()
+}
 
-// CanSign reports whether the key holds private material.
-func (k *Key) CanSign() bool { return k.signKey != nil }
+// CanSign reports whether the key holds private material; false for a nil
+// or zero Key.
+func (k *Key) CanSign() bool { return k != nil && k.signKey != nil }
+
+// usable reports whether k is a Key as NewKey returns it (or a copy of
+// one). A zero Key, new(Key) or &Key{}, has no id, algorithm or key.
+func (k *Key) usable() bool {
+	return k != nil && k.id != "" && k.method != nil && k.verifyKey != nil
+}
 
 // A KeySet is the keys a server trusts: tokens are signed with the active
 // key and verified with whichever key their kid names. To rotate, start
@@ -146,15 +164,22 @@ type KeySet struct {
 
 // NewKeySet returns a set that signs with active and verifies with active
 // and every key in verifyOnly. active must hold private material. Key ids
-// must be unique.
+// must be unique. Every key must come from [NewKey]: a nil or zero Key is
+// refused with [ErrInvalidKeySet].
 func NewKeySet(active *Key, verifyOnly ...*Key) (*KeySet, error) {
-	if active == nil || !active.CanSign() {
+	if active != nil && !active.usable() {
+		return nil, fmt.Errorf("%w: the active key was not made by NewKey", ErrInvalidKeySet)
+	}
+	if !active.CanSign() {
 		return nil, fmt.Errorf("%w: the active key must be able to sign", ErrInvalidKeySet)
 	}
 	ks := &KeySet{active: active, byID: make(map[string]*Key, 1+len(verifyOnly))}
-	for _, k := range append([]*Key{active}, verifyOnly...) {
+	for i, k := range append([]*Key{active}, verifyOnly...) {
 		if k == nil {
 			return nil, fmt.Errorf("%w: nil key", ErrInvalidKeySet)
+		}
+		if !k.usable() {
+			return nil, fmt.Errorf("%w: verify-only key %d was not made by NewKey", ErrInvalidKeySet, i-1)
 		}
 		if _, dup := ks.byID[k.id]; dup {
 			return nil, fmt.Errorf("%w: duplicate key id %q", ErrInvalidKeySet, k.id)
@@ -167,14 +192,35 @@ func NewKeySet(active *Key, verifyOnly ...*Key) (*KeySet, error) {
 	return ks, nil
 }
 
-// Active returns the signing key.
-func (ks *KeySet) Active() *Key { return ks.active }
+// Active returns the signing key; nil for a nil or zero KeySet.
+func (ks *KeySet) Active() *Key {
+	if ks == nil {
+		return nil
+	}
+	return ks.active
+}
+
+// checkKeySet returns an [ErrInvalidKeySet] error unless ks was made by
+// [NewKeySet]: a nil or zero KeySet has no key to sign with.
+func checkKeySet(ks *KeySet) error {
+	if ks == nil || !ks.active.usable() || ks.byID == nil {
+		return fmt.Errorf("%w: nil key set or one not made by NewKeySet", ErrInvalidKeySet)
+	}
+	return nil
+}
 
 // keyFunc returns the jwt.Keyfunc for tokens of JOSE type typ: it
 // enforces the header rules and returns the verification key. golang-jwt
-// calls it after decoding the header and before checking the signature.
+// calls it after decoding the header and the claims and before checking
+// the signature. It is used for access and refresh tokens alike.
 func (ks *KeySet) keyFunc(typ string) jwt.Keyfunc {
 	return func(t *jwt.Token) (any, error) {
+		// t.Header is a map, in which the last of two equal names won:
+		// look at the header's bytes. (The payload's are checked by
+		// Claims.UnmarshalJSON.)
+		if err := checkHeaderNames(t.Raw); err != nil {
+			return nil, err
+		}
 		if _, ok := t.Header["crit"]; ok {
 			return nil, errCritHeader
 		}

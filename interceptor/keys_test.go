@@ -515,3 +515,93 @@ func TestKeys_Rotation(t *testing.T) {
 		t.Errorf("RotateKeys(nil) err = %v, want ErrInvalidKeySet", err)
 	}
 }
+
+// TestKeys_ZeroKey: a Key not made by NewKey (new(Key), &Key{}) is refused
+// with ErrInvalidKeySet wherever a *Key is accepted, and its methods do not
+// panic. A copy of a real Key is still a Key.
+func TestKeys_ZeroKey(t *testing.T) {
+	hs := keysMust(t, "hs", jwt.SigningMethodHS256, keysSecret(t, 32))
+	ecPub := keysMust(t, "ec-pub", jwt.SigningMethodES256, &keysEC(t, elliptic.P256()).PublicKey)
+	for _, tc := range []struct {
+		name       string
+		active     *Key
+		verifyOnly []*Key
+	}{
+		{"zero active", &Key{}, nil},
+		{"new(Key) active", new(Key), []*Key{hs}},
+		{"zero verify-only", hs, []*Key{&Key{}}},
+		{"zero verify-only after a real one", hs, []*Key{ecPub, new(Key)}},
+		{"zero active and verify-only", &Key{}, []*Key{&Key{}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ks *KeySet
+			var err error
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Fatalf("NewKeySet panicked: %v", r)
+					}
+				}()
+				ks, err = NewKeySet(tc.active, tc.verifyOnly...)
+			}()
+			if !errors.Is(err, ErrInvalidKeySet) {
+				t.Fatalf("NewKeySet err = %v, want ErrInvalidKeySet", err)
+			}
+			if ks != nil {
+				t.Error("NewKeySet returned a set with the error")
+			}
+		})
+	}
+
+	t.Run("methods", func(t *testing.T) {
+		for _, k := range []*Key{nil, {}} {
+			if id, alg, sign := k.ID(), k.Algorithm(), k.CanSign(); id != "" || alg != "" || sign {
+				t.Errorf("%#v: ID, Algorithm, CanSign = %q, %q, %v; want \"\", \"\", false", k, id, alg, sign)
+			}
+		}
+	})
+
+	t.Run("copy of a real key", func(t *testing.T) {
+		cp := *hs
+		ks, err := NewKeySet(&cp)
+		if err != nil {
+			t.Fatalf("NewKeySet(copy of a key) = %v, want nil", err)
+		}
+		e := keysEnv(t, ks)
+		client := testpb.NewTestServiceClient(e.dial(t))
+		if _, err := keysCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
+			t.Fatalf("call with a token signed by the copy: %v", err)
+		}
+	})
+}
+
+// TestKeys_ZeroKeySet: NewServer and RotateKeys refuse a nil or zero
+// KeySet with ErrInvalidKeySet instead of panicking on the first token
+// they sign, and a refused rotation keeps the old keys.
+func TestKeys_ZeroKeySet(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ks   *KeySet
+	}{
+		{"nil", nil},
+		{"zero", &KeySet{}},
+		{"new(KeySet)", new(KeySet)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if s, err := NewServer(tc.ks); !errors.Is(err, ErrInvalidKeySet) || s != nil {
+				t.Errorf("NewServer = %v, %v; want nil, ErrInvalidKeySet", s, err)
+			}
+			e := newEnv(t, envConfig{})
+			if err := e.server.RotateKeys(tc.ks); !errors.Is(err, ErrInvalidKeySet) {
+				t.Errorf("RotateKeys err = %v, want ErrInvalidKeySet", err)
+			}
+			if got := tc.ks.Active(); got != nil {
+				t.Errorf("Active() = %v, want nil", got)
+			}
+			s := e.startSession(t, nil) // still signs with the old keys
+			if _, err := newPolicyCaller(t, e).unary(s.AccessToken); err != nil {
+				t.Errorf("call after the refused rotation: %v", err)
+			}
+		})
+	}
+}

@@ -40,8 +40,8 @@ type Server struct {
 // NewServer returns a Server that trusts keys. It fails on an invalid
 // option or [Policy].
 func NewServer(keys *KeySet, opts ...ServerOption) (*Server, error) {
-	if keys == nil {
-		return nil, fmt.Errorf("%w: nil key set", ErrInvalidKeySet)
+	if err := checkKeySet(keys); err != nil {
+		return nil, err
 	}
 	cfg := defaultServerConfig()
 	for _, o := range opts {
@@ -58,8 +58,8 @@ func NewServer(keys *KeySet, opts ...ServerOption) (*Server, error) {
 // RotateKeys replaces the trusted key set. Calls in flight finish with the
 // old set; later calls verify with, and renew under, the new one.
 func (s *Server) RotateKeys(keys *KeySet) error {
-	if keys == nil {
-		return fmt.Errorf("%w: nil key set", ErrInvalidKeySet)
+	if err := checkKeySet(keys); err != nil {
+		return err
 	}
 	s.ver.Store(newVerifier(keys, &s.cfg))
 	return nil

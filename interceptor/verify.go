@@ -171,6 +171,7 @@ func invalidDetail(err error) string {
 		err    error
 		detail string
 	}{
+		{errDuplicateName, "duplicate member name"},
 		{errCritHeader, "crit header not supported"},
 		{errWrongType, "wrong token type"},
 		{errUnknownKey, "unknown key id"},

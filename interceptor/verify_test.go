@@ -975,3 +975,152 @@ func FuzzServerVerify(f *testing.F) {
 		}
 	})
 }
+
+// verifyResign returns tok with its segment seg (0 header, 1 payload),
+// decoded, rewritten by edit and signed again with secret (HS256), so
+// that only the edit differs from a token the server minted.
+func verifyResign(t testing.TB, tok string, secret []byte, seg int, edit func(string) string) string {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		t.Fatalf("token has %d segments", len(parts))
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[seg])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts[seg] = base64.RawURLEncoding.EncodeToString([]byte(edit(string(b))))
+	in := parts[0] + "." + parts[1]
+	sig, err := jwt.SigningMethodHS256.Sign(in, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// verifyPrepend returns an edit that inserts member as the first member
+// of the object: encoding/json (and golang-jwt's header map) keep the
+// last of two equal names, so the token's own value still wins.
+func verifyPrepend(member string) func(string) string {
+	return func(s string) string { return "{" + member + "," + s[1:] }
+}
+
+// verifyDupCase is a token with a duplicate member name, made from a
+// token the server minted.
+type verifyDupCase struct {
+	name string
+	seg  int
+	edit func(string) string
+}
+
+// verifyDupCases are the duplicate-name tokens for a token of JOSE type
+// typ, whose custom claims are verifyDupCustom.
+func verifyDupCases(typ string) []verifyDupCase {
+	otherTyp := map[string]string{accessTokenType: refreshTokenType, refreshTokenType: accessTokenType}[typ]
+	far := strconv.FormatInt(t0.Add(100*365*24*time.Hour).Unix(), 10)
+	cs := []verifyDupCase{
+		{"header kid", 0, verifyPrepend(`"kid":"evil-kid"`)},
+		{"header alg", 0, verifyPrepend(`"alg":"none"`)},
+		{"header typ", 0, verifyPrepend(`"typ":"` + otherTyp + `"`)},
+		{"header escaped kid", 0, verifyPrepend(`"\u006bid":"evil-kid"`)},
+		{"header escaped alg", 0, verifyPrepend(`"\u0061\u006c\u0067":"none"`)},
+		{"payload sub", 1, verifyPrepend(`"sub":"mallory"`)},
+		{"payload sid", 1, verifyPrepend(`"sid":"sid-4b2e81c0"`)},
+		{"payload exp", 1, verifyPrepend(`"exp":` + far)},
+		{"payload jti", 1, verifyPrepend(`"jti":"jti-7f3a9c11"`)},
+		{"payload escaped sub", 1, verifyPrepend(`"s\u0075b":"mallory"`)},
+		{"payload escaped exp", 1, verifyPrepend(`"\u0065xp":` + far)},
+		{"payload custom claim", 1, verifyPrepend(`"role":"admin"`)},
+		{"payload custom claim, escaped", 1, verifyPrepend(`"r\u006fle":"admin"`)},
+		{"payload nested in a custom claim", 1, func(s string) string {
+			return strings.Replace(s, `{"level":"reader"}`, `{"level":"admin","level":"reader"}`, 1)
+		}},
+		{"payload nested in a custom claim, escaped", 1, func(s string) string {
+			return strings.Replace(s, `{"level":"reader"}`, `{"l\u0065vel":"admin","level":"reader"}`, 1)
+		}},
+	}
+	if typ == accessTokenType {
+		// Only the login access token carries fresh.
+		cs = append(cs, verifyDupCase{"payload fresh", 1, verifyPrepend(`"fresh":false`)})
+	}
+	return cs
+}
+
+// verifyDupCustom are the custom claims of the sessions that the
+// duplicate-name tests tamper with.
+var verifyDupCustom = map[string]any{"role": "reader", "perm": map[string]any{"level": "reader"}}
+
+// verifyDupPhrase is the fixed detail of a duplicate-name rejection.
+const verifyDupPhrase = "duplicate member name"
+
+// TestVerify_DuplicateNamesAccess: an access token whose header or payload
+// names a member twice is TOKEN_INVALID on unary and streaming calls, with
+// a fixed phrase, although encoding/json would have read a valid token
+// from it (the last value wins). The unchanged token, signed the same
+// way, is accepted.
+func TestVerify_DuplicateNamesAccess(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	secret, _ := e.keys.Active().signKey.([]byte)
+	client := testpb.NewTestServiceClient(e.dial(t))
+	tok := e.startSession(t, verifyDupCustom).AccessToken
+
+	for _, seg := range []int{0, 1} {
+		control := verifyResign(t, tok, secret, seg, func(s string) string { return s })
+		if _, err := client.UnaryCall(metadata.NewOutgoingContext(context.Background(), verifyBearer(control)), &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("control token (segment %d re-signed unchanged): %v, want accepted", seg, err)
+		}
+	}
+	for _, tc := range verifyDupCases(accessTokenType) {
+		t.Run(tc.name, func(t *testing.T) {
+			md := verifyBearer(verifyResign(t, tok, secret, tc.seg, tc.edit))
+			verifyRejectedCall(t, e, client, md, ReasonTokenInvalid)
+			_, err := client.UnaryCall(metadata.NewOutgoingContext(context.Background(), md), &testpb.SimpleRequest{})
+			if msg := status.Convert(err).Message(); !strings.HasSuffix(msg, ": "+verifyDupPhrase) {
+				t.Errorf("message = %q, want it to end in %q", msg, verifyDupPhrase)
+			}
+			st, err := client.StreamingOutputCall(metadata.NewOutgoingContext(context.Background(), md),
+				&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{}}})
+			if err == nil {
+				err = drain[*testpb.StreamingOutputCallResponse](st)
+			}
+			wantReason(t, err, ReasonTokenInvalid)
+			verifyNoLeak(t, err, md)
+		})
+	}
+}
+
+// TestVerify_DuplicateNamesRefresh: the same for refresh tokens
+// (verifier.verifyRefresh through Server.Refresh). Unchecked, each would
+// be verified and rotated.
+func TestVerify_DuplicateNamesRefresh(t *testing.T) {
+	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithSessionStore(&MemorySessionStore{})}})
+	secret, _ := e.keys.Active().signKey.([]byte)
+	ctx := context.Background()
+
+	for _, seg := range []int{0, 1} {
+		tok := e.startSession(t, verifyDupCustom).RefreshToken
+		control := verifyResign(t, tok, secret, seg, func(s string) string { return s })
+		if _, err := e.server.Refresh(ctx, control); err != nil {
+			t.Fatalf("control token (segment %d re-signed unchanged): %v, want refreshed", seg, err)
+		}
+	}
+	for _, tc := range verifyDupCases(refreshTokenType) {
+		t.Run(tc.name, func(t *testing.T) {
+			s := e.startSession(t, verifyDupCustom)
+			tampered := verifyResign(t, s.RefreshToken, secret, tc.seg, tc.edit)
+			got, err := e.server.Refresh(ctx, tampered)
+			wantReason(t, err, ReasonTokenInvalid)
+			if msg := status.Convert(err).Message(); !strings.HasSuffix(msg, ": "+verifyDupPhrase) {
+				t.Errorf("message = %q, want it to end in %q", msg, verifyDupPhrase)
+			}
+			if got.AccessToken != "" || got.RefreshToken != "" {
+				t.Error("rejected refresh returned tokens")
+			}
+			verifyNoLeak(t, err, metadata.Pairs("authorization", "Bearer "+tampered))
+			// The session itself is untouched: its real refresh token works.
+			if _, err := e.server.Refresh(ctx, s.RefreshToken); err != nil {
+				t.Errorf("the session's own refresh token after the rejection: %v", err)
+			}
+		})
+	}
+}

@@ -91,7 +91,7 @@ func (e *flagError) Error() string {
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported in one line by the caller
-	addr := fs.String("addr", "127.0.0.1:50051", "listen address")
+	addr := fs.String("addr", "127.0.0.1:50051", "listen address (127.0.0.1:0 picks a free loopback port)")
 	ttl := fs.Duration("ttl", interceptor.DefaultTTL, "idle window: an access token expires this long after it was minted")
 	maxLifetime := fs.Duration("max-lifetime", interceptor.DefaultMaxLifetime, "absolute session lifetime after login")
 	renewBefore := fs.Duration("renew-before", 0, "renew when the remaining lifetime is below this (default half of --ttl)")
@@ -295,7 +295,13 @@ func (d *demoService) Login(ctx context.Context, req *demov1.LoginRequest) (*dem
 		want = "\x00" // compare anyway, so that timing does not reveal which users exist
 	}
 	if subtle.ConstantTimeCompare([]byte(want), []byte(req.GetPassword())) != 1 || !known {
-		d.log.InfoContext(ctx, "login failed", "user", req.GetUsername())
+		if known {
+			d.log.InfoContext(ctx, "login failed", "user", req.GetUsername())
+		} else {
+			// An unknown name is never logged: it may be a password typed
+			// into the wrong field, and it is as long as the client likes.
+			d.log.InfoContext(ctx, "login failed", "user", unknownUser, "user_len", lengthBucket(len(req.GetUsername())))
+		}
 		return nil, status.Error(codes.Unauthenticated, "invalid username or password")
 	}
 	s, err := d.sessions.StartSession(ctx, req.GetUsername(), nil)
@@ -303,6 +309,24 @@ func (d *demoService) Login(ctx context.Context, req *demov1.LoginRequest) (*dem
 		return nil, status.Error(codes.Internal, "cannot start session")
 	}
 	return &demov1.LoginResponse{Tokens: s.TokenPair()}, nil
+}
+
+// unknownUser stands in the log for a username that is not configured.
+const unknownUser = "(unknown)"
+
+// lengthBucket returns a coarse length class of an unknown username, enough
+// to tell a typo from a flood without recording the name or its length.
+func lengthBucket(n int) string {
+	switch {
+	case n == 0:
+		return "0"
+	case n <= 64:
+		return "1-64"
+	case n <= 1024:
+		return "65-1024"
+	default:
+		return ">1024"
+	}
 }
 
 // Echo returns the message and the caller's subject.

@@ -1,13 +1,22 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
 )
 
 // TestParseFlags_Errors: every bad value stops the server with one line
@@ -89,4 +98,87 @@ func TestParseFlags_Defaults(t *testing.T) {
 	if err != nil || cfg.users["alice"] != "a" || cfg.users["bob"] != "b:c" {
 		t.Fatalf("users = %v, %v", cfg.users, err)
 	}
+}
+
+// TestLogin_FailedLoginLog: a failed login for an unknown username logs a
+// fixed marker and a coarse length class, never the name itself (which may
+// be a password typed into the wrong field, or megabytes long); a known
+// user's name is logged as before. The password is never logged.
+func TestLogin_FailedLoginLog(t *testing.T) {
+	huge := strings.Repeat("x", 3<<20)
+	tests := []struct {
+		name, user, password string
+		wantUser, wantLen    string // wantLen "" means no user_len attribute
+		secret               string // must not appear in the log
+	}{
+		{"3 MiB username", huge, "pw", unknownUser, ">1024", strings.Repeat("x", 64)},
+		{"password in the user field", "Tr0ub4dor&3-correct-horse", "", unknownUser, "1-64", "Tr0ub4dor"},
+		{"another user's password", "alice-password", "alice-password", unknownUser, "1-64", "alice-password"},
+		{"log injection", "bob\nlevel=ERROR msg=forged", "pw", unknownUser, "1-64", "forged"},
+		{"100 bytes", strings.Repeat("y", 100), "pw", unknownUser, "65-1024", "yyyyyyyy"},
+		{"empty", "", "pw", unknownUser, "0", ""},
+		{"known user, wrong password", "alice", "not-her-password", "alice", "", "not-her-password"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			d := &demoService{users: map[string]string{"alice": "alice-password"}, log: slog.New(slog.NewTextHandler(&buf, nil))}
+			_, err := d.Login(context.Background(), &demov1.LoginRequest{Username: tt.user, Password: tt.password})
+			if got := status.Code(err); got != codes.Unauthenticated {
+				t.Fatalf("Login code = %v (%v), want Unauthenticated", got, err)
+			}
+			line := buf.String()
+			if n := strings.Count(line, "\n"); n != 1 || len(line) > 256 {
+				t.Fatalf("log = %d lines, %d bytes; want one line under 256 bytes", n, len(line))
+			}
+			if !strings.Contains(line, `msg="login failed"`) {
+				t.Errorf("log %q: want msg=\"login failed\"", line)
+			}
+			attrs := map[string]string{}
+			for _, a := range slogAttrs(t, line) {
+				attrs[a[0]] = a[1]
+			}
+			if got := attrs["user"]; got != tt.wantUser {
+				t.Errorf("user = %q, want %q", got, tt.wantUser)
+			}
+			if got := attrs["user_len"]; got != tt.wantLen {
+				t.Errorf("user_len = %q, want %q", got, tt.wantLen)
+			}
+			if tt.secret != "" && strings.Contains(line, tt.secret) {
+				t.Errorf("log %q contains the input %q", line, tt.secret)
+			}
+			if tt.password != "" && strings.Contains(line, tt.password) && tt.password != tt.wantUser {
+				t.Errorf("log %q contains the password", line)
+			}
+		})
+	}
+}
+
+// slogAttrs splits one slog text line into key/value pairs, unquoting
+// quoted values.
+func slogAttrs(t *testing.T, line string) [][2]string {
+	t.Helper()
+	var out [][2]string
+	rest := strings.TrimSuffix(line, "\n")
+	for rest != "" {
+		key, after, ok := strings.Cut(rest, "=")
+		if !ok {
+			t.Fatalf("cannot parse log line %q", line)
+		}
+		var val string
+		if strings.HasPrefix(after, `"`) {
+			q, err := strconv.QuotedPrefix(after)
+			if err != nil {
+				t.Fatalf("cannot parse log line %q: %v", line, err)
+			}
+			val, _ = strconv.Unquote(q)
+			after = after[len(q):]
+		} else {
+			val, after, _ = strings.Cut(after, " ")
+			after = " " + after
+		}
+		out = append(out, [2]string{key, val})
+		rest = strings.TrimPrefix(after, " ")
+	}
+	return out
 }

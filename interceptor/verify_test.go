@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -1093,7 +1094,7 @@ func TestVerify_DuplicateNamesAccess(t *testing.T) {
 // (verifier.verifyRefresh through Server.Refresh). Unchecked, each would
 // be verified and rotated.
 func TestVerify_DuplicateNamesRefresh(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithSessionStore(&MemorySessionStore{})}})
+	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithSessionStore(&memstore.SessionStore{})}})
 	secret, _ := e.keys.Active().signKey.([]byte)
 	ctx := context.Background()
 

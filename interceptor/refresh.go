@@ -186,8 +186,8 @@ func (t tokenService) Refresh(ctx context.Context, req *slidejwtv1.RefreshReques
 }
 
 func (t tokenService) Revoke(ctx context.Context, _ *slidejwtv1.RevokeRequest) (*slidejwtv1.RevokeResponse, error) {
-	c, ok := ClaimsFromContext(ctx)
-	if !ok {
+	c := sharedClaims(ctx) // read only; no copy needed
+	if c == nil {
 		// Revoke reached without the interceptor: refuse rather than guess.
 		return nil, reject(ReasonTokenMissing, "Revoke needs the caller's access token")
 	}

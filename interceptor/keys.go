@@ -149,11 +149,17 @@ func (k *Key) usable() bool {
 }
 
 // A KeySet is the keys a server trusts: tokens are signed with the active
-// key and verified with whichever key their kid names. To rotate, start
-// every replica on a set whose active key is new and which still holds the
-// old key for verification; once the old tokens have expired (one TTL),
-// drop the old key. Sessions survive the rotation because each renewal is
-// signed with the new active key.
+// key and verified with whichever key their kid names.
+//
+// To rotate without logging anybody out in a rolling deploy, go in two
+// phases (PROTOCOL.md §9): first publish the new key as verify-only on
+// every replica, NewKeySet(old, new); once every replica runs that set,
+// make it active, NewKeySet(new, old). Mid-deploy, replicas that sign with
+// either key accept each other's tokens. Drop the old key only once no
+// token it signed can be accepted: after the refresh tokens' lifetime
+// ([Policy].RefreshTTL) plus the leeway, not after one access-token TTL.
+// Sessions survive because each renewal and refresh is signed with the
+// new active key.
 //
 // A KeySet is immutable and safe for concurrent use.
 type KeySet struct {

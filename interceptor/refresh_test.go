@@ -3,11 +3,13 @@ package interceptor
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
 // Full method names the refresh tests count.
@@ -881,5 +884,233 @@ func TestRefresh_NewServerRefusals(t *testing.T) {
 				t.Fatal("NewServer returned a server with an error")
 			}
 		})
+	}
+}
+
+// TestRefresh_StoreCheckedBeforeSigning: Refresh asks the store whether
+// the session is live before it signs anything. A refresh token of a
+// revoked session, or of a session the store does not know, costs no
+// signature and is answered SESSION_REVOKED; a valid refresh signs
+// exactly two tokens (access and refresh).
+func TestRefresh_StoreCheckedBeforeSigning(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// tok returns the refresh token to present, after preparing the
+		// env.
+		tok       func(t *testing.T, e *refreshEnv, s Session) string
+		want      Reason // noReason: success
+		wantSigns int64
+	}{
+		{"valid", func(_ *testing.T, _ *refreshEnv, s Session) string { return s.RefreshToken }, noReason, 2},
+		{"revoked by RevokeSession", func(t *testing.T, e *refreshEnv, s Session) string {
+			if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
+				t.Fatal(err)
+			}
+			return s.RefreshToken
+		}, ReasonSessionRevoked, 0},
+		{"revoked by logout", func(t *testing.T, e *refreshEnv, s Session) string {
+			_, tokc := e.clients(t)
+			if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+				t.Fatal(err)
+			}
+			return s.RefreshToken
+		}, ReasonSessionRevoked, 0},
+		{"session unknown to the store", func(t *testing.T, e *refreshEnv, _ Session) string {
+			// Same keys, another store: the record is missing here, as
+			// after a store that lost its data.
+			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := other.StartSession(context.Background(), "alice", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s.RefreshToken
+		}, ReasonSessionRevoked, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := refreshNewEnv(t, refreshEnvConfig{})
+			var signs atomic.Int64
+			e.server.signHook = func() { signs.Add(1) }
+			s := e.start(t, nil)
+			_, tokc := e.clients(t)
+			e.clock.Advance(time.Hour)
+			rt := tc.tok(t, e, s)
+
+			signs.Store(0)
+			p, err := refreshCall(tokc, rt)
+			if got := signs.Load(); got != tc.wantSigns {
+				t.Errorf("Refresh signed %d tokens, want %d", got, tc.wantSigns)
+			}
+			if tc.want != noReason {
+				wantReason(t, err, tc.want)
+				return
+			}
+			if err != nil {
+				t.Fatalf("Refresh: %v", err)
+			}
+			if p.GetAccessToken() == "" || p.GetRefreshToken() == "" {
+				t.Fatal("Refresh returned an incomplete pair")
+			}
+		})
+	}
+}
+
+// refreshRecordingStore is a session store that keeps a copy of every
+// byte string it is handed.
+type refreshRecordingStore struct {
+	*memstore.SessionStore
+	mu         sync.Mutex
+	received   [][]byte
+	successors [][]byte
+}
+
+func (r *refreshRecordingStore) record(bs ...[]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range bs {
+		r.received = append(r.received, bytes.Clone(b))
+	}
+}
+
+func (r *refreshRecordingStore) Create(ctx context.Context, sid string, refresh store.Digest, now, keepUntil time.Time) error {
+	r.record([]byte(sid), refresh[:])
+	return r.SessionStore.Create(ctx, sid, refresh, now, keepUntil)
+}
+
+func (r *refreshRecordingStore) Rotate(ctx context.Context, rot store.Rotation) (store.Result, error) {
+	r.record([]byte(rot.SessionID), rot.Presented[:], rot.Next[:], rot.Successor)
+	r.mu.Lock()
+	r.successors = append(r.successors, bytes.Clone(rot.Successor))
+	r.mu.Unlock()
+	return r.SessionStore.Rotate(ctx, rot)
+}
+
+func (r *refreshRecordingStore) Revoke(ctx context.Context, sid string, now, keepUntil time.Time) error {
+	r.record([]byte(sid))
+	return r.SessionStore.Revoke(ctx, sid, now, keepUntil)
+}
+
+func (r *refreshRecordingStore) IsRevoked(ctx context.Context, sid string, now time.Time) (bool, error) {
+	r.record([]byte(sid))
+	return r.SessionStore.IsRevoked(ctx, sid, now)
+}
+
+// TestRefresh_StoreSeesNoBearerToken: a replay within the grace period
+// returns exactly the successor pair, yet nothing the store was handed
+// (digests, the sealed successor) contains a token of the session, a
+// segment of one, or a refresh token's id, and the successor opens only
+// with the id of the refresh token it succeeds.
+func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
+	clock := newFakeClock(t0)
+	rec := &refreshRecordingStore{SessionStore: &memstore.SessionStore{}}
+	srv, err := NewServer(testKeySet(t), WithClock(clock.Now), WithSessionStore(rec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := srv.StartSession(ctx, "alice", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour + 500*time.Millisecond)
+	rotatedAt := clock.Now()
+	next, err := srv.Refresh(ctx, s.RefreshToken)
+	if err != nil {
+		t.Fatalf("Refresh: %v", err)
+	}
+	clock.Set(rotatedAt.Add(DefaultRefreshGrace - time.Nanosecond))
+	replayed, err := srv.Refresh(ctx, s.RefreshToken)
+	if err != nil {
+		t.Fatalf("replay within the grace period: %v", err)
+	}
+	if replayed.AccessToken != next.AccessToken || replayed.RefreshToken != next.RefreshToken ||
+		replayed.SessionID != next.SessionID || !proto.Equal(replayed.TokenPair(), next.TokenPair()) {
+		t.Fatalf("replay returned %+v, want the successor %+v", replayed.TokenPair(), next.TokenPair())
+	}
+
+	rec.mu.Lock()
+	received, successors := rec.received, rec.successors
+	rec.mu.Unlock()
+	if len(successors) != 2 || len(successors[0]) == 0 {
+		t.Fatalf("store got %d successors, want 2 non-empty", len(successors))
+	}
+	plainPair, err := proto.Marshal(next.TokenPair())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string][]byte{"successor pair, marshalled": plainPair}
+	for name, tok := range map[string]string{
+		"login access token": s.AccessToken, "login refresh token": s.RefreshToken,
+		"successor access token": next.AccessToken, "successor refresh token": next.RefreshToken,
+	} {
+		secrets[name] = []byte(tok)
+		parts := strings.Split(tok, ".")
+		secrets[name+" payload"] = []byte(parts[1])
+		secrets[name+" signature"] = []byte(parts[2])
+		jti := refreshJTI(t, tok)
+		secrets[name+" jti"] = []byte(jti)
+		if raw, err := base64.RawURLEncoding.DecodeString(jti); err == nil {
+			secrets[name+" jti bytes"] = raw
+		}
+	}
+	if len(received) == 0 {
+		t.Fatal("store received nothing")
+	}
+	for _, b := range received {
+		for name, secret := range secrets {
+			if bytes.Contains(b, secret) {
+				t.Errorf("store received the %s", name)
+			}
+		}
+	}
+
+	// The stored successor is the sealed pair, for the presented token's
+	// id and this session only.
+	presentedJTI := refreshJTI(t, s.RefreshToken)
+	pair, err := openSuccessor(successors[0], presentedJTI, s.SessionID)
+	if err != nil || !proto.Equal(pair, next.TokenPair()) {
+		t.Fatalf("stored successor opens to %v (err %v), want the successor pair", pair, err)
+	}
+	if _, err := openSuccessor(successors[0], refreshJTI(t, next.RefreshToken), s.SessionID); err == nil {
+		t.Fatal("stored successor opens with another refresh token's id")
+	}
+	if _, err := openSuccessor(successors[0], presentedJTI, "another-session"); err == nil {
+		t.Fatal("stored successor opens in another session")
+	}
+}
+
+// TestRefresh_RevokeResponseCarriesNoRenewal: a logout's response carries
+// no renewed token of the session it ends, even when a renewal is due.
+func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
+	e := refreshNewEnv(t, refreshEnvConfig{})
+	s := e.start(t, nil)
+	other := e.start(t, nil)
+	tsc, tokc := e.clients(t)
+	e.clock.Advance(13 * time.Hour) // 11 h left: below RenewBefore (12 h)
+
+	// A renewal is due: an ordinary call gets one.
+	var tr metadata.MD
+	if _, err := tsc.UnaryCall(refreshBearer(other.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&tr)); err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.Get(DefaultRenewalHeader)) != 1 {
+		t.Fatalf("control call trailer has %d renewals, want 1", len(tr.Get(DefaultRenewalHeader)))
+	}
+
+	var hdr metadata.MD
+	tr = nil
+	if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
+		t.Fatalf("Revoke: %v", err)
+	}
+	if h, tt := hdr.Get(DefaultRenewalHeader), tr.Get(DefaultRenewalHeader); len(h)+len(tt) != 0 {
+		t.Fatalf("Revoke response carries %d renewals in the header and %d in the trailer, want none", len(h), len(tt))
+	}
+	if n := e.log.count(EventRenewed, revokeMethod); n != 0 {
+		t.Fatalf("%d %v events for Revoke, want 0", n, EventRenewed)
+	}
+	if n := e.log.count(EventAuthenticated, revokeMethod); n != 1 {
+		t.Fatalf("%d %v events for Revoke, want 1", n, EventAuthenticated)
 	}
 }

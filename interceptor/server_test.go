@@ -853,3 +853,86 @@ func TestStream_EventHook(t *testing.T) {
 		})
 	}
 }
+
+// TestStream_RenewalInTrailerWhenHeaderSent: an earlier interceptor that
+// already sent the response header does not stop a stream whose renewal
+// is due: the handler runs, messages flow, and the renewed token arrives
+// in the trailer.
+func TestStream_RenewalInTrailerWhenHeaderSent(t *testing.T) {
+	for _, kind := range []string{streamServer, streamBidi} {
+		t.Run(kind, func(t *testing.T) {
+			requestID := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+				if err := ss.SendHeader(metadata.Pairs("x-request-id", "r1")); err != nil {
+					return err
+				}
+				return handler(srv, ss)
+			}
+			e := newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+				return []grpc.ServerOption{
+					grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()),
+					grpc.ChainStreamInterceptor(requestID, s.StreamServerInterceptor()),
+				}
+			}})
+			s := e.startSession(t, nil)
+			client := srvClient(t, e)
+			e.clock.Advance(srvDueAfter)
+			ctx := srvBearer(s.AccessToken)
+
+			const n = 2
+			var got int
+			var hdr, tr metadata.MD
+			switch kind {
+			case streamServer:
+				st, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+					ResponseParameters: []*testpb.ResponseParameters{{}, {}},
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for ; ; got++ {
+					if _, err := st.Recv(); err != nil {
+						if !errors.Is(err, io.EOF) {
+							t.Fatalf("after %d messages: %v", got, err)
+						}
+						break
+					}
+				}
+				hdr, _ = st.Header()
+				tr = st.Trailer()
+			case streamBidi:
+				st, err := client.FullDuplexCall(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for range n {
+					if err := st.Send(&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("x")}}); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := st.Recv(); err != nil {
+						t.Fatalf("echo %d: %v", got, err)
+					}
+					got++
+				}
+				_ = st.CloseSend()
+				if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+					t.Fatalf("end of stream: %v, want io.EOF", err)
+				}
+				hdr, _ = st.Header()
+				tr = st.Trailer()
+			}
+			if got != n {
+				t.Fatalf("%d messages, want %d", got, n)
+			}
+			if calls := e.svc.calls.Load(); calls != 1 {
+				t.Fatalf("handler ran %d times, want 1", calls)
+			}
+			if v := hdr.Get("x-request-id"); len(v) != 1 || v[0] != "r1" {
+				t.Errorf("header x-request-id = %v, want [r1]", v)
+			}
+			if v := srvRenewed(t, hdr); v != "" {
+				t.Error("renewal in a header that was sent before slidejwt ran")
+			}
+			srvCheckRenewed(t, e, s, srvRenewed(t, tr), e.clock.Now().Add(DefaultTTL))
+		})
+	}
+}

@@ -35,6 +35,8 @@ type Server struct {
 	// signHook, if set, is called before every signature (tests count
 	// signatures with it).
 	signHook func()
+	// watch checks the open streams (see guardStream).
+	watch streamWatch
 }
 
 // NewServer returns a Server that trusts keys. It fails on an invalid

@@ -13,12 +13,13 @@ import (
 //
 //   - at the session's end plus the leeway ([Policy.AcceptUntil]), with
 //     SESSION_EXPIRED, by a timer (under a clock set with [WithClock], by
-//     the periodic check below instead);
+//     the server's stream watcher instead);
 //   - at its next message in either direction once the session is revoked,
 //     with SESSION_REVOKED: every SendMsg and every received message asks
 //     the revocation list, which is meant to answer from memory;
-//   - within the stream-check interval when the stream is silent: a ticker
-//     asks the same questions;
+//   - within the stream-check interval when the stream is silent: one
+//     watcher goroutine per server asks the same questions of every open
+//     stream once per interval;
 //   - with codes.Unavailable when the revocation list cannot answer (the
 //     server fails closed).
 //
@@ -35,7 +36,6 @@ import (
 // the stream. A panic in the handler is re-raised on the interceptor's
 // goroutine, where a recovery interceptor chained before this one sees it.
 func (s *Server) guardStream(ctx context.Context, c *Claims, srv any, ss grpc.ServerStream, method string, handler grpc.StreamHandler) error {
-	authTime := c.AuthTime.Time
 	hctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g := &guardedStream{
@@ -45,54 +45,104 @@ func (s *Server) guardStream(ctx context.Context, c *Claims, srv any, ss grpc.Se
 		c:            c,
 		method:       method,
 		cancel:       cancel,
-		ended:        make(chan struct{}),
+		wake:         make(chan struct{}),
 	}
-
-	done := make(chan handlerResult, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- handlerResult{panicked: true, panicValue: v}
-			}
-		}()
-		done <- handlerResult{err: handler(srv, g)}
-	}()
+	go g.run(srv, handler)
 
 	// The timer ends the stream at the session's end. Under a clock given
 	// with WithClock (a simulation, a test) real time says nothing about
-	// the clock's time, so only the ticker's checks end the stream.
-	var expired <-chan time.Time
+	// the clock's time, so only the watcher's checks end the stream.
 	if !s.cfg.clockSet {
-		timer := time.NewTimer(max(0, s.cfg.policy.AcceptUntil(authTime).Sub(s.cfg.now())))
-		defer timer.Stop()
-		expired = timer.C
+		t := time.AfterFunc(max(0, s.cfg.policy.AcceptUntil(c.AuthTime.Time).Sub(s.cfg.now())), g.expire)
+		defer t.Stop()
 	}
-	ticker := time.NewTicker(s.cfg.streamCheck)
-	defer ticker.Stop()
-	for {
-		select {
-		case res := <-done:
-			if res.panicked {
-				panic(res.panicValue)
-			}
-			if err := g.endErr(); err != nil {
-				return err // the handler returned because its stream was ended
-			}
-			return res.err
-		case <-g.ended:
-			return g.endErr()
-		case <-expired:
-			g.end(reject(ReasonSessionExpired, "stream outlived its session"))
-		case <-ticker.C:
-			g.check()
+	s.watch.add(g, s)
+	defer s.watch.remove(g)
+
+	<-g.wake
+	g.mu.Lock()
+	res, err := g.res, g.err
+	g.mu.Unlock()
+	if err != nil {
+		return err // ended: the handler may still be running, and will fail
+	}
+	if res.panicked {
+		panic(res.panicValue)
+	}
+	return res.err
+}
+
+// run runs the handler and wakes guardStream with its result.
+func (g *guardedStream) run(srv any, handler grpc.StreamHandler) {
+	res := handlerResult{panicked: true}
+	defer func() {
+		if res.panicked {
+			res.panicValue = recover()
 		}
-	}
+		g.finish(res)
+	}()
+	res.err = handler(srv, g)
+	res.panicked = false
 }
 
 type handlerResult struct {
 	err        error
 	panicked   bool
 	panicValue any
+}
+
+// streamWatch checks every open guarded stream of a server once per
+// stream-check interval, on one goroutine that runs while streams are
+// open: a silent stream of a revoked session ends within the interval,
+// and no stream pays for a ticker of its own.
+type streamWatch struct {
+	mu      sync.Mutex
+	streams map[*guardedStream]struct{}
+	running bool
+	batch   []*guardedStream // the loop's own buffer
+}
+
+func (w *streamWatch) add(g *guardedStream, s *Server) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.streams == nil {
+		w.streams = make(map[*guardedStream]struct{})
+	}
+	w.streams[g] = struct{}{}
+	if !w.running {
+		w.running = true
+		go w.loop(s.cfg.streamCheck)
+	}
+}
+
+func (w *streamWatch) remove(g *guardedStream) {
+	w.mu.Lock()
+	delete(w.streams, g)
+	w.mu.Unlock()
+}
+
+// loop checks the open streams every interval, and stops once none is
+// open.
+func (w *streamWatch) loop(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for range t.C {
+		w.mu.Lock()
+		if len(w.streams) == 0 {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		w.batch = w.batch[:0]
+		for g := range w.streams {
+			w.batch = append(w.batch, g)
+		}
+		w.mu.Unlock()
+		for i, g := range w.batch {
+			_ = g.check()
+			w.batch[i] = nil
+		}
+	}
 }
 
 // guardedStream is the stream a guarded handler sees.
@@ -104,9 +154,11 @@ type guardedStream struct {
 	method string
 	cancel context.CancelCauseFunc
 
-	once  sync.Once
-	ended chan struct{} // closed by end
-	err   error         // set by end before ended is closed
+	mu    sync.Mutex
+	woken bool
+	wake  chan struct{} // closed once: the handler returned, or the stream ended
+	res   handlerResult // the handler's result, if it returned first
+	err   error         // the rejection that ended the stream, if that came first
 }
 
 func (g *guardedStream) Context() context.Context { return g.ctx }
@@ -150,28 +202,47 @@ func (g *guardedStream) check() error {
 	return nil
 }
 
-// end ends the stream with err, once, and returns the error it ended with.
+// expire ends the stream at its session's end.
+func (g *guardedStream) expire() {
+	g.end(reject(ReasonSessionExpired, "stream outlived its session"))
+}
+
+// finish records the handler's result, unless the stream has ended.
+func (g *guardedStream) finish(res handlerResult) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.woken {
+		g.woken, g.res = true, res
+		close(g.wake)
+	}
+}
+
+// end ends the stream with err, unless it has ended or its handler has
+// returned, and returns the error it ended with (nil if the handler
+// returned first).
 func (g *guardedStream) end(err error) error {
-	g.once.Do(func() {
-		ev := Event{Kind: EventStreamEnded, Method: g.method, Subject: g.c.Subject, SessionID: g.c.SessionID, Err: err}
-		if ae, ok := err.(*authError); ok {
-			ev.Reason = ae.reason
-		}
-		g.s.emit(g.ctx, ev)
-		g.err = err
-		g.cancel(err)
-		close(g.ended)
-	})
-	<-g.ended
-	return g.err
+	g.mu.Lock()
+	if g.woken {
+		err := g.err
+		g.mu.Unlock()
+		return err
+	}
+	g.woken, g.err = true, err
+	g.mu.Unlock()
+
+	ev := Event{Kind: EventStreamEnded, Method: g.method, Subject: g.c.Subject, SessionID: g.c.SessionID, Err: err}
+	if ae, ok := err.(*authError); ok {
+		ev.Reason = ae.reason
+	}
+	g.s.emit(g.ctx, ev)
+	g.cancel(err)
+	close(g.wake)
+	return err
 }
 
 // endErr returns the error the stream was ended with, or nil.
 func (g *guardedStream) endErr() error {
-	select {
-	case <-g.ended:
-		return g.err
-	default:
-		return nil
-	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
 }

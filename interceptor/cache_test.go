@@ -371,7 +371,7 @@ func TestServerCache_HitIsNotReverified(t *testing.T) {
 			wantSame bool
 		}{{DefaultCacheSize, true}, {0, false}} {
 			t.Run(fmt.Sprintf("%s/size=%d", kind, tt.size), func(t *testing.T) {
-				e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(tt.size)}})
+				e := newEnv(t, withServerOptions(WithCacheSize(tt.size)))
 				client := cacheClient(t, e)
 				tok := e.startSession(t, nil).AccessToken
 				if err := call(client, tok); err != nil {
@@ -398,11 +398,11 @@ func TestServerCache_HitIsNotReverified(t *testing.T) {
 // TestServerCache_FailuresNotCached: a rejected token leaves the cache as
 // it was, whatever the reason, and a later success is cached.
 func TestServerCache_FailuresNotCached(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	good := e.startSession(t, nil)
 
-	other := newEnv(t, envConfig{}) // another key set
+	other := newEnv(t) // another key set
 	foreign := other.startSession(t, nil).AccessToken
 
 	parts := strings.Split(good.AccessToken, ".")
@@ -452,7 +452,7 @@ func TestServerCache_RevocationStillApplies(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		t.Run(kind, func(t *testing.T) {
 			rl := &memstore.RevocationList{}
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(rl)}})
+			e := newEnv(t, withServerOptions(WithRevocationList(rl)))
 			client := cacheClient(t, e)
 			s := e.startSession(t, nil)
 			call := func() error { _, err := cacheCall(client, s.AccessToken); return err }
@@ -481,7 +481,7 @@ func TestServerCache_RevocationStillApplies(t *testing.T) {
 // TestServerCache_ExpiryBoundary: a cached token is accepted from the
 // cache 1 ns before exp + leeway and rejected as TOKEN_EXPIRED exactly then.
 func TestServerCache_ExpiryBoundary(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	s := e.startSession(t, nil)
 	if _, err := cacheCall(client, s.AccessToken); err != nil {
@@ -596,7 +596,7 @@ func cacheFlipPadBit(t *testing.T, seg string) string {
 // cached, other spellings of the same bytes are rejected, as they are
 // without a cache, and do not enter the cache.
 func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	if _, err := cacheCall(client, tok); err != nil {
@@ -662,7 +662,7 @@ func cacheMalleate(t *testing.T, tok string, f func(s, n *big.Int) *big.Int) str
 func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	ecKey := keysEC(t, elliptic.P256())
 	ks := keysSet(t, keysMust(t, "ec", jwt.SigningMethodES256, ecKey))
-	e := keysEnv(t, ks)
+	e := newEnv(t, withKeys(ks))
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	if _, err := cacheCall(client, tok); err != nil {
@@ -708,7 +708,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 // are empty, a renewal is signed by the new key although the old one was
 // cached, and a cached token of a dropped key is rejected.
 func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	e.clock.Set(t0.Add(srvDueAfter))
@@ -766,7 +766,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 					renewedEvents.Add(1)
 				}
 			}
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(tt.size), WithEventHook(hook)}})
+			e := newEnv(t, withServerOptions(WithCacheSize(tt.size), WithEventHook(hook)))
 			client := cacheClient(t, e)
 			a := e.startSession(t, nil).AccessToken
 			b := e.startSession(t, nil).AccessToken
@@ -816,7 +816,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 // now; a renewal taken from the de-duplication cache must not either.
 func TestServerCache_RenewalNeverStale(t *testing.T) {
 	p := Policy{TTL: 10 * time.Second, RenewBefore: 10 * time.Second, MaxLifetime: time.Hour}
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithPolicy(p)}})
+	e := newEnv(t, withServerOptions(WithPolicy(p)))
 	client := cacheClient(t, e)
 	s := e.startSession(t, nil) // exp t0+10s
 
@@ -907,7 +907,7 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 // TestServerCache_Disabled: WithCacheSize(0) has neither cache and every
 // call still works; a negative size is refused.
 func TestServerCache_Disabled(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(0)}})
+	e := newEnv(t, withServerOptions(WithCacheSize(0)))
 	v := e.server.ver.Load()
 	if v.verified != nil || v.renewals != nil {
 		t.Fatalf("WithCacheSize(0): verified %v, renewals %v; want both nil", v.verified != nil, v.renewals != nil)

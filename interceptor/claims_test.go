@@ -101,7 +101,7 @@ func claimsRichCustom() map[string]any {
 }
 
 func TestClaims_CustomSurviveRenewals(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	custom := claimsRichCustom()
 	toks, _ := claimsChain(t, e, custom, 3)
 	first := claimsCustom(claimsSegment(t, toks[0], 1))
@@ -131,7 +131,7 @@ func TestClaims_CustomSurviveRenewals(t *testing.T) {
 }
 
 func TestClaims_Lookup(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	toks, _ := claimsChain(t, e, claimsRichCustom(), 1)
 	// The handler sees the claims of the presented (renewed) token.
 	if _, err := newPolicyCaller(t, e).unary(toks[1]); err != nil {
@@ -211,7 +211,7 @@ func TestClaims_Lookup(t *testing.T) {
 type bigIntClaim struct{ big.Int }
 
 func TestClaims_SessionClaimsAcrossRenewals(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	toks, times := claimsChain(t, e, nil, 3)
 	first := claimsSegment(t, toks[0], 1)
 	if got := string(first["fresh"]); got != "true" {
@@ -263,7 +263,7 @@ func TestClaims_SessionClaimsAcrossRenewals(t *testing.T) {
 }
 
 func TestClaims_ReservedNames(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	for _, name := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "auth_time", "fresh"} {
 		t.Run(name, func(t *testing.T) {
 			_, err := e.server.StartSession(context.Background(), "alice", map[string]any{"ok": 1, name: "x"})
@@ -296,7 +296,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s, err := e.server.StartSession(context.Background(), "alice", map[string]any{tt.name: tt.value})
 			if errors.Is(err, ErrReservedClaim) {
 				return // refused: fine
@@ -334,7 +334,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 }
 
 func TestClaims_UnmarshalableValue(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	tests := []struct {
 		name  string
 		value any
@@ -369,7 +369,7 @@ func TestClaims_UnmarshalableValue(t *testing.T) {
 // claimsFreshEnv chains an interceptor that calls RequireFresh after the
 // server's, as a password-change handler would first thing.
 func claimsFreshEnv(t *testing.T) *testEnv {
-	return newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+	return newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 		requireFresh := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			if err := RequireFresh(ctx); err != nil {
 				return nil, err
@@ -380,7 +380,7 @@ func claimsFreshEnv(t *testing.T) *testEnv {
 			grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor(), requireFresh),
 			grpc.ChainStreamInterceptor(s.StreamServerInterceptor()),
 		}
-	}})
+	}))
 }
 
 func TestClaims_RequireFresh(t *testing.T) {
@@ -441,7 +441,7 @@ func TestClaims_RequireFreshDirect(t *testing.T) {
 }
 
 func TestClaims_JOSEHeader(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	checkHeader := func(tok, kid, alg string) {
 		t.Helper()
@@ -698,18 +698,15 @@ func newClaimsVandalEnv(t *testing.T, opts ...ServerOption) *claimsVandalEnv {
 		v.seen = append(v.seen, [2]string{string(before), string(after)})
 		v.mu.Unlock()
 	}
-	v.testEnv = newEnv(t, envConfig{serverOpts: opts, grpcOpts: func(s *Server) []grpc.ServerOption {
-		return []grpc.ServerOption{
-			grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor(), func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				vandal(ctx)
-				return h(ctx, req)
-			}),
-			grpc.ChainStreamInterceptor(s.StreamServerInterceptor(), func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-				vandal(ss.Context())
-				return h(srv, ss)
-			}),
-		}
-	}})
+	v.testEnv = newEnv(t, withServerOptions(opts...), withAfter(
+		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			vandal(ctx)
+			return h(ctx, req)
+		},
+		func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			vandal(ss.Context())
+			return h(srv, ss)
+		}))
 	return v
 }
 

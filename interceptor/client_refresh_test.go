@@ -68,7 +68,7 @@ func (k *crfHooks) lastRefresh() *slidejwtv1.TokenPair {
 // for s with s's refresh token, on the env's clock, and the holder's hooks.
 // The holder is bound to the env's target: without a WithRefresher in
 // opts, it refreshes on the same connection.
-func crfHolder(t testing.TB, e *refreshEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
+func crfHolder(t testing.TB, e *testEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
 	t.Helper()
 	hooks := new(crfHooks)
 	all := append([]ClientOption{
@@ -122,7 +122,7 @@ func (r *crfRefresher) Refresh(ctx context.Context, rt string) (*slidejwtv1.Toke
 }
 
 // crfNewRefresher returns a crfRefresher that refreshes through e.
-func crfNewRefresher(t testing.TB, e *refreshEnv) *crfRefresher {
+func crfNewRefresher(t testing.TB, e *testEnv) *crfRefresher {
 	t.Helper()
 	_, tc := e.clients(t)
 	return &crfRefresher{next: TokenServiceRefresher(tc)}
@@ -173,22 +173,22 @@ func crfServerStream(t testing.TB, c testpb.TestServiceClient, n int) (int, erro
 // crfLapse moves the clock one tick past the point where the server
 // rejects s's access token as expired, well before its refresh token
 // lapses.
-func crfLapse(e *refreshEnv, s Session) {
+func crfLapse(e *testEnv, s Session) {
 	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Nanosecond))
 }
 
 // crfWantCalls fails unless method reached the server n times.
-func crfWantCalls(t testing.TB, e *refreshEnv, method string, n int) {
+func crfWantCalls(t testing.TB, e *testEnv, method string, n int) {
 	t.Helper()
-	if got, _ := e.log.calls(method); got != n {
+	if got, _ := e.calls.get(method); got != n {
 		t.Fatalf("%s reached the server %d times, want %d", method, got, n)
 	}
 }
 
 // crfWantRefreshes fails unless the server answered n Refresh calls.
-func crfWantRefreshes(t testing.TB, e *refreshEnv, n int) {
+func crfWantRefreshes(t testing.TB, e *testEnv, n int) {
 	t.Helper()
-	if got := e.log.refreshes(); got != n {
+	if got := refreshAnswered(e); got != n {
 		t.Fatalf("server answered %d Refresh calls, want %d", got, n)
 	}
 }
@@ -196,8 +196,8 @@ func crfWantRefreshes(t testing.TB, e *refreshEnv, n int) {
 // TestClientRefresh_ReactiveUnary: a unary call whose access token lapsed
 // is refreshed and retried once, transparently.
 func TestClientRefresh_ReactiveUnary(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0))
 	crfLapse(e, s)
 
@@ -205,11 +205,11 @@ func TestClientRefresh_ReactiveUnary(t *testing.T) {
 		t.Fatalf("call with a lapsed token: %v", err)
 	}
 	crfWantRefreshes(t, e, 1)
-	if got := e.log.count(EventRefreshed, refreshMethod); got != 1 {
+	if got := e.events.count(EventRefreshed, refreshMethod); got != 1 {
 		t.Fatalf("%d successful refreshes, want 1", got)
 	}
 	crfWantCalls(t, e, refreshUnaryMethod, 2)
-	if rejected, handled := e.log.count(EventRejected, refreshUnaryMethod), e.svc.calls.Load(); rejected != 1 || handled != 1 {
+	if rejected, handled := e.events.count(EventRejected, refreshUnaryMethod), e.svc.calls.Load(); rejected != 1 || handled != 1 {
 		t.Fatalf("UnaryCall: %d rejected, %d handled; want 1, 1", rejected, handled)
 	}
 	swaps, refreshes := hooks.counts()
@@ -243,22 +243,22 @@ func TestClientRefresh_ReactiveUnary(t *testing.T) {
 func TestClientRefresh_NoRefreshForOtherRejections(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		setup func(t *testing.T, e *refreshEnv) Session
+		setup func(t *testing.T, e *testEnv) Session
 		want  Reason
 	}{
-		{"session expired", func(t *testing.T, e *refreshEnv) Session {
-			s := e.start(t, nil)
+		{"session expired", func(t *testing.T, e *testEnv) Session {
+			s := e.startSession(t, nil)
 			e.clock.Set(s.End.Add(DefaultLeeway))
 			return s
 		}, ReasonSessionExpired},
-		{"session revoked", func(t *testing.T, e *refreshEnv) Session {
-			s := e.start(t, nil)
+		{"session revoked", func(t *testing.T, e *testEnv) Session {
+			s := e.startSession(t, nil)
 			if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
 				t.Fatal(err)
 			}
 			return s
 		}, ReasonSessionRevoked},
-		{"token invalid", func(t *testing.T, e *refreshEnv) Session {
+		{"token invalid", func(t *testing.T, e *testEnv) Session {
 			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
 			if err != nil {
 				t.Fatal(err)
@@ -272,7 +272,7 @@ func TestClientRefresh_NoRefreshForOtherRejections(t *testing.T) {
 	} {
 		for _, kind := range []string{"unary", "server-stream"} {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
-				e := refreshNewEnv(t, refreshEnvConfig{})
+				e := newEnv(t, withMemStore())
 				s := tc.setup(t, e)
 				r := crfNewRefresher(t, e)
 				c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
@@ -307,33 +307,33 @@ func TestClientRefresh_FailedRefresh(t *testing.T) {
 		opts []ServerOption
 		// setup prepares the session so that its refresh fails; it may
 		// replace the refresher's behaviour.
-		setup      func(t *testing.T, e *refreshEnv, s Session, r *crfRefresher)
+		setup      func(t *testing.T, e *testEnv, s Session, r *crfRefresher)
 		wantReason Reason     // if set
 		wantCode   codes.Code // otherwise
 		wantSecond int64      // refresher calls after a second call
 	}{
-		{"refresh token reused", nil, func(t *testing.T, e *refreshEnv, s Session, _ *crfRefresher) {
+		{"refresh token reused", nil, func(t *testing.T, e *testEnv, s Session, _ *crfRefresher) {
 			// Someone else rotated the token long ago: reuse after the
 			// grace period revokes the session.
 			_, tc := e.clients(t)
 			refreshMust(t, tc, s.RefreshToken)
 		}, ReasonSessionRevoked, 0, 1},
 		{"refresh token lapsed", []ServerOption{WithRefreshTTL(time.Hour)}, nil, ReasonSessionExpired, 0, 1},
-		{"refresher rejects", nil, func(_ *testing.T, _ *refreshEnv, _ Session, r *crfRefresher) {
+		{"refresher rejects", nil, func(_ *testing.T, _ *testEnv, _ Session, r *crfRefresher) {
 			r.err = reject(ReasonTokenInvalid, "")
 		}, ReasonTokenInvalid, 0, 1},
-		{"refresher unavailable", nil, func(_ *testing.T, _ *refreshEnv, _ Session, r *crfRefresher) {
+		{"refresher unavailable", nil, func(_ *testing.T, _ *testEnv, _ Session, r *crfRefresher) {
 			r.err = status.Error(codes.Unavailable, "token service down")
 		}, noReason, codes.Unavailable, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(tc.opts...))
+			s := e.startSession(t, nil)
 			r := crfNewRefresher(t, e)
 			if tc.setup != nil {
 				tc.setup(t, e, s, r)
 			}
-			refreshesBefore := e.log.refreshes()
+			refreshesBefore := refreshAnswered(e)
 			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 			crfLapse(e, s)
 
@@ -363,7 +363,7 @@ func TestClientRefresh_FailedRefresh(t *testing.T) {
 			}
 			crfWantCalls(t, e, refreshUnaryMethod, 2)
 			// Only the refresher's own calls reached TokenService.
-			if got := e.log.refreshes() - refreshesBefore; r.err == nil && got != 1 {
+			if got := refreshAnswered(e) - refreshesBefore; r.err == nil && got != 1 {
 				t.Fatalf("server answered %d Refresh calls from the holder, want 1", got)
 			}
 		})
@@ -376,8 +376,8 @@ func TestClientRefresh_FailedRefresh(t *testing.T) {
 func TestClientRefresh_RetriedOnce(t *testing.T) {
 	for _, kind := range []string{"unary", "server-stream", "bidi"} {
 		t.Run(kind, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			_, tokc := e.clients(t)
 			e.clock.Advance(time.Hour)
 			later := refreshMust(t, tokc, s.RefreshToken) // expires an hour after s's
@@ -429,12 +429,12 @@ func TestClientRefresh_SingleFlightReactive(t *testing.T) {
 	const n = 50
 	var rejected atomic.Int64
 	allRejected := make(chan struct{})
-	e := refreshNewEnv(t, refreshEnvConfig{onEvent: func(ev Event) {
+	e := newEnv(t, withMemStore(), withEventHook(func(ev Event) {
 		if ev.Kind == EventRejected && ev.Method == refreshUnaryMethod && rejected.Add(1) == n {
 			close(allRejected)
 		}
-	}})
-	s := e.start(t, nil)
+	}))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	r.started = make(chan struct{}, n)
 	r.release = make(chan struct{})
@@ -461,8 +461,8 @@ func TestClientRefresh_SingleFlightReactive(t *testing.T) {
 // a token inside the refresh margin and share one refresh.
 func TestClientRefresh_SingleFlightProactive(t *testing.T) {
 	const n = 50
-	e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	r.started = make(chan struct{}, n)
 	r.release = make(chan struct{})
@@ -487,7 +487,7 @@ func TestClientRefresh_SingleFlightProactive(t *testing.T) {
 		t.Fatalf("refresher called %d times, want 1", got)
 	}
 	crfWantCalls(t, e, refreshUnaryMethod, n)
-	if got := e.log.count(EventRejected, refreshUnaryMethod); got != 0 {
+	if got := e.events.count(EventRejected, refreshUnaryMethod); got != 0 {
 		t.Fatalf("%d calls rejected, want 0", got)
 	}
 }
@@ -514,8 +514,8 @@ func TestClientRefresh_ProactiveMargin(t *testing.T) {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
 				// RenewBefore 1 s: no renewal in the response muddles what
 				// the holder holds.
-				e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-				s := e.start(t, nil)
+				e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+				s := e.startSession(t, nil)
 				c, h, hooks := crfHolder(t, e, s, tc.opts...)
 				e.clock.Set(s.Expiry.Add(-tc.left))
 
@@ -565,8 +565,8 @@ func TestClientRefresh_ProactiveFailureSendsHeldToken(t *testing.T) {
 		{"rejected", reject(ReasonSessionRevoked, ""), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+			s := e.startSession(t, nil)
 			r := crfNewRefresher(t, e)
 			r.err = tc.err
 			c, h, _ := crfHolder(t, e, s, WithRefresher(r))
@@ -681,8 +681,15 @@ func TestClientRefresh_StreamReopen(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gate := make(chan struct{})
-			e := refreshNewEnv(t, refreshEnvConfig{streamGate: gate})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withBefore(nil, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+				select { // hold the stream, before authentication, until gate closes
+				case <-gate:
+				case <-ss.Context().Done():
+					return ss.Context().Err()
+				}
+				return handler(srv, ss)
+			}))
+			s := e.startSession(t, nil)
 			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0))
 			crfLapse(e, s)
 
@@ -691,7 +698,7 @@ func TestClientRefresh_StreamReopen(t *testing.T) {
 			}
 			crfWantRefreshes(t, e, 1)
 			crfWantCalls(t, e, tc.method, 2)
-			if rejected := e.log.count(EventRejected, tc.method); rejected != 1 {
+			if rejected := e.events.count(EventRejected, tc.method); rejected != 1 {
 				t.Fatalf("%d attempts rejected, want 1", rejected)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -708,8 +715,8 @@ func TestClientRefresh_StreamReopen(t *testing.T) {
 // server stream before its first message still gets the stream reopened
 // after TOKEN_EXPIRED (no header arrived: nothing was exchanged).
 func TestClientRefresh_StreamHeaderFirst(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0))
 	crfLapse(e, s)
 
@@ -756,8 +763,8 @@ func (s crfMidStreamService) StreamingOutputCall(req *testpb.StreamingOutputCall
 // message arrived goes to the caller; nothing is refreshed or reopened.
 func TestClientRefresh_StreamNotReplayedAfterMessage(t *testing.T) {
 	svc := crfMidStreamService{&testService{}}
-	e := refreshNewEnv(t, refreshEnvConfig{service: svc})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore(), withService(svc))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 
@@ -793,8 +800,8 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 	} {
 		for _, kind := range []string{"unary", "server-stream"} {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
-				e := refreshNewEnv(t, refreshEnvConfig{})
-				s := e.start(t, nil)
+				e := newEnv(t, withMemStore())
+				s := e.startSession(t, nil)
 				c, h, _ := crfHolder(t, e, s, append([]ClientOption{WithRefreshTimeout(crfWait)}, tc.opts...)...)
 				e.clock.Set(tc.at(s))
 				if kind == "unary" {
@@ -804,7 +811,7 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 				} else if n, err := crfServerStream(t, c, 1); err != nil || n != 1 {
 					t.Fatalf("stream: %d messages, err %v; want 1, nil", n, err)
 				}
-				all, authorized := e.log.calls(refreshMethod)
+				all, authorized := e.calls.get(refreshMethod)
 				if all != 1 || authorized != 0 {
 					t.Fatalf("Refresh reached the server %d times, %d with authorization; want 1, 0", all, authorized)
 				}
@@ -818,9 +825,9 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 
 // TestClientRefresh_Options: refresh options NewTokenHolder refuses.
 func TestClientRefresh_Options(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	other := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	other := e.startSession(t, nil)
 	conn := e.dial(t)
 	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) { return nil, nil })
 	for _, tc := range []struct {
@@ -873,9 +880,9 @@ func crfOptToken(opts []ClientOption) string {
 // refresher returns.
 func TestClientRefresh_InstallRules(t *testing.T) {
 	t.Run("pair of another session is refused", func(t *testing.T) {
-		e := refreshNewEnv(t, refreshEnvConfig{})
-		s := e.start(t, nil)
-		foreign := e.start(t, nil) // same subject, another sid
+		e := newEnv(t, withMemStore())
+		s := e.startSession(t, nil)
+		foreign := e.startSession(t, nil) // same subject, another sid
 		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return foreign.TokenPair(), nil }}
 		c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 		crfLapse(e, s)
@@ -913,8 +920,8 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 		{"nil pair", func(Session) *slidejwtv1.TokenPair { return nil }},
 	} {
 		t.Run(tc.name+" is refused", func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			e.clock.Advance(time.Hour)
 			_, tokc := e.clients(t)
 			next := refreshMust(t, tokc, s.RefreshToken)
@@ -935,8 +942,8 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 	}
 
 	t.Run("older access token keeps the held one but takes the refresh token", func(t *testing.T) {
-		e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-		s := e.start(t, nil)
+		e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+		s := e.startSession(t, nil)
 		_, tokc := e.clients(t)
 		older := refreshMust(t, tokc, s.RefreshToken) // access exp t0+24h
 		e.clock.Advance(time.Hour)
@@ -1035,8 +1042,8 @@ func (s *crfRogueTokenService) Refresh(context.Context, *slidejwtv1.RefreshReque
 // at its configured token service only; the refresh token never reaches
 // the rogue, in a Refresh call or in any metadata.
 func TestClientRefresh_RogueTokenExpiredGetsNoRefreshToken(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	var (
 		mu  sync.Mutex
 		got []string // every metadata value that reached the rogue
@@ -1091,7 +1098,7 @@ func TestClientRefresh_RogueTokenExpiredGetsNoRefreshToken(t *testing.T) {
 	}
 	// One refresh per call, each at the configured token service: the
 	// stream was rejected with the token the unary call's refresh got.
-	if n := e.log.refreshes(); n != 2 {
+	if n := refreshAnswered(e); n != 2 {
 		t.Fatalf("configured token service answered %d Refresh calls, want 2", n)
 	}
 	mu.Lock()
@@ -1160,8 +1167,8 @@ func TestClientRefresh_RetryNeedsMarker(t *testing.T) {
 					}
 					return nil
 				}}
-				e := refreshNewEnv(t, refreshEnvConfig{service: svc})
-				s := e.start(t, nil)
+				e := newEnv(t, withMemStore(), withService(svc))
+				s := e.startSession(t, nil)
 				r := crfNewRefresher(t, e)
 				c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 				var err error
@@ -1198,12 +1205,12 @@ func TestClientRefresh_RetryNeedsMarker(t *testing.T) {
 func TestClientRefresh_LeaderHonoursDeadline(t *testing.T) {
 	var rejected atomic.Int64
 	secondRejected := make(chan struct{})
-	e := refreshNewEnv(t, refreshEnvConfig{onEvent: func(ev Event) {
+	e := newEnv(t, withMemStore(), withEventHook(func(ev Event) {
 		if ev.Kind == EventRejected && ev.Method == refreshUnaryMethod && rejected.Add(1) == 2 {
 			close(secondRejected)
 		}
-	}})
-	s := e.start(t, nil)
+	}))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	r.started = make(chan struct{}, 2)
 	r.release = make(chan struct{})
@@ -1270,9 +1277,9 @@ func TestClientRefresh_LeaderHonoursDeadline(t *testing.T) {
 // to the rules of a renewal, and its tokens to the session's end. Tested
 // on install directly, at the end and one second either side.
 func TestClientRefresh_InstallChecks(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	foreign := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	foreign := e.startSession(t, nil)
 	e.clock.Advance(time.Hour)
 	_, tokc := e.clients(t)
 	next := refreshMust(t, tokc, s.RefreshToken)

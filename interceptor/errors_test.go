@@ -190,7 +190,7 @@ func errsCall(ctx context.Context, c testpb.TestServiceClient, kind string) erro
 // unchanged.
 func TestRelayedError_HandlerRan(t *testing.T) {
 	// The downstream server rejects a lapsed token before its handler.
-	down := newEnv(t, envConfig{})
+	down := newEnv(t)
 	downTok := down.startSession(t, nil).AccessToken
 	down.clock.Advance(DefaultTTL + DefaultLeeway)
 	downClient := srvClient(t, down)
@@ -246,7 +246,7 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 // marked handler_ran "true", so the holder neither refreshes nor retries
 // the call or reopens the stream: the handler runs once.
 func TestRelayedError_HolderDoesNotRetry(t *testing.T) {
-	down := newEnv(t, envConfig{})
+	down := newEnv(t)
 	downTok := down.startSession(t, nil).AccessToken
 	down.clock.Advance(DefaultTTL + DefaultLeeway)
 	downClient := srvClient(t, down)

@@ -18,8 +18,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
 // t0 is the simulated login time of most tests: a whole second, so that
@@ -177,48 +182,280 @@ func (s *testService) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.Stre
 	}
 }
 
-// testEnv is an in-process gRPC server (bufconn) running testService
-// behind the interceptors under test.
+// testEnv is an in-process gRPC server (bufconn) running a TestService and
+// the Server's TokenService behind the interceptors under test. A
+// recording interceptor in front of everything else logs every call that
+// reaches the server, before authentication; the Server's events go to
+// events.
 type testEnv struct {
-	clock  *fakeClock
+	clock  *fakeClock // nil with withRealClock
 	keys   *KeySet
 	server *Server
-	svc    *testService
+	svc    *testService // the default service, even when withService replaced it
+	store  store.SessionStore
+	events *eventLog
+	calls  *callLog
 	lis    *bufconn.Listener
 }
 
-// envConfig lets a test replace the default server wiring.
+// envConfig is what the envOptions of newEnv set.
 type envConfig struct {
 	serverOpts []ServerOption
+	keys       *KeySet
+	store      store.SessionStore
+	service    testpb.TestServiceServer
+	start      time.Time
+	realClock  bool
+	onEvent    func(Event)
+	delay      func()
 	// grpcOpts, if set, replaces the default interceptor chain; it gets
 	// the Server so that it can place its interceptors itself.
 	grpcOpts func(*Server) []grpc.ServerOption
-	delay    func()
+	// Extra interceptors, before (outside) and after (inside) the Server's.
+	unaryBefore, unaryAfter   []grpc.UnaryServerInterceptor
+	streamBefore, streamAfter []grpc.StreamServerInterceptor
+}
+
+// envOption configures newEnv.
+type envOption func(*envConfig)
+
+// withServerOptions adds options to the Server, after the env's clock and
+// event hook (so a WithEventHook here replaces the env's recorder).
+func withServerOptions(opts ...ServerOption) envOption {
+	return func(c *envConfig) { c.serverOpts = append(c.serverOpts, opts...) }
+}
+
+// withKeys replaces the harness's one-key HS256 set.
+func withKeys(ks *KeySet) envOption { return func(c *envConfig) { c.keys = ks } }
+
+// withStore gives the Server the session store s (e.store).
+func withStore(s store.SessionStore) envOption { return func(c *envConfig) { c.store = s } }
+
+// withMemStore gives the Server a fresh memstore.SessionStore.
+func withMemStore() envOption { return withStore(&memstore.SessionStore{}) }
+
+// withService serves svc instead of the env's testService.
+func withService(svc testpb.TestServiceServer) envOption {
+	return func(c *envConfig) { c.service = svc }
+}
+
+// withStart starts the fake clock at t instead of t0.
+func withStart(t time.Time) envOption { return func(c *envConfig) { c.start = t } }
+
+// withRealClock leaves the Server on time.Now; e.clock is nil.
+func withRealClock() envOption { return func(c *envConfig) { c.realClock = true } }
+
+// withEventHook calls f with every event of the Server after it is
+// recorded in e.events.
+func withEventHook(f func(Event)) envOption { return func(c *envConfig) { c.onEvent = f } }
+
+// withDelay makes every handler of the env's testService call f first.
+func withDelay(f func()) envOption { return func(c *envConfig) { c.delay = f } }
+
+// withGRPC replaces the default interceptor chain by the options f returns
+// for the env's Server; the env's call recorder stays in front.
+func withGRPC(f func(*Server) []grpc.ServerOption) envOption {
+	return func(c *envConfig) { c.grpcOpts = f }
+}
+
+// withBefore chains interceptors between the call recorder and the
+// Server's (either may be nil).
+func withBefore(u grpc.UnaryServerInterceptor, s grpc.StreamServerInterceptor) envOption {
+	return func(c *envConfig) {
+		if u != nil {
+			c.unaryBefore = append(c.unaryBefore, u)
+		}
+		if s != nil {
+			c.streamBefore = append(c.streamBefore, s)
+		}
+	}
+}
+
+// withAfter chains interceptors between the Server's and the handler
+// (either may be nil).
+func withAfter(u grpc.UnaryServerInterceptor, s grpc.StreamServerInterceptor) envOption {
+	return func(c *envConfig) {
+		if u != nil {
+			c.unaryAfter = append(c.unaryAfter, u)
+		}
+		if s != nil {
+			c.streamAfter = append(c.streamAfter, s)
+		}
+	}
 }
 
 // newEnv starts a server whose clock starts at t0. It is stopped when the
 // test ends.
-func newEnv(t testing.TB, cfg envConfig) *testEnv {
+func newEnv(t testing.TB, opts ...envOption) *testEnv {
 	t.Helper()
-	e := &testEnv{clock: newFakeClock(t0), keys: testKeySet(t), svc: &testService{delay: cfg.delay}}
-	opts := append([]ServerOption{WithClock(e.clock.Now)}, cfg.serverOpts...)
+	var cfg envConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e := &testEnv{keys: cfg.keys, svc: &testService{delay: cfg.delay}, store: cfg.store, calls: &callLog{}}
+	if e.keys == nil {
+		e.keys = testKeySet(t)
+	}
+	e.events = &eventLog{onEvent: cfg.onEvent}
+	sopts := []ServerOption{WithEventHook(e.events.hook)}
+	if !cfg.realClock {
+		start := t0
+		if !cfg.start.IsZero() {
+			start = cfg.start
+		}
+		e.clock = newFakeClock(start)
+		sopts = append(sopts, WithClock(e.clock.Now))
+	}
+	if cfg.store != nil {
+		sopts = append(sopts, WithSessionStore(cfg.store))
+	}
 	var err error
-	if e.server, err = NewServer(e.keys, opts...); err != nil {
+	if e.server, err = NewServer(e.keys, append(sopts, cfg.serverOpts...)...); err != nil {
 		t.Fatal(err)
 	}
 	grpcOpts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(e.server.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(e.calls.unary),
+		grpc.ChainStreamInterceptor(e.calls.stream),
 	}
 	if cfg.grpcOpts != nil {
-		grpcOpts = cfg.grpcOpts(e.server)
+		grpcOpts = append(grpcOpts, cfg.grpcOpts(e.server)...)
+	} else {
+		unary := append(append(cfg.unaryBefore, e.server.UnaryServerInterceptor()), cfg.unaryAfter...)
+		stream := append(append(cfg.streamBefore, e.server.StreamServerInterceptor()), cfg.streamAfter...)
+		grpcOpts = append(grpcOpts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	}
 	srv := grpc.NewServer(grpcOpts...)
-	testpb.RegisterTestServiceServer(srv, e.svc)
+	var svc testpb.TestServiceServer = e.svc
+	if cfg.service != nil {
+		svc = cfg.service
+	}
+	testpb.RegisterTestServiceServer(srv, svc)
+	slidejwtv1.RegisterTokenServiceServer(srv, e.server.TokenService())
 	e.lis = bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(e.lis) }()
 	t.Cleanup(srv.Stop)
 	return e
+}
+
+// clients returns plain TestService and TokenService clients on one new
+// connection: no holder, the test sets the token.
+func (e *testEnv) clients(t testing.TB) (testpb.TestServiceClient, slidejwtv1.TokenServiceClient) {
+	t.Helper()
+	conn := e.dial(t)
+	return testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
+}
+
+// eventLog records a Server's events; safe for concurrent use.
+type eventLog struct {
+	onEvent func(Event) // called after each event is recorded
+
+	mu     sync.Mutex
+	events []Event
+	taken  int // events before this index were returned by take
+}
+
+func (l *eventLog) hook(_ context.Context, ev Event) {
+	l.mu.Lock()
+	l.events = append(l.events, ev)
+	l.mu.Unlock()
+	if l.onEvent != nil {
+		l.onEvent(ev)
+	}
+}
+
+// all returns every event so far.
+func (l *eventLog) all() []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Event(nil), l.events...)
+}
+
+// take returns the events since the last take.
+func (l *eventLog) take() []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	got := append([]Event(nil), l.events[l.taken:]...)
+	l.taken = len(l.events)
+	return got
+}
+
+// kinds returns the events of kind k so far.
+func (l *eventLog) kinds(k EventKind) []Event {
+	var out []Event
+	for _, ev := range l.all() {
+		if ev.Kind == k {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// count returns the number of events of kind for method ("" for any).
+func (l *eventLog) count(kind EventKind, method string) int {
+	n := 0
+	for _, ev := range l.kinds(kind) {
+		if method == "" || ev.Method == method {
+			n++
+		}
+	}
+	return n
+}
+
+// last returns the last event, and false if there is none.
+func (l *eventLog) last() (Event, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.events) == 0 {
+		return Event{}, false
+	}
+	return l.events[len(l.events)-1], true
+}
+
+// callLog counts the calls that reach a server, per full method, and
+// those of them that carried an authorization value; safe for concurrent
+// use.
+type callLog struct {
+	mu       sync.Mutex
+	attempts map[string]int
+	withAuth map[string]int
+}
+
+func (l *callLog) record(ctx context.Context, method string) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.attempts == nil {
+		l.attempts, l.withAuth = map[string]int{}, map[string]int{}
+	}
+	l.attempts[method]++
+	if len(md.Get("authorization")) > 0 {
+		l.withAuth[method]++
+	}
+}
+
+func (l *callLog) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	l.record(ctx, info.FullMethod)
+	return handler(ctx, req)
+}
+
+func (l *callLog) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	l.record(ss.Context(), info.FullMethod)
+	return handler(srv, ss)
+}
+
+// get returns how many calls of method reached the server, and how many
+// of them carried an authorization value; method "" counts every method.
+func (l *callLog) get(method string) (all, authorized int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if method != "" {
+		return l.attempts[method], l.withAuth[method]
+	}
+	for m, n := range l.attempts {
+		all += n
+		authorized += l.withAuth[m]
+	}
+	return all, authorized
 }
 
 // dial returns a plaintext connection to the env's server with opts. It is

@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/test/bufconn"
 )
 
 // keysRSAKey is one 2048-bit RSA key shared by the tests of this package:
@@ -81,25 +80,6 @@ func keysSet(t testing.TB, active *Key, verifyOnly ...*Key) *KeySet {
 		t.Fatal(err)
 	}
 	return ks
-}
-
-// keysEnv is newEnv with the key set ks instead of the harness's HS256 set:
-// the same test service and interceptors over bufconn, clock at t0.
-func keysEnv(t testing.TB, ks *KeySet, opts ...ServerOption) *testEnv {
-	t.Helper()
-	e := &testEnv{clock: newFakeClock(t0), keys: ks, svc: &testService{}}
-	var err error
-	if e.server, err = NewServer(ks, append([]ServerOption{WithClock(e.clock.Now)}, opts...)...); err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(e.server.StreamServerInterceptor()))
-	testpb.RegisterTestServiceServer(srv, e.svc)
-	e.lis = bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(e.lis) }()
-	t.Cleanup(srv.Stop)
-	return e
 }
 
 // keysCall makes a unary call presenting tok as the bearer token on a
@@ -292,7 +272,7 @@ func TestNewKey_CopiesSecret(t *testing.T) {
 	secret := keysSecret(t, 32)
 	orig := bytes.Clone(secret)
 	k := keysMust(t, "k1", jwt.SigningMethodHS256, secret)
-	e := keysEnv(t, keysSet(t, k))
+	e := newEnv(t, withKeys(keysSet(t, k)))
 	s, err := e.server.StartSession(context.Background(), "alice", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -374,7 +354,7 @@ func TestKeys_RoundTrip(t *testing.T) {
 		alg := tc.method.Alg()
 		t.Run(alg, func(t *testing.T) {
 			kid := "kid-" + alg
-			e := keysEnv(t, keysSet(t, keysMust(t, kid, tc.method, tc.key)))
+			e := newEnv(t, withKeys(keysSet(t, keysMust(t, kid, tc.method, tc.key))))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			s := e.startSession(t, map[string]any{"role": "admin"})
 			h := keysHeader(t, s.AccessToken)
@@ -444,7 +424,7 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 				t.Fatal(err)
 			}
 			local := keysMust(t, "local", jwt.SigningMethodHS256, keysSecret(t, 32))
-			e := keysEnv(t, keysSet(t, local, pub))
+			e := newEnv(t, withKeys(keysSet(t, local, pub)))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			if _, err := keysCall(t, client, s.AccessToken); err != nil {
 				t.Fatalf("verify-only key: %v", err)
@@ -472,7 +452,7 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 func TestKeys_Rotation(t *testing.T) {
 	k1 := keysMust(t, "k1", jwt.SigningMethodHS256, keysSecret(t, 32))
 	k2 := keysMust(t, "k2", jwt.SigningMethodEdDSA, keysEd(t))
-	e := keysEnv(t, keysSet(t, k1))
+	e := newEnv(t, withKeys(keysSet(t, k1)))
 	client := testpb.NewTestServiceClient(e.dial(t))
 	s := e.startSession(t, nil)
 	if kid := keysHeader(t, s.AccessToken)["kid"]; kid != "k1" {
@@ -567,7 +547,7 @@ func TestKeys_ZeroKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("NewKeySet(copy of a key) = %v, want nil", err)
 		}
-		e := keysEnv(t, ks)
+		e := newEnv(t, withKeys(ks))
 		client := testpb.NewTestServiceClient(e.dial(t))
 		if _, err := keysCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
 			t.Fatalf("call with a token signed by the copy: %v", err)
@@ -591,7 +571,7 @@ func TestKeys_ZeroKeySet(t *testing.T) {
 			if s, err := NewServer(tc.ks); !errors.Is(err, ErrInvalidKeySet) || s != nil {
 				t.Errorf("NewServer = %v, %v; want nil, ErrInvalidKeySet", s, err)
 			}
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			if err := e.server.RotateKeys(tc.ks); !errors.Is(err, ErrInvalidKeySet) {
 				t.Errorf("RotateKeys err = %v, want ErrInvalidKeySet", err)
 			}

@@ -350,7 +350,7 @@ func TestPolicy_ExpiryBoundary(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		for _, tt := range tests {
 			t.Run(kind+"/"+tt.name, func(t *testing.T) {
-				e := newEnv(t, envConfig{serverOpts: tt.leeway})
+				e := newEnv(t, withServerOptions(tt.leeway...))
 				s := e.startSession(t, nil)
 				if !s.Expiry.Equal(exp) {
 					t.Fatalf("first exp = %v, want %v", s.Expiry, exp)
@@ -403,7 +403,7 @@ func TestPolicy_SessionCapBoundary(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		for _, tt := range tests {
 			t.Run(kind+"/"+tt.name, func(t *testing.T) {
-				e := newEnv(t, envConfig{serverOpts: tt.opts})
+				e := newEnv(t, withServerOptions(tt.opts...))
 				// A token whose exp lies beyond the cap, so that only the
 				// session rule can reject it.
 				tok := policyMint(t, e, t0, t0.Add(160*time.Hour), t0.Add(184*time.Hour))
@@ -446,7 +446,7 @@ func TestPolicy_IssuedInFuture(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{serverOpts: tt.opts})
+			e := newEnv(t, withServerOptions(tt.opts...))
 			tok := policyMint(t, e, t0, iat, iat.Add(24*time.Hour))
 			e.clock.Set(tt.now)
 			_, err := newPolicyCaller(t, e).unary(tok)
@@ -468,7 +468,7 @@ func TestPolicy_IssuedInFuture(t *testing.T) {
 // through a TokenHolder: each call renews to min(now + TTL, cap) until
 // the cap, and the session ends with SESSION_EXPIRED at the cap.
 func TestPolicy_SteadyActivityWeek(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	client, h := e.holderClient(t, s.AccessToken)
 	capT := t0.Add(168 * time.Hour)
@@ -547,7 +547,7 @@ func TestPolicy_GapLongerThanTTL(t *testing.T) {
 		{48 * time.Hour, ReasonTokenExpired},
 	} {
 		t.Run(tc.gap.String(), func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			client, h := e.holderClient(t, s.AccessToken)
 			e.clock.Advance(13 * time.Hour)
@@ -574,7 +574,7 @@ func TestPolicy_GapLongerThanTTL(t *testing.T) {
 // right after the session cap must not be swapped for a token the server
 // itself rejects. Here the old token stays acceptable until cap+20s.
 func TestPolicy_RenewalAfterCapIsUsable(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	capT := t0.Add(168 * time.Hour)
 	tok := policyMint(t, e, t0, capT.Add(-24*time.Hour-10*time.Second), capT.Add(-10*time.Second))
 	client, h := e.holderClient(t, tok)
@@ -623,7 +623,7 @@ func TestPolicy_RenewalTooLarge(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		t.Run(kind, func(t *testing.T) {
 			var events policyEvents
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithMaxTokenSize(limit), WithEventHook(events.hook)}})
+			e := newEnv(t, withServerOptions(WithMaxTokenSize(limit), WithEventHook(events.hook)))
 			s := e.startSession(t, nil)
 			if len(s.AccessToken) > limit {
 				t.Fatalf("first token has %d bytes, limit %d", len(s.AccessToken), limit)
@@ -672,7 +672,7 @@ func TestPolicy_RenewalTooLarge(t *testing.T) {
 // TestPolicy_FirstTokenSizeLimit: StartSession mints a token of exactly
 // the limit and refuses one byte more with ErrTokenTooLarge.
 func TestPolicy_FirstTokenSizeLimit(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	size := func(pad int) int {
 		return len(e.startSession(t, map[string]any{"pad": strings.Repeat("x", pad)}).AccessToken)
 	}

@@ -19,7 +19,6 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
@@ -35,95 +34,8 @@ const (
 	refreshBidiMethod  = testpb.TestService_FullDuplexCall_FullMethodName
 )
 
-// refreshEnv is an in-process gRPC server (bufconn) running the test
-// service and TokenService behind a Server with a MemorySessionStore, on a
-// fake clock that starts at t0. A recording interceptor in front of the
-// Server's counts every call that reaches the server, before
-// authentication.
-type refreshEnv struct {
-	clock  *fakeClock
-	keys   *KeySet
-	server *Server
-	store  *memstore.SessionStore // nil with refreshEnvConfig.noStore
-	svc    *testService
-	lis    *bufconn.Listener
-	log    *refreshLog
-}
-
-type refreshEnvConfig struct {
-	serverOpts []ServerOption
-	noStore    bool                     // no WithSessionStore
-	service    testpb.TestServiceServer // replaces svc when set
-	// streamGate, if set, holds every stream call at the server, before
-	// authentication, until it is closed.
-	streamGate <-chan struct{}
-	// onEvent, if set, is called with every event after it is logged.
-	onEvent func(Event)
-}
-
-// refreshLog records the server's events and the calls that reached it.
-type refreshLog struct {
-	onEvent func(Event)
-
-	mu       sync.Mutex
-	events   []Event
-	attempts map[string]int // full method → calls
-	withAuth map[string]int // full method → calls that carried authorization
-}
-
-func (l *refreshLog) hook(_ context.Context, ev Event) {
-	l.mu.Lock()
-	l.events = append(l.events, ev)
-	l.mu.Unlock()
-	if l.onEvent != nil {
-		l.onEvent(ev)
-	}
-}
-
-func (l *refreshLog) record(ctx context.Context, method string) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.attempts[method]++
-	if len(md.Get("authorization")) > 0 {
-		l.withAuth[method]++
-	}
-}
-
-// calls returns how many calls of method reached the server, and how many
-// of them carried an authorization value.
-func (l *refreshLog) calls(method string) (all, authorized int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.attempts[method], l.withAuth[method]
-}
-
-// count returns the number of events of kind for method ("" for any).
-func (l *refreshLog) count(kind EventKind, method string) int {
-	n := 0
-	for _, ev := range l.all() {
-		if ev.Kind == kind && (method == "" || ev.Method == method) {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *refreshLog) all() []Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]Event(nil), l.events...)
-}
-
-// refreshes returns the number of Refresh calls the server answered,
-// successfully or not.
-func (l *refreshLog) refreshes() int {
-	return l.count(EventRefreshed, refreshMethod) + l.count(EventRejected, refreshMethod)
-}
-
-// refreshNewEnv starts a refreshEnv. It is stopped when the test ends.
 // revoked reports whether the env's store refuses session sid now.
-func (e *refreshEnv) revoked(t testing.TB, sid string) bool {
+func (e *testEnv) revoked(t testing.TB, sid string) bool {
 	t.Helper()
 	ok, err := e.store.IsRevoked(context.Background(), sid, e.clock.Now())
 	if err != nil {
@@ -132,77 +44,10 @@ func (e *refreshEnv) revoked(t testing.TB, sid string) bool {
 	return ok
 }
 
-func refreshNewEnv(t testing.TB, cfg refreshEnvConfig) *refreshEnv {
-	t.Helper()
-	e := &refreshEnv{
-		clock: newFakeClock(t0),
-		keys:  testKeySet(t),
-		svc:   &testService{},
-		log:   &refreshLog{onEvent: cfg.onEvent, attempts: map[string]int{}, withAuth: map[string]int{}},
-	}
-	opts := []ServerOption{WithClock(e.clock.Now), WithEventHook(e.log.hook)}
-	if !cfg.noStore {
-		e.store = &memstore.SessionStore{}
-		opts = append(opts, WithSessionStore(e.store))
-	}
-	var err error
-	if e.server, err = NewServer(e.keys, append(opts, cfg.serverOpts...)...); err != nil {
-		t.Fatal(err)
-	}
-	record := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		e.log.record(ctx, info.FullMethod)
-		return handler(ctx, req)
-	}
-	recordStream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		e.log.record(ss.Context(), info.FullMethod)
-		if cfg.streamGate != nil {
-			select {
-			case <-cfg.streamGate:
-			case <-ss.Context().Done():
-				return ss.Context().Err()
-			}
-		}
-		return handler(srv, ss)
-	}
-	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(record, e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(recordStream, e.server.StreamServerInterceptor()),
-	)
-	var svc testpb.TestServiceServer = e.svc
-	if cfg.service != nil {
-		svc = cfg.service
-	}
-	testpb.RegisterTestServiceServer(srv, svc)
-	slidejwtv1.RegisterTokenServiceServer(srv, e.server.TokenService())
-	e.lis = bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(e.lis) }()
-	t.Cleanup(srv.Stop)
-	return e
-}
-
-// dial returns a plaintext connection to the env's server. It is closed
-// when the test ends.
-func (e *refreshEnv) dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	return dialBufconn(t, e.lis, opts...)
-}
-
-// clients returns plain TestService and TokenService clients on one new
-// connection.
-func (e *refreshEnv) clients(t testing.TB) (testpb.TestServiceClient, slidejwtv1.TokenServiceClient) {
-	t.Helper()
-	conn := e.dial(t)
-	return testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
-}
-
-// start begins a session for "alice" at the env's current time.
-func (e *refreshEnv) start(t testing.TB, custom map[string]any) Session {
-	t.Helper()
-	s, err := e.server.StartSession(context.Background(), "alice", custom)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+// refreshAnswered returns the number of Refresh calls the env's server
+// answered, successfully or not.
+func refreshAnswered(e *testEnv) int {
+	return e.events.count(EventRefreshed, refreshMethod) + e.events.count(EventRejected, refreshMethod)
 }
 
 // refreshBearer returns a context whose outgoing metadata carries tok as a
@@ -293,8 +138,8 @@ func TestRefresh_StartSessionRefreshToken(t *testing.T) {
 			[]ServerOption{WithPolicy(Policy{MaxLifetime: 48 * time.Hour}), WithRefreshTTL(72 * time.Hour)}, t0.Add(48 * time.Hour)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
-			s := e.start(t, map[string]any{"role": "admin"})
+			e := newEnv(t, withMemStore(), withServerOptions(tc.opts...))
+			s := e.startSession(t, map[string]any{"role": "admin"})
 			if s.RefreshToken == "" {
 				t.Fatal("RefreshToken is empty with a session store")
 			}
@@ -331,8 +176,8 @@ func TestRefresh_StartSessionRefreshToken(t *testing.T) {
 // TestRefresh_NoStore: without a session store there is no refresh token
 // and Refresh answers FailedPrecondition.
 func TestRefresh_NoStore(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{noStore: true})
-	s := e.start(t, nil)
+	e := newEnv(t)
+	s := e.startSession(t, nil)
 	if s.RefreshToken != "" || !s.RefreshExpiry.IsZero() {
 		t.Fatalf("without a store: RefreshToken length %d, RefreshExpiry %v; want empty", len(s.RefreshToken), s.RefreshExpiry)
 	}
@@ -350,9 +195,9 @@ func TestRefresh_NoStore(t *testing.T) {
 // the same session, with new jtis, no freshness marker and the custom
 // claims of the session; both work at once.
 func TestRefresh_Rotates(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
+	e := newEnv(t, withMemStore())
 	custom := map[string]any{"role": "admin", "n": 7, "tags": []string{"a", "b"}}
-	s := e.start(t, custom)
+	s := e.startSession(t, custom)
 	_, orig := refreshDecode(t, s.AccessToken)
 	_, origRT := refreshDecode(t, s.RefreshToken)
 	tsc, tc := e.clients(t)
@@ -432,8 +277,8 @@ func TestRefresh_GracePeriod(t *testing.T) {
 		{"no grace, same instant", 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithRefreshGrace(tc.grace)}})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(WithRefreshGrace(tc.grace)))
+			s := e.startSession(t, nil)
 			tsc, tc2 := e.clients(t)
 			e.clock.Advance(time.Hour + 500*time.Millisecond) // rotation time, not on a whole second
 			rotatedAt := e.clock.Now()
@@ -480,8 +325,8 @@ func TestRefresh_GracePeriod(t *testing.T) {
 // TestRefresh_TokenTypeSeparation: an access token is no refresh token and
 // a refresh token is no access token.
 func TestRefresh_TokenTypeSeparation(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	tsc, tc := e.clients(t)
 
 	_, err := refreshCall(tc, s.AccessToken)
@@ -513,7 +358,7 @@ func TestRefresh_Rejections(t *testing.T) {
 		opts []ServerOption
 		// tok returns the refresh token to present, given a session
 		// started at t0, and sets the clock.
-		tok  func(t *testing.T, e *refreshEnv, s Session) string
+		tok  func(t *testing.T, e *testEnv, s Session) string
 		want Reason // noReason: success, and the access token works at once
 	}{
 		{"refresh token one tick before its exp + leeway", []ServerOption{WithRefreshTTL(time.Hour)},
@@ -538,10 +383,10 @@ func TestRefresh_Rejections(t *testing.T) {
 		{"garbage", nil, refreshFixed("garbage"), ReasonTokenInvalid},
 		{"three empty-ish segments", nil, refreshFixed("a.b.c"), ReasonTokenInvalid},
 		{"over-size", nil, refreshFixed(strings.Repeat("a", DefaultMaxTokenSize+1)), ReasonTokenInvalid},
-		{"line break inserted", nil, func(_ *testing.T, _ *refreshEnv, s Session) string {
+		{"line break inserted", nil, func(_ *testing.T, _ *testEnv, s Session) string {
 			return s.RefreshToken[:10] + "\n" + s.RefreshToken[10:]
 		}, ReasonTokenInvalid},
-		{"signature altered", nil, func(_ *testing.T, _ *refreshEnv, s Session) string {
+		{"signature altered", nil, func(_ *testing.T, _ *testEnv, s Session) string {
 			last := s.RefreshToken[len(s.RefreshToken)-2]
 			flip := byte('A')
 			if last == 'A' {
@@ -549,7 +394,7 @@ func TestRefresh_Rejections(t *testing.T) {
 			}
 			return s.RefreshToken[:len(s.RefreshToken)-2] + string(flip) + s.RefreshToken[len(s.RefreshToken)-1:]
 		}, ReasonTokenInvalid},
-		{"signed by an untrusted key", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
+		{"signed by an untrusted key", nil, func(t *testing.T, e *testEnv, _ Session) string {
 			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
 			if err != nil {
 				t.Fatal(err)
@@ -560,7 +405,7 @@ func TestRefresh_Rejections(t *testing.T) {
 			}
 			return s.RefreshToken
 		}, ReasonTokenInvalid},
-		{"session unknown to the store", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
+		{"session unknown to the store", nil, func(t *testing.T, e *testEnv, _ Session) string {
 			// A replica with the same keys but its own store: this env's
 			// store never saw the session.
 			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
@@ -575,8 +420,8 @@ func TestRefresh_Rejections(t *testing.T) {
 		}, ReasonSessionRevoked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(tc.opts...))
+			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			p, err := refreshCall(tokc, tc.tok(t, e, s))
 			if tc.want != noReason {
@@ -596,16 +441,16 @@ func TestRefresh_Rejections(t *testing.T) {
 
 // refreshAt returns a token func that presents the session's refresh token at
 // t0+d.
-func refreshAt(d time.Duration) func(*testing.T, *refreshEnv, Session) string {
-	return func(_ *testing.T, e *refreshEnv, s Session) string {
+func refreshAt(d time.Duration) func(*testing.T, *testEnv, Session) string {
+	return func(_ *testing.T, e *testEnv, s Session) string {
 		e.clock.Set(t0.Add(d))
 		return s.RefreshToken
 	}
 }
 
 // refreshFixed returns a token func that presents tok.
-func refreshFixed(tok string) func(*testing.T, *refreshEnv, Session) string {
-	return func(*testing.T, *refreshEnv, Session) string { return tok }
+func refreshFixed(tok string) func(*testing.T, *testEnv, Session) string {
+	return func(*testing.T, *testEnv, Session) string { return tok }
 }
 
 // TestRefresh_ExemptFromAccessAuth: Refresh needs no access token, and a
@@ -625,8 +470,8 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			e.clock.Set(s.Expiry.Add(DefaultLeeway)) // the access token has lapsed
 			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonTokenExpired)
@@ -647,14 +492,14 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 // caller's session: its access tokens fail on every kind of call and its
 // refresh token fails; other sessions go on.
 func TestRefresh_Revoke(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	other := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	other := e.startSession(t, nil)
 	tsc, tc := e.clients(t)
 
 	_, err := tc.Revoke(context.Background(), &slidejwtv1.RevokeRequest{})
 	wantReason(t, err, ReasonTokenMissing)
-	if n := e.log.count(EventRevoked, ""); n != 0 {
+	if n := e.events.count(EventRevoked, ""); n != 0 {
 		t.Fatalf("%d revocations without a token", n)
 	}
 
@@ -695,18 +540,16 @@ func TestRefresh_Revoke(t *testing.T) {
 func TestRefresh_RevokeSession(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		cfg      func() refreshEnvConfig
+		opts     []envOption
 		wantCode codes.Code // of RevokeSession
 	}{
-		{"session store", func() refreshEnvConfig { return refreshEnvConfig{} }, codes.OK},
-		{"memory revocation list", func() refreshEnvConfig {
-			return refreshEnvConfig{noStore: true, serverOpts: []ServerOption{WithRevocationList(&memstore.RevocationList{})}}
-		}, codes.OK},
-		{"neither", func() refreshEnvConfig { return refreshEnvConfig{noStore: true} }, codes.FailedPrecondition},
+		{"session store", []envOption{withMemStore()}, codes.OK},
+		{"memory revocation list", []envOption{withServerOptions(WithRevocationList(&memstore.RevocationList{}))}, codes.OK},
+		{"neither", nil, codes.FailedPrecondition},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, tc.cfg())
-			s := e.start(t, nil)
+			e := newEnv(t, tc.opts...)
+			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			err := e.server.RevokeSession(context.Background(), s.SessionID)
 			refreshWantCode(t, err, tc.wantCode)
@@ -714,7 +557,7 @@ func TestRefresh_RevokeSession(t *testing.T) {
 				if err := refreshUnary(tsc, s.AccessToken); err != nil {
 					t.Fatalf("call after a refused RevokeSession: %v", err)
 				}
-				if n := e.log.count(EventRevoked, ""); n != 0 {
+				if n := e.events.count(EventRevoked, ""); n != 0 {
 					t.Fatalf("%d %v events for a refused RevokeSession", n, EventRevoked)
 				}
 				return
@@ -725,7 +568,7 @@ func TestRefresh_RevokeSession(t *testing.T) {
 				_, err := refreshCall(tokc, s.RefreshToken)
 				wantReason(t, err, ReasonSessionRevoked)
 			}
-			if n := e.log.count(EventRevoked, ""); n != 1 {
+			if n := e.events.count(EventRevoked, ""); n != 1 {
 				t.Fatalf("%d %v events, want 1", n, EventRevoked)
 			}
 		})
@@ -737,8 +580,8 @@ func TestRefresh_RevokeSession(t *testing.T) {
 // session's current refresh token.
 func TestRefresh_Concurrent(t *testing.T) {
 	const n = 50
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	tsc, tc := e.clients(t)
 	e.clock.Advance(time.Hour)
 
@@ -762,7 +605,7 @@ func TestRefresh_Concurrent(t *testing.T) {
 			t.Fatalf("goroutine %d got another successor than goroutine 0", i)
 		}
 	}
-	if got := e.log.count(EventRefreshed, refreshMethod); got != n {
+	if got := e.events.count(EventRefreshed, refreshMethod); got != n {
 		t.Fatalf("%d %v events, want %d", got, EventRefreshed, n)
 	}
 	if e.revoked(t, s.SessionID) {
@@ -780,16 +623,13 @@ func TestRefresh_Concurrent(t *testing.T) {
 // TestRefresh_Events: Refresh and revocation report events, which never
 // carry a token.
 func TestRefresh_Events(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	_, tc := e.clients(t)
 	tokens := []string{s.AccessToken, s.RefreshToken}
 	var seen []Event // every event taken
 	take := func() []Event {
-		e.log.mu.Lock()
-		evs := e.log.events
-		e.log.events = nil
-		e.log.mu.Unlock()
+		evs := e.events.take()
 		seen = append(seen, evs...)
 		return evs
 	}
@@ -832,7 +672,7 @@ func TestRefresh_Events(t *testing.T) {
 		}
 	}
 
-	s2 := e.start(t, nil)
+	s2 := e.startSession(t, nil)
 	tokens = append(tokens, s2.AccessToken, s2.RefreshToken)
 	take()
 	if _, err := tc.Revoke(refreshBearer(s2.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
@@ -897,25 +737,25 @@ func TestRefresh_StoreCheckedBeforeSigning(t *testing.T) {
 		name string
 		// tok returns the refresh token to present, after preparing the
 		// env.
-		tok       func(t *testing.T, e *refreshEnv, s Session) string
+		tok       func(t *testing.T, e *testEnv, s Session) string
 		want      Reason // noReason: success
 		wantSigns int64
 	}{
-		{"valid", func(_ *testing.T, _ *refreshEnv, s Session) string { return s.RefreshToken }, noReason, 2},
-		{"revoked by RevokeSession", func(t *testing.T, e *refreshEnv, s Session) string {
+		{"valid", func(_ *testing.T, _ *testEnv, s Session) string { return s.RefreshToken }, noReason, 2},
+		{"revoked by RevokeSession", func(t *testing.T, e *testEnv, s Session) string {
 			if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
 				t.Fatal(err)
 			}
 			return s.RefreshToken
 		}, ReasonSessionRevoked, 0},
-		{"revoked by logout", func(t *testing.T, e *refreshEnv, s Session) string {
+		{"revoked by logout", func(t *testing.T, e *testEnv, s Session) string {
 			_, tokc := e.clients(t)
 			if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 				t.Fatal(err)
 			}
 			return s.RefreshToken
 		}, ReasonSessionRevoked, 0},
-		{"session unknown to the store", func(t *testing.T, e *refreshEnv, _ Session) string {
+		{"session unknown to the store", func(t *testing.T, e *testEnv, _ Session) string {
 			// Same keys, another store: the record is missing here, as
 			// after a store that lost its data.
 			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
@@ -930,10 +770,10 @@ func TestRefresh_StoreCheckedBeforeSigning(t *testing.T) {
 		}, ReasonSessionRevoked, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
+			e := newEnv(t, withMemStore())
 			var signs atomic.Int64
 			e.server.signHook = func() { signs.Add(1) }
-			s := e.start(t, nil)
+			s := e.startSession(t, nil)
 			_, tokc := e.clients(t)
 			e.clock.Advance(time.Hour)
 			rt := tc.tok(t, e, s)
@@ -1084,9 +924,9 @@ func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
 // TestRefresh_RevokeResponseCarriesNoRenewal: a logout's response carries
 // no renewed token of the session it ends, even when a renewal is due.
 func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	other := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	other := e.startSession(t, nil)
 	tsc, tokc := e.clients(t)
 	e.clock.Advance(13 * time.Hour) // 11 h left: below RenewBefore (12 h)
 
@@ -1107,10 +947,10 @@ func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
 	if h, tt := hdr.Get(DefaultRenewalHeader), tr.Get(DefaultRenewalHeader); len(h)+len(tt) != 0 {
 		t.Fatalf("Revoke response carries %d renewals in the header and %d in the trailer, want none", len(h), len(tt))
 	}
-	if n := e.log.count(EventRenewed, revokeMethod); n != 0 {
+	if n := e.events.count(EventRenewed, revokeMethod); n != 0 {
 		t.Fatalf("%d %v events for Revoke, want 0", n, EventRenewed)
 	}
-	if n := e.log.count(EventAuthenticated, revokeMethod); n != 1 {
+	if n := e.events.count(EventAuthenticated, revokeMethod); n != 1 {
 		t.Fatalf("%d %v events for Revoke, want 1", n, EventAuthenticated)
 	}
 }

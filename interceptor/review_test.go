@@ -58,8 +58,8 @@ func TestReview_RefreshNeedsSecureTransport(t *testing.T) {
 		{"control: lapsed, insecure allowed", func(s Session) time.Time { return s.Expiry.Add(DefaultLeeway + time.Second) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			opts := []ClientOption{WithClock(e.clock.Now), WithRefreshToken(s.RefreshToken), WithRefreshTimeout(reviewWait), BindTarget(cliTarget)}
 			if tc.insecure {
 				opts = append(opts, AllowInsecureTransport())
@@ -75,7 +75,7 @@ func TestReview_RefreshNeedsSecureTransport(t *testing.T) {
 			e.clock.Set(tc.at(s))
 
 			_, err = c.UnaryCall(reviewCtx(t, reviewWait), &testpb.SimpleRequest{})
-			refreshes, _ := e.log.calls(refreshMethod)
+			refreshes, _ := e.calls.get(refreshMethod)
 			if tc.insecure {
 				if err != nil {
 					t.Fatalf("call: %v", err)
@@ -97,7 +97,7 @@ func TestReview_RefreshNeedsSecureTransport(t *testing.T) {
 			if refreshes != 0 {
 				t.Fatalf("Refresh reached the server %d times over plaintext, want 0", refreshes)
 			}
-			if got := e.log.refreshes(); got != 0 {
+			if got := refreshAnswered(e); got != 0 {
 				t.Fatalf("server answered %d Refresh calls, want 0", got)
 			}
 			crfWantCalls(t, e, refreshUnaryMethod, 0)
@@ -128,9 +128,8 @@ func reviewFoldsToReserved(name string) bool {
 // tokens in these tests.
 var reviewSecret = []byte("review-test-secret-0123456789abcdef")
 
-// reviewServer returns a Server trusting the HS256 key "rk" with
-// reviewSecret, at the fixed time now.
-func reviewServer(t testing.TB, now time.Time, opts ...ServerOption) *Server {
+// reviewKeys is the key set of reviewSecret, kid "rk".
+func reviewKeys(t testing.TB) *KeySet {
 	t.Helper()
 	k, err := NewKey("rk", jwt.SigningMethodHS256, reviewSecret)
 	if err != nil {
@@ -140,11 +139,7 @@ func reviewServer(t testing.TB, now time.Time, opts ...ServerOption) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewServer(ks, append([]ServerOption{WithClock(func() time.Time { return now })}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return ks
 }
 
 // reviewSign assembles a compact HS256 JWS of typ at+jwt, kid "rk", over
@@ -191,7 +186,7 @@ func reviewAuthenticate(s *Server, tok string) (*Claims, error) {
 // refused as custom claims, and a token carrying one is invalid.
 func TestReview_UnicodeFoldedClaimNames(t *testing.T) {
 	t.Run("StartSession", func(t *testing.T) {
-		e := newEnv(t, envConfig{})
+		e := newEnv(t)
 		for _, name := range reviewLookalikes {
 			reserved := reviewFoldsToReserved(name)
 			_, err := e.server.StartSession(context.Background(), "alice", map[string]any{name: "mallory"})
@@ -237,7 +232,7 @@ func TestReview_UnicodeFoldedClaimNames(t *testing.T) {
 	})
 
 	t.Run("signed token", func(t *testing.T) {
-		s := reviewServer(t, t0.Add(time.Minute))
+		s := newEnv(t, withKeys(reviewKeys(t)), withStart(t0.Add(time.Minute))).server
 		// The hand-made token verifies without a look-alike member.
 		c, err := reviewAuthenticate(s, reviewSign(reviewPayload("")))
 		if err != nil || c == nil || c.Subject != "alice" {
@@ -287,7 +282,7 @@ func reviewRenewed(t testing.TB, c testpb.TestServiceClient, kind, tok string) s
 func TestReview_RenewalDedupPerToken(t *testing.T) {
 	for _, kind := range []string{"unary", "server-stream"} {
 		t.Run(kind, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			c := testpb.NewTestServiceClient(e.dial(t))
 			mint := func(sub, sid string) string {
 				tok, err := e.server.sign(e.server.ver.Load(), &Claims{
@@ -355,8 +350,8 @@ func TestReview_NoReopenAfterHeader(t *testing.T) {
 	for _, kind := range []string{"server-stream", "bidi"} {
 		t.Run(kind, func(t *testing.T) {
 			svc := &reviewHeaderThenExpired{testService: &testService{}}
-			e := refreshNewEnv(t, refreshEnvConfig{service: svc})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withService(svc))
+			s := e.startSession(t, nil)
 			r := crfNewRefresher(t, e)
 			c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 
@@ -406,16 +401,16 @@ func TestReview_NoReopenAfterHeader(t *testing.T) {
 func TestReview_InstallFailureRemembered(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		pair func(t *testing.T, e *refreshEnv) *slidejwtv1.TokenPair
+		pair func(t *testing.T, e *testEnv) *slidejwtv1.TokenPair
 	}{
-		{"another session", func(t *testing.T, e *refreshEnv) *slidejwtv1.TokenPair { return e.start(t, nil).TokenPair() }},
-		{"garbage access token", func(*testing.T, *refreshEnv) *slidejwtv1.TokenPair {
+		{"another session", func(t *testing.T, e *testEnv) *slidejwtv1.TokenPair { return e.startSession(t, nil).TokenPair() }},
+		{"garbage access token", func(*testing.T, *testEnv) *slidejwtv1.TokenPair {
 			return &slidejwtv1.TokenPair{AccessToken: "garbage", RefreshToken: "next"}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			pair := tc.pair(t, e)
 			r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return pair, nil }}
 			c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
@@ -454,8 +449,8 @@ func (c *reviewWaitCtx) Done() <-chan struct{} {
 // callers waiting on its refresh are released with an error, and later
 // calls are not stuck behind the dead refresh.
 func TestReview_RefresherPanicReleasesWaiters(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	started, release := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int64
 	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) {
@@ -530,10 +525,10 @@ func TestReview_RefresherPanicReleasesWaiters(t *testing.T) {
 // access token that expires at the session's end, calls within the margin
 // do not refresh again: no refresh can extend the session.
 func TestReview_NoProactiveRefreshAtSessionEnd(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{
+	e := newEnv(t, withMemStore(), withServerOptions(
 		WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 90 * time.Minute}),
-	}})
-	s := e.start(t, nil)
+	))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	c, h, hooks := crfHolder(t, e, s, WithRefresher(r))
 
@@ -585,8 +580,8 @@ func TestReview_ErrorsDoNotQuoteClaims(t *testing.T) {
 	})
 
 	t.Run("refreshed pair", func(t *testing.T) {
-		e := refreshNewEnv(t, refreshEnvConfig{})
-		s := e.start(t, nil)
+		e := newEnv(t, withMemStore())
+		s := e.startSession(t, nil)
 		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) {
 			return &slidejwtv1.TokenPair{AccessToken: reviewSign(badPayloads[0]), RefreshToken: "next"}, nil
 		}}

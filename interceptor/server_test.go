@@ -103,7 +103,7 @@ func srvCheckClaims(t testing.TB, e *testEnv, s Session) {
 }
 
 func TestUnary_RenewedTokenInTrailer(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, map[string]any{"role": "admin"})
 	client := srvClient(t, e)
 
@@ -142,7 +142,7 @@ func TestUnary_RenewedTokenInTrailer(t *testing.T) {
 }
 
 func TestUnary_RenewedTokenInTrailerOnHandlerError(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	client := srvClient(t, e)
 
@@ -172,7 +172,7 @@ func TestUnary_RenewalThreshold(t *testing.T) {
 		{12*time.Hour + time.Second, true},
 	} {
 		t.Run(tc.after.String(), func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			e.clock.Advance(tc.after)
 			var header, trailer metadata.MD
@@ -196,7 +196,7 @@ func TestUnary_RenewalThreshold(t *testing.T) {
 }
 
 func TestUnary_HandlerSeesClaims(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, map[string]any{"tenant": "acme"})
 	if _, err := srvClient(t, e).UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}); err != nil {
 		t.Fatal(err)
@@ -238,7 +238,7 @@ func srvRejections(t testing.TB, e *testEnv) []srvRejection {
 }
 
 func TestUnary_RejectedHandlerNotRun(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := srvClient(t, e)
 	for _, tc := range srvRejections(t, e) {
 		t.Run(tc.name, func(t *testing.T) {
@@ -357,7 +357,7 @@ var srvStreamKinds = []srvStreamKind{
 func TestStream_RenewedTokenInHeaderAndTrailer(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			e.clock.Advance(srvDueAfter)
 			header, trailer, err := k.call(srvBearer(s.AccessToken), srvClient(t, e))
@@ -379,7 +379,7 @@ func TestStream_RenewedTokenInHeaderAndTrailer(t *testing.T) {
 func TestStream_NoRenewalWhenNotDue(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			e.clock.Advance(12 * time.Hour) // remaining 12 h = RenewBefore: not below it
 			header, trailer, err := k.call(srvBearer(s.AccessToken), srvClient(t, e))
@@ -397,7 +397,7 @@ func TestStream_NoRenewalWhenNotDue(t *testing.T) {
 func TestStream_RejectedHandlerNotRun(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			client := srvClient(t, e)
 			for _, tc := range srvRejections(t, e) {
 				t.Run(tc.name, func(t *testing.T) {
@@ -421,7 +421,7 @@ func TestStream_RejectedHandlerNotRun(t *testing.T) {
 }
 
 func TestUnary_ExemptMethodOption(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithExemptMethods(srvEmptyMethod)}})
+	e := newEnv(t, withServerOptions(WithExemptMethods(srvEmptyMethod)))
 	s := e.startSession(t, nil)
 	client := srvClient(t, e)
 
@@ -491,7 +491,7 @@ func srvSelectorEnv(t testing.TB, log *srvChainLog) *testEnv {
 		m := cm.FullMethod()
 		return m != srvEmptyMethod && m != srvOutputMethod
 	})
-	return newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+	return newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 		return []grpc.ServerOption{
 			grpc.ChainUnaryInterceptor(
 				recovery.UnaryServerInterceptor(),
@@ -506,7 +506,7 @@ func srvSelectorEnv(t testing.TB, log *srvChainLog) *testEnv {
 				log.stream("after"),
 			),
 		}
-	}})
+	}))
 }
 
 func TestUnary_SelectorExemptionChained(t *testing.T) {
@@ -612,15 +612,12 @@ func TestStream_SelectorExemptionChained(t *testing.T) {
 // srvAuthFuncEnv wires the Server through go-grpc-middleware's auth
 // interceptors, with EmptyCall exempt by option.
 func srvAuthFuncEnv(t testing.TB) *testEnv {
-	return newEnv(t, envConfig{
-		serverOpts: []ServerOption{WithExemptMethods(srvEmptyMethod)},
-		grpcOpts: func(s *Server) []grpc.ServerOption {
-			return []grpc.ServerOption{
-				grpc.ChainUnaryInterceptor(auth.UnaryServerInterceptor(s.AuthFunc())),
-				grpc.ChainStreamInterceptor(auth.StreamServerInterceptor(s.AuthFunc())),
-			}
-		},
-	})
+	return newEnv(t, withServerOptions(WithExemptMethods(srvEmptyMethod)), withGRPC(func(s *Server) []grpc.ServerOption {
+		return []grpc.ServerOption{
+			grpc.ChainUnaryInterceptor(auth.UnaryServerInterceptor(s.AuthFunc())),
+			grpc.ChainStreamInterceptor(auth.StreamServerInterceptor(s.AuthFunc())),
+		}
+	}))
 }
 
 func TestUnary_AuthFunc(t *testing.T) {
@@ -770,7 +767,7 @@ func srvWantEvent(t testing.TB, evs []Event, kind EventKind, method string, reas
 
 func TestUnary_EventHook(t *testing.T) {
 	log := new(srvEventLog)
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(log.hook), WithExemptMethods(srvEmptyMethod)}})
+	e := newEnv(t, withServerOptions(WithEventHook(log.hook), WithExemptMethods(srvEmptyMethod)))
 	s := e.startSession(t, nil)
 	client := srvClient(t, e)
 	if evs := log.take(); len(evs) != 1 || evs[0].Kind != EventSessionStarted || evs[0].SessionID != s.SessionID {
@@ -826,7 +823,7 @@ func TestStream_EventHook(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
 			log := new(srvEventLog)
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(log.hook)}})
+			e := newEnv(t, withServerOptions(WithEventHook(log.hook)))
 			s := e.startSession(t, nil)
 			client := srvClient(t, e)
 			log.take()
@@ -867,12 +864,12 @@ func TestStream_RenewalInTrailerWhenHeaderSent(t *testing.T) {
 				}
 				return handler(srv, ss)
 			}
-			e := newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+			e := newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 				return []grpc.ServerOption{
 					grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()),
 					grpc.ChainStreamInterceptor(requestID, s.StreamServerInterceptor()),
 				}
-			}})
+			}))
 			s := e.startSession(t, nil)
 			client := srvClient(t, e)
 			e.clock.Advance(srvDueAfter)

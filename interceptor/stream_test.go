@@ -220,55 +220,23 @@ func streamServe(t testing.TB, s *Server, svc testpb.TestServiceServer, opts ...
 	return lis
 }
 
-// streamEnv is a streamSvc behind a Server with a streamStore.
+// streamEnv is the test env serving a streamSvc, with a streamStore and
+// plain clients (the test sets the token).
 type streamEnv struct {
-	clock  *fakeClock // nil with streamEnvConfig.realClock
-	server *Server
+	*testEnv
 	store  *streamStore
 	svc    *streamSvc
-	events *srvEventLog
-	lis    *bufconn.Listener
-	client testpb.TestServiceClient // plain: the test sets the token
+	client testpb.TestServiceClient
 	tokens slidejwtv1.TokenServiceClient
 }
 
-type streamEnvConfig struct {
-	interval  time.Duration // WithStreamCheckInterval; 0 keeps the default
-	policy    Policy
-	realClock bool                           // no WithClock
-	before    []grpc.StreamServerInterceptor // chained before slidejwt's
-}
-
-func newStreamEnv(t testing.TB, cfg streamEnvConfig) *streamEnv {
+// newStreamEnv is newEnv with a streamSvc and a streamStore, and opts.
+func newStreamEnv(t testing.TB, opts ...envOption) *streamEnv {
 	t.Helper()
-	e := &streamEnv{store: &streamStore{SessionStore: &memstore.SessionStore{}}, svc: newStreamSvc(), events: &srvEventLog{}}
-	opts := []ServerOption{WithSessionStore(e.store), WithEventHook(e.events.hook), WithPolicy(cfg.policy)}
-	if !cfg.realClock {
-		e.clock = newFakeClock(t0)
-		opts = append(opts, WithClock(e.clock.Now))
-	}
-	if cfg.interval != 0 {
-		opts = append(opts, WithStreamCheckInterval(cfg.interval))
-	}
-	var err error
-	if e.server, err = NewServer(testKeySet(t), opts...); err != nil {
-		t.Fatal(err)
-	}
-	e.lis = streamServe(t, e.server, e.svc,
-		grpc.ChainUnaryInterceptor(e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(append(cfg.before, e.server.StreamServerInterceptor())...))
-	conn := dialBufconn(t, e.lis)
-	e.client, e.tokens = testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
+	e := &streamEnv{store: &streamStore{SessionStore: &memstore.SessionStore{}}, svc: newStreamSvc()}
+	e.testEnv = newEnv(t, append([]envOption{withStore(e.store), withService(e.svc)}, opts...)...)
+	e.client, e.tokens = e.clients(t)
 	return e
-}
-
-func (e *streamEnv) start(t testing.TB) Session {
-	t.Helper()
-	s, err := e.server.StartSession(context.Background(), "alice", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // ended returns the EventStreamEnded events so far.
@@ -469,9 +437,9 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 		{"client-stream, silent", streamClient, streamFast, true, func(c *streamCall) error { return c.end(streamWait) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newStreamEnv(t, streamEnvConfig{interval: tc.interval})
-			s := e.start(t)
-			other := e.start(t)
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(tc.interval)))
+			s := e.startSession(t, nil)
+			other := e.startSession(t, nil)
 			sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, tc.kind)
 			sc.ping("before the revocation")
 
@@ -504,11 +472,11 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 // one interval.
 func TestStream_SilentRevokedWithinDefaultInterval(t *testing.T) {
 	const bound = 1500 * time.Millisecond
-	e := newStreamEnv(t, streamEnvConfig{})
+	e := newStreamEnv(t)
 	if got := e.server.cfg.streamCheck; got != DefaultStreamCheckInterval {
 		t.Fatalf("stream check interval = %v, want the default %v", got, DefaultStreamCheckInterval)
 	}
-	s := e.start(t)
+	s := e.startSession(t, nil)
 	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("before the revocation")
 	if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
@@ -538,8 +506,8 @@ func TestStream_EndsAtSessionEnd(t *testing.T) {
 				if silent {
 					interval = streamFast
 				}
-				e := newStreamEnv(t, streamEnvConfig{interval: interval, policy: policy})
-				s := e.start(t)
+				e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(interval), WithPolicy(policy)))
+				s := e.startSession(t, nil)
 				until := e.server.Policy().AcceptUntil(s.AuthTime)
 				if want := t0.Add(2*time.Hour + DefaultLeeway); !until.Equal(want) {
 					t.Fatalf("AcceptUntil = %v, want %v", until, want)
@@ -593,8 +561,8 @@ func TestStream_EndedStreamNotReplayed(t *testing.T) {
 		}, ReasonSessionExpired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newStreamEnv(t, streamEnvConfig{interval: streamNever})
-			s := e.start(t)
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)))
+			s := e.startSession(t, nil)
 			var refreshes atomic.Int64
 			next := TokenServiceRefresher(e.tokens)
 			h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now),
@@ -636,8 +604,8 @@ func TestStream_StoreFailureEndsStream(t *testing.T) {
 			if silent {
 				interval = streamFast
 			}
-			e := newStreamEnv(t, streamEnvConfig{interval: interval})
-			s := e.start(t)
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(interval)))
+			s := e.startSession(t, nil)
 			sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
 			sc.ping("before the store failed")
 
@@ -665,8 +633,8 @@ func TestStream_StoreFailureEndsStream(t *testing.T) {
 // TestStream_OutlivesAccessTokenExpiry: the idle expiry of the token that
 // opened a stream does not end it; only the session's end does.
 func TestStream_OutlivesAccessTokenExpiry(t *testing.T) {
-	e := newStreamEnv(t, streamEnvConfig{interval: streamFast})
-	s := e.start(t)
+	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamFast)))
+	s := e.startSession(t, nil)
 	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("at login")
 
@@ -695,8 +663,8 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 		recovered <- p
 		return status.Error(codes.Internal, "recovered")
 	}))
-	e := newStreamEnv(t, streamEnvConfig{interval: streamNever, before: []grpc.StreamServerInterceptor{rec}})
-	s := e.start(t)
+	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)), withBefore(nil, rec))
+	s := e.startSession(t, nil)
 	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("before the panic")
 
@@ -721,12 +689,10 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 // two seconds.
 func TestStream_TimerEndsStreamAtSessionEnd(t *testing.T) {
 	const slack = 1500 * time.Millisecond
-	e := newStreamEnv(t, streamEnvConfig{
-		realClock: true,
-		interval:  streamNever,
-		policy:    Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1},
-	})
-	s := e.start(t)
+	e := newStreamEnv(t, withRealClock(), withServerOptions(
+		WithStreamCheckInterval(streamNever),
+		WithPolicy(Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1})))
+	s := e.startSession(t, nil)
 	if got := e.server.Policy().AcceptUntil(s.AuthTime); !got.Equal(s.End) {
 		t.Fatalf("AcceptUntil = %v, want the session end %v (no leeway)", got, s.End)
 	}

@@ -519,7 +519,7 @@ func mustJSON(t testing.TB, v any) []byte {
 // over bufconn with raw metadata to a server that requires an issuer and an
 // audience.
 func TestVerify_HostileUnary(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithIssuer(verifyIss), WithAudience(verifyAud)}})
+	e := newEnv(t, withServerOptions(WithIssuer(verifyIss), WithAudience(verifyAud)))
 	secret, _ := e.keys.Active().signKey.([]byte)
 	f := verifyForger{t: t, secret: secret, now: e.clock.Now()}
 	client := testpb.NewTestServiceClient(e.dial(t))
@@ -577,7 +577,7 @@ func TestVerify_TooLongBeforeParsing(t *testing.T) {
 		events = nil
 		return out
 	}
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(hook)}})
+	e := newEnv(t, withServerOptions(WithEventHook(hook)))
 	client := testpb.NewTestServiceClient(e.dial(t))
 	for _, tc := range []struct {
 		name string
@@ -636,7 +636,7 @@ func TestVerify_RSAKeyConfusion(t *testing.T) {
 		{"RS256 and HS256", keysSet(t, rs, hs)},
 	} {
 		t.Run(set.name, func(t *testing.T) {
-			e := keysEnv(t, set.ks)
+			e := newEnv(t, withKeys(set.ks))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			f := verifyForger{t: t, now: e.clock.Now()}
 			claims := f.claims(map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{}})
@@ -714,7 +714,7 @@ func TestVerify_AlgPinnedPerKey(t *testing.T) {
 			}},
 	} {
 		t.Run(set.name, func(t *testing.T) {
-			e := keysEnv(t, set.ks)
+			e := newEnv(t, withKeys(set.ks))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			f := verifyForger{t: t, now: e.clock.Now()}
 			claims := f.claims(map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{}})
@@ -739,7 +739,7 @@ func TestVerify_AlgPinnedPerKey(t *testing.T) {
 // absolute end of their session, including a token minted under a longer
 // policy whose exp lies beyond this server's cap.
 func TestVerify_SessionEnd(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := testpb.NewTestServiceClient(e.dial(t))
 	long, err := NewServer(e.keys, WithClock(e.clock.Now), WithPolicy(Policy{TTL: 30 * 24 * time.Hour, MaxLifetime: 30 * 24 * time.Hour}))
 	if err != nil {
@@ -787,7 +787,7 @@ func TestVerify_SessionEnd(t *testing.T) {
 // streaming and bidi calls; the handler never runs and no renewed token
 // arrives in the header or trailer.
 func TestVerify_HostileStream(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	secret, _ := e.keys.Active().signKey.([]byte)
 	f := verifyForger{t: t, secret: secret, now: e.clock.Now()}
 	client := testpb.NewTestServiceClient(e.dial(t))
@@ -1060,7 +1060,7 @@ const verifyDupPhrase = "duplicate member name"
 // from it (the last value wins). The unchanged token, signed the same
 // way, is accepted.
 func TestVerify_DuplicateNamesAccess(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	secret, _ := e.keys.Active().signKey.([]byte)
 	client := testpb.NewTestServiceClient(e.dial(t))
 	tok := e.startSession(t, verifyDupCustom).AccessToken
@@ -1094,7 +1094,7 @@ func TestVerify_DuplicateNamesAccess(t *testing.T) {
 // (verifier.verifyRefresh through Server.Refresh). Unchecked, each would
 // be verified and rotated.
 func TestVerify_DuplicateNamesRefresh(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithSessionStore(&memstore.SessionStore{})}})
+	e := newEnv(t, withServerOptions(WithSessionStore(&memstore.SessionStore{})))
 	secret, _ := e.keys.Active().signKey.([]byte)
 	ctx := context.Background()
 

@@ -16,7 +16,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
-	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 )
@@ -322,22 +321,9 @@ func TestBoundedCache_Concurrent(t *testing.T) {
 	})
 }
 
-// cacheCall makes a unary call presenting tok, with no holder, and returns
-// the renewed token from the trailer ("" when none). It is safe to call
-// from any goroutine.
-func cacheCall(client testpb.TestServiceClient, tok string) (string, error) {
-	var tr metadata.MD
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-	_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&tr))
-	if v := tr.Get(DefaultRenewalHeader); len(v) > 0 {
-		return v[0], err
-	}
-	return "", err
-}
-
 // cacheStream opens a server stream presenting tok and reads it to the end.
 func cacheStream(client testpb.TestServiceClient, tok string) error {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	ctx := bearerCtx(tok)
 	st, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
 		ResponseParameters: []*testpb.ResponseParameters{{}},
 	})
@@ -362,7 +348,7 @@ func cacheClient(t testing.TB, e *testEnv) testpb.TestServiceClient {
 // token was not parsed again; without it, each call parses anew.
 func TestServerCache_HitIsNotReverified(t *testing.T) {
 	calls := map[string]func(testpb.TestServiceClient, string) error{
-		"unary":  func(c testpb.TestServiceClient, tok string) error { _, err := cacheCall(c, tok); return err },
+		"unary":  func(c testpb.TestServiceClient, tok string) error { _, err := unaryCall(t, c, tok); return err },
 		"stream": cacheStream,
 	}
 	for kind, call := range calls {
@@ -428,7 +414,7 @@ func TestServerCache_FailuresNotCached(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e.clock.Set(tt.at)
 			for i := range 2 {
-				_, err := cacheCall(client, tt.tok)
+				_, err := unaryCall(t, client, tt.tok)
 				wantReason(t, err, tt.want)
 				if got := cacheVerifiedLen(e); got != 0 {
 					t.Fatalf("after rejected call %d: verified cache len() = %d, want 0", i+1, got)
@@ -438,7 +424,7 @@ func TestServerCache_FailuresNotCached(t *testing.T) {
 	}
 	// The control: the same cache does store a success.
 	e.clock.Set(t0.Add(time.Hour))
-	if _, err := cacheCall(client, future); err != nil {
+	if _, err := unaryCall(t, client, future); err != nil {
 		t.Fatalf("once its iat has come: %v", err)
 	}
 	if got := cacheVerifiedLen(e); got != 1 {
@@ -455,7 +441,7 @@ func TestServerCache_RevocationStillApplies(t *testing.T) {
 			e := newEnv(t, withServerOptions(WithRevocationList(rl)))
 			client := cacheClient(t, e)
 			s := e.startSession(t, nil)
-			call := func() error { _, err := cacheCall(client, s.AccessToken); return err }
+			call := func() error { _, err := unaryCall(t, client, s.AccessToken); return err }
 			if kind == "stream" {
 				call = func() error { return cacheStream(client, s.AccessToken) }
 			}
@@ -484,21 +470,21 @@ func TestServerCache_ExpiryBoundary(t *testing.T) {
 	e := newEnv(t)
 	client := cacheClient(t, e)
 	s := e.startSession(t, nil)
-	if _, err := cacheCall(client, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatal(err)
 	}
 	cached := e.svc.lastClaims.Load()
 	dead := s.Expiry.Add(DefaultLeeway)
 
 	e.clock.Set(dead.Add(-time.Nanosecond))
-	if _, err := cacheCall(client, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatalf("1ns before exp+leeway: %v, want accepted", err)
 	}
 	if e.svc.lastClaims.Load() != cached {
 		t.Error("1ns before exp+leeway: the token was verified again, want a cache hit")
 	}
 	e.clock.Set(dead)
-	_, err := cacheCall(client, s.AccessToken)
+	_, err := unaryCall(t, client, s.AccessToken)
 	wantReason(t, err, ReasonTokenExpired)
 	if got := cacheVerifiedLen(e); got != 0 {
 		t.Errorf("verified cache len() = %d after the entry died, want 0", got)
@@ -508,7 +494,7 @@ func TestServerCache_ExpiryBoundary(t *testing.T) {
 // cacheAuth authenticates tok directly, without gRPC, and returns the
 // renewed token.
 func cacheAuth(s *Server, tok string) (string, error) {
-	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
+	ctx := metadata.NewIncomingContext(context.Background(), bearerMD(tok))
 	_, _, rn, err := s.authenticate(ctx, srvUnaryMethod)
 	return rn.token(), err
 }
@@ -599,7 +585,7 @@ func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
 	e := newEnv(t)
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatal(err)
 	}
 	p := strings.Split(tok, ".")
@@ -625,7 +611,7 @@ func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
 			if tt.direct {
 				_, err = cacheAuth(e.server, tt.tok)
 			} else {
-				_, err = cacheCall(client, tt.tok)
+				_, err = unaryCall(t, client, tt.tok)
 			}
 			wantReason(t, err, ReasonTokenInvalid)
 			if got := cacheVerifiedLen(e); got != 1 {
@@ -633,7 +619,7 @@ func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
 			}
 		})
 	}
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Errorf("the canonical token after its variants: %v", err)
 	}
 }
@@ -665,7 +651,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	e := newEnv(t, withKeys(ks))
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatal(err)
 	}
 	orig := e.svc.lastClaims.Load()
@@ -674,7 +660,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	}
 
 	broken := cacheMalleate(t, tok, func(s, _ *big.Int) *big.Int { return new(big.Int).Add(s, big.NewInt(1)) })
-	_, err := cacheCall(client, broken)
+	_, err := unaryCall(t, client, broken)
 	wantReason(t, err, ReasonTokenInvalid)
 	if got := cacheVerifiedLen(e); got != 1 {
 		t.Fatalf("after (r, s+1): verified cache len() = %d, want 1", got)
@@ -684,7 +670,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	if mall == tok {
 		t.Fatal("malleated token equals the original")
 	}
-	if _, err := cacheCall(client, mall); err != nil {
+	if _, err := unaryCall(t, client, mall); err != nil {
 		t.Fatalf("(r, n−s): %v, want accepted (it is a valid signature)", err)
 	}
 	if got := cacheVerifiedLen(e); got != 2 {
@@ -712,7 +698,7 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	e.clock.Set(t0.Add(srvDueAfter))
-	before, err := cacheCall(client, tok)
+	before, err := unaryCall(t, client, tok)
 	if err != nil || before == "" {
 		t.Fatalf("renewal before rotation: %d bytes, %v; want one", len(before), err)
 	}
@@ -730,14 +716,14 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 	if v.verified.len() != 0 || v.renewals.len() != 0 {
 		t.Fatalf("after rotation: verified %d, renewals %d; want 0, 0", v.verified.len(), v.renewals.len())
 	}
-	after, err := cacheCall(client, tok)
+	after, err := unaryCall(t, client, tok)
 	if err != nil || after == "" {
 		t.Fatalf("renewal after rotation: %d bytes, %v; want one", len(after), err)
 	}
 	if after == before {
 		t.Error("after rotation the server handed out the renewal minted under the old key")
 	}
-	if kid := keysHeader(t, after)["kid"]; kid != "k2" {
+	if kid := decodeToken(t, after).header["kid"]; kid != "k2" {
 		t.Errorf("renewal after rotation has kid %v, want k2", kid)
 	}
 
@@ -746,7 +732,7 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 	if err := e.server.RotateKeys(keysSet(t, k3)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = cacheCall(client, tok)
+	_, err = unaryCall(t, client, tok)
 	wantReason(t, err, ReasonTokenInvalid)
 }
 
@@ -760,13 +746,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 		wantDiff int // distinct renewals for one token
 	}{{DefaultCacheSize, 1}, {0, n}} {
 		t.Run(fmt.Sprintf("size=%d", tt.size), func(t *testing.T) {
-			var renewedEvents atomic.Int64
-			hook := func(_ context.Context, ev Event) {
-				if ev.Kind == EventRenewed {
-					renewedEvents.Add(1)
-				}
-			}
-			e := newEnv(t, withServerOptions(WithCacheSize(tt.size), WithEventHook(hook)))
+			e := newEnv(t, withServerOptions(WithCacheSize(tt.size)))
 			client := cacheClient(t, e)
 			a := e.startSession(t, nil).AccessToken
 			b := e.startSession(t, nil).AccessToken
@@ -779,7 +759,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 			for i := range n {
 				wg.Go(func() {
 					<-start
-					got[i], errs[i] = cacheCall(client, a)
+					got[i], errs[i] = unaryCall(t, client, a)
 				})
 			}
 			close(start)
@@ -794,7 +774,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 			if len(distinct) != tt.wantDiff {
 				t.Errorf("%d requests got %d distinct renewals, want %d", n, len(distinct), tt.wantDiff)
 			}
-			if got := renewedEvents.Load(); got != n {
+			if got := len(e.events.kinds(EventRenewed)); got != n {
 				t.Errorf("EventRenewed count = %d, want %d (one per request)", got, n)
 			}
 			if tt.size > 0 {
@@ -802,7 +782,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 					t.Errorf("renewals cache len() = %d, want 1", got)
 				}
 			}
-			rb, err := cacheCall(client, b)
+			rb, err := unaryCall(t, client, b)
 			if err != nil || rb == "" || distinct[rb] {
 				t.Errorf("another token: renewed %d bytes, err %v, shared = %v; want its own renewal", len(rb), err, distinct[rb])
 			}
@@ -821,21 +801,18 @@ func TestServerCache_RenewalNeverStale(t *testing.T) {
 	s := e.startSession(t, nil) // exp t0+10s
 
 	e.clock.Set(t0.Add(time.Second))
-	first, err := cacheCall(client, s.AccessToken)
+	first, err := unaryCall(t, client, s.AccessToken)
 	if err != nil || first == "" {
 		t.Fatalf("first renewal: %d bytes, %v", len(first), err)
 	}
 	// The same token again, expired but within the leeway.
 	now := t0.Add(20 * time.Second)
 	e.clock.Set(now)
-	again, err := cacheCall(client, s.AccessToken)
+	again, err := unaryCall(t, client, s.AccessToken)
 	if err != nil || again == "" {
 		t.Fatalf("second renewal: %d bytes, %v", len(again), err)
 	}
-	var c Claims
-	if _, _, err := jwt.NewParser().ParseUnverified(again, &c); err != nil {
-		t.Fatal(err)
-	}
+	c := decodeToken(t, again).claims
 	if !c.ExpiresAt.After(now) {
 		t.Errorf("renewal sent at now = login+20s expires at login+%v: already expired; want after now (a fresh mint gives login+30s)",
 			c.ExpiresAt.Sub(t0))
@@ -915,7 +892,7 @@ func TestServerCache_Disabled(t *testing.T) {
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	for i := range 3 {
-		if r, err := cacheCall(client, tok); err != nil || r != "" {
+		if r, err := unaryCall(t, client, tok); err != nil || r != "" {
 			t.Fatalf("call %d: renewed %d bytes, %v; want accepted, no renewal", i, len(r), err)
 		}
 	}
@@ -924,7 +901,7 @@ func TestServerCache_Disabled(t *testing.T) {
 	}
 	e.clock.Set(t0.Add(srvDueAfter))
 	for i := range 2 {
-		if r, err := cacheCall(client, tok); err != nil || r == "" {
+		if r, err := unaryCall(t, client, tok); err != nil || r == "" {
 			t.Fatalf("due call %d: renewed %d bytes, %v; want a renewal", i, len(r), err)
 		}
 	}
@@ -932,7 +909,7 @@ func TestServerCache_Disabled(t *testing.T) {
 	if err := e.server.RotateKeys(e.keys); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatalf("after RotateKeys: %v", err)
 	}
 

@@ -66,7 +66,7 @@ func claimsChain(t *testing.T, e *testEnv, custom map[string]any, n int) ([]stri
 	for i := range n {
 		// Odd seconds and nanoseconds, so that iat truncation shows.
 		e.clock.Advance(13*time.Hour + time.Duration(i)*time.Second + 700*time.Millisecond)
-		renewed, err := p.unary(toks[len(toks)-1])
+		renewed, err := unaryCall(t, p.client, toks[len(toks)-1])
 		if err != nil {
 			t.Fatalf("renewal %d: %v", i+1, err)
 		}
@@ -134,7 +134,7 @@ func TestClaims_Lookup(t *testing.T) {
 	e := newEnv(t)
 	toks, _ := claimsChain(t, e, claimsRichCustom(), 1)
 	// The handler sees the claims of the presented (renewed) token.
-	if _, err := newPolicyCaller(t, e).unary(toks[1]); err != nil {
+	if _, err := unaryCall(t, srvClient(t, e), toks[1]); err != nil {
 		t.Fatal(err)
 	}
 	c := e.svc.lastClaims.Load()
@@ -308,7 +308,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 			// login token and in a renewed one.
 			p := newPolicyCaller(t, e)
 			e.clock.Advance(13 * time.Hour)
-			renewed, err := p.unary(s.AccessToken)
+			renewed, err := unaryCall(t, p.client, s.AccessToken)
 			if err != nil {
 				t.Fatalf("first call: %v", err)
 			}
@@ -321,7 +321,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 			if renewed == "" {
 				t.Fatal("no renewed token")
 			}
-			if _, err := p.unary(renewed); err != nil {
+			if _, err := unaryCall(t, p.client, renewed); err != nil {
 				t.Fatalf("call with the renewed token: %v", err)
 			}
 			c = e.svc.lastClaims.Load()
@@ -389,11 +389,11 @@ func TestClaims_RequireFresh(t *testing.T) {
 	p := newPolicyCaller(t, e)
 
 	// The login token passes, also while it is being renewed.
-	if _, err := p.unary(s.AccessToken); err != nil {
+	if _, err := unaryCall(t, p.client, s.AccessToken); err != nil {
 		t.Fatalf("login token: %v, want success", err)
 	}
 	e.clock.Advance(13 * time.Hour)
-	renewed, err := p.unary(s.AccessToken)
+	renewed, err := unaryCall(t, p.client, s.AccessToken)
 	if err != nil {
 		t.Fatalf("login token at 13h: %v, want success", err)
 	}
@@ -406,7 +406,7 @@ func TestClaims_RequireFresh(t *testing.T) {
 
 	// A renewed token is refused with PermissionDenied, and the handler
 	// does not run.
-	_, err = p.unary(renewed)
+	_, err = unaryCall(t, p.client, renewed)
 	wantReason(t, err, ReasonFreshTokenRequired)
 	if n := e.svc.calls.Load(); n != 2 {
 		t.Fatalf("handler ran %d times, want 2", n)
@@ -476,12 +476,12 @@ func TestClaims_JOSEHeader(t *testing.T) {
 	}
 	p := newPolicyCaller(t, e)
 	e.clock.Advance(13 * time.Hour)
-	renewed, err := p.unary(s.AccessToken)
+	renewed, err := unaryCall(t, p.client, s.AccessToken)
 	if err != nil || renewed == "" {
 		t.Fatalf("renewal after rotation: renewed %v, err %v", renewed != "", err)
 	}
 	checkHeader(renewed, "k2", "ES256")
-	if _, err := p.unary(renewed); err != nil {
+	if _, err := unaryCall(t, p.client, renewed); err != nil {
 		t.Fatalf("renewed ES256 token rejected: %v", err)
 	}
 	s2 := e.startSession(t, nil)

@@ -226,7 +226,7 @@ func TestClientRefresh_ReactiveUnary(t *testing.T) {
 	if !h.Expiry().Equal(p.GetAccessTokenExpiresAt().AsTime()) {
 		t.Fatalf("Expiry = %v, want %v", h.Expiry(), p.GetAccessTokenExpiresAt().AsTime())
 	}
-	if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, p.GetAccessToken()) {
+	if got := e.svc.lastClaims.Load(); got == nil || got.ID != decodeToken(t, p.GetAccessToken()).claims.ID {
 		t.Fatal("the retry did not carry the refreshed access token")
 	}
 
@@ -531,11 +531,11 @@ func TestClientRefresh_ProactiveMargin(t *testing.T) {
 					}
 				}
 				crfWantCalls(t, e, method, 1)
-				wantJTI := refreshJTI(t, s.AccessToken)
+				wantJTI := decodeToken(t, s.AccessToken).claims.ID
 				want := 0
 				if tc.wantRefresh {
 					want = 1
-					wantJTI = refreshJTI(t, hooks.lastRefresh().GetAccessToken())
+					wantJTI = decodeToken(t, hooks.lastRefresh().GetAccessToken()).claims.ID
 					if h.Token() == s.AccessToken {
 						t.Fatal("holder kept the old token after a proactive refresh")
 					}
@@ -579,7 +579,7 @@ func TestClientRefresh_ProactiveFailureSendsHeldToken(t *testing.T) {
 				t.Fatalf("refresher called %d times, want 1", n)
 			}
 			crfWantCalls(t, e, refreshUnaryMethod, 1)
-			if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, s.AccessToken) {
+			if got := e.svc.lastClaims.Load(); got == nil || got.ID != decodeToken(t, s.AccessToken).claims.ID {
 				t.Fatal("the call did not carry the held token")
 			}
 			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
@@ -978,7 +978,7 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 		if swaps != 0 || refreshes != 1 {
 			t.Fatalf("OnSwap %d, OnRefresh %d calls; want 0, 1", swaps, refreshes)
 		}
-		if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, newer.GetAccessToken()) {
+		if got := e.svc.lastClaims.Load(); got == nil || got.ID != decodeToken(t, newer.GetAccessToken()).claims.ID {
 			t.Fatal("the call did not carry the held access token")
 		}
 	})

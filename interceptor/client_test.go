@@ -501,10 +501,10 @@ func TestUnary_HolderKeepsCallerHeaderAndTrailer(t *testing.T) {
 		t.Fatal("holder did not swap the renewal")
 	}
 	cliWantSwaps(t, swaps, h.Token())
-	if got := srvRenewed(t, header); got != h.Token() {
+	if got := renewedToken(t, header); got != h.Token() {
 		t.Error("caller's header lacks the renewed token")
 	}
-	if got := srvRenewed(t, trailer); got != h.Token() {
+	if got := renewedToken(t, trailer); got != h.Token() {
 		t.Error("caller's trailer lacks the renewed token")
 	}
 }
@@ -685,7 +685,7 @@ func TestStream_HolderPicksWhenCallerReadsHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Swapped by the caller's Header() call, before any RecvMsg.
-	if h.Token() == s.AccessToken || srvRenewed(t, header) != h.Token() {
+	if h.Token() == s.AccessToken || renewedToken(t, header) != h.Token() {
 		t.Fatal("not swapped from the header the caller read")
 	}
 	if err := stream.CloseSend(); err != nil {
@@ -749,18 +749,8 @@ func TestStream_HolderNoMessageEnds(t *testing.T) {
 	}
 }
 
-// cliEventCount counts a server's events other than session starts.
-type cliEventCount struct{ n atomic.Int64 }
-
-func (c *cliEventCount) hook(_ context.Context, ev Event) {
-	if ev.Kind != EventSessionStarted {
-		c.n.Add(1)
-	}
-}
-
 func TestUnary_HolderRefusesInsecureTransport(t *testing.T) {
-	events := new(cliEventCount)
-	e := newEnv(t, withServerOptions(WithEventHook(events.hook)))
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, err := NewTokenHolder(s.AccessToken) // no AllowInsecureTransport
 	if err != nil {
@@ -792,7 +782,7 @@ func TestUnary_HolderRefusesInsecureTransport(t *testing.T) {
 	}
 
 	// The token never reached the server: no interceptor ran, no handler ran.
-	if got := events.n.Load(); got != 0 {
+	if got := len(e.events.all()) - len(e.events.kinds(EventSessionStarted)); got != 0 {
 		t.Errorf("server saw %d calls, want 0", got)
 	}
 	if got := e.svc.calls.Load(); got != 0 {
@@ -913,24 +903,9 @@ func TestUnary_HolderOverTLS(t *testing.T) {
 // while the server renews every call and responses return out of order.
 func TestUnary_HolderConcurrentRenewals(t *testing.T) {
 	const goroutines, callsEach = 64, 50
-	var (
-		mu       sync.Mutex
-		minted   []time.Time
-		failures []string
-	)
-	hook := func(_ context.Context, ev Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch ev.Kind {
-		case EventRenewed:
-			minted = append(minted, ev.Expiry)
-		case EventRejected, EventRenewalFailed:
-			failures = append(failures, ev.Kind.String())
-		}
-	}
 	var clock atomic.Pointer[fakeClock]
 	e := newEnv(t,
-		withServerOptions(WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 1000 * time.Hour, RenewBefore: time.Hour}), WithEventHook(hook)),
+		withServerOptions(WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 1000 * time.Hour, RenewBefore: time.Hour})),
 		withDelay(func() {
 			clock.Load().Advance(time.Second)
 			time.Sleep(mathrand.N(2 * time.Millisecond)) // reorder responses
@@ -979,13 +954,19 @@ func TestUnary_HolderConcurrentRenewals(t *testing.T) {
 	}
 
 	if n := failed.Load(); n != 0 {
+		var failures []string
+		for _, ev := range append(e.events.kinds(EventRejected), e.events.kinds(EventRenewalFailed)...) {
+			failures = append(failures, ev.Kind.String())
+		}
 		t.Fatalf("%d calls failed, want 0 (server events: %v)", n, failures)
 	}
 	if got := e.svc.calls.Load(); got != goroutines*callsEach {
 		t.Fatalf("handler calls = %d, want %d", got, goroutines*callsEach)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	var minted []time.Time
+	for _, ev := range e.events.kinds(EventRenewed) {
+		minted = append(minted, ev.Expiry)
+	}
 	if len(minted) < 2 {
 		t.Fatalf("server minted %d tokens, want many", len(minted))
 	}
@@ -1054,7 +1035,7 @@ func TestUnary_HolderOutOfOrderRenewals(t *testing.T) {
 	if _, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{}, grpc.Trailer(&trailerB)); err != nil {
 		t.Fatal(err)
 	}
-	b := srvRenewed(t, trailerB)
+	b := renewedToken(t, trailerB)
 	srvCheckRenewed(t, e, s, b, t0.Add(srvDueAfter+time.Hour+DefaultTTL))
 	if h.Token() != b {
 		t.Fatal("holder did not swap in B")
@@ -1064,7 +1045,7 @@ func TestUnary_HolderOutOfOrderRenewals(t *testing.T) {
 	if err := <-doneA; err != nil {
 		t.Fatal(err)
 	}
-	a := srvRenewed(t, trailerA)
+	a := renewedToken(t, trailerA)
 	srvCheckRenewed(t, e, s, a, t0.Add(srvDueAfter+DefaultTTL))
 	if h.Token() != b {
 		t.Error("late older renewal A replaced B")
@@ -1424,12 +1405,7 @@ func TestTokenHolder_CheckTarget(t *testing.T) {
 func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 	for _, kind := range []string{"unary", "server-stream"} {
 		t.Run(kind, func(t *testing.T) {
-			var rejected atomic.Int64
-			e := newEnv(t, withServerOptions(WithEventHook(func(_ context.Context, ev Event) {
-				if ev.Kind == EventRejected {
-					rejected.Add(1)
-				}
-			})))
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
 			client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -1453,7 +1429,7 @@ func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 			if err := call(); err != nil {
 				t.Fatalf("call after a bad renewal: %v", err)
 			}
-			if got := rejected.Load(); got != 1 {
+			if got := len(e.events.kinds(EventRejected)); got != 1 {
 				t.Fatalf("server rejected %d attempts, want 1", got)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -1477,7 +1453,7 @@ func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 				t.Fatal("holder refused a second renewal")
 			}
 			wantReason(t, call(), ReasonTokenInvalid)
-			if got := rejected.Load(); got != 2 {
+			if got := len(e.events.kinds(EventRejected)); got != 2 {
 				t.Fatalf("server rejected %d attempts, want 2 (no retry)", got)
 			}
 			if got := e.svc.calls.Load(); got != 1 {

@@ -194,7 +194,7 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 	downTok := down.startSession(t, nil).AccessToken
 	down.clock.Advance(DefaultTTL + DefaultLeeway)
 	downClient := srvClient(t, down)
-	downErr := errsCall(srvBearer(downTok), downClient, "unary")
+	downErr := errsCall(bearerCtx(downTok), downClient, "unary")
 	wantReason(t, downErr, ReasonTokenExpired)
 	if v, ok := errsHandlerRan(downErr); !ok || v != "false" {
 		t.Fatalf("downstream %s = %q (present %v), want \"false\"", MetadataHandlerRan, v, ok)
@@ -213,7 +213,7 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 			want  error
 		}{
 			{"downstream rejection", func(ctx context.Context) error {
-				return errsCall(srvBearer(downTok), downClient, "unary")
+				return errsCall(bearerCtx(downTok), downClient, "unary")
 			}, wantRelayed},
 			{"foreign error with details", func(context.Context) error { return foreign }, foreign},
 		} {
@@ -231,7 +231,7 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got := errsCall(srvBearer(s.AccessToken), testpb.NewTestServiceClient(dialBufconn(t, lis)), kind)
+				got := errsCall(bearerCtx(s.AccessToken), testpb.NewTestServiceClient(dialBufconn(t, lis)), kind)
 				errsSameStatus(t, got, tc.want)
 				if n := svc.calls.Load(); n != 1 {
 					t.Errorf("handler ran %d times, want 1", n)
@@ -259,7 +259,7 @@ func TestRelayedError_HolderDoesNotRetry(t *testing.T) {
 				t.Fatal(err)
 			}
 			svc := &errsRelaySvc{relay: func(context.Context) error {
-				return errsCall(srvBearer(downTok), downClient, "unary")
+				return errsCall(bearerCtx(downTok), downClient, "unary")
 			}}
 			lis := streamServe(t, up, svc,
 				grpc.ChainUnaryInterceptor(up.UnaryServerInterceptor()),

@@ -536,3 +536,76 @@ func drain[T any](st interface{ Recv() (T, error) }) error {
 		}
 	}
 }
+
+// bearerMD returns metadata carrying tok as a bearer token.
+func bearerMD(tok string) metadata.MD { return metadata.Pairs("authorization", "Bearer "+tok) }
+
+// bearerCtx returns a context whose outgoing metadata carries tok as a
+// bearer token; an empty tok carries no authorization at all.
+func bearerCtx(tok string) context.Context {
+	if tok == "" {
+		return context.Background()
+	}
+	return metadata.NewOutgoingContext(context.Background(), bearerMD(tok))
+}
+
+// unaryCall makes a UnaryCall on c presenting tok (see bearerCtx) and
+// returns the renewed token from the trailer ("" if none) and the call's
+// error. It fails the test if the header carries a renewed token (a unary
+// renewal belongs in the trailer only) or the trailer more than one. It is
+// safe to call from any goroutine.
+func unaryCall(t testing.TB, c testpb.TestServiceClient, tok string) (string, error) {
+	t.Helper()
+	var hdr, tr metadata.MD
+	_, err := c.UnaryCall(bearerCtx(tok), &testpb.SimpleRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr))
+	if v := hdr.Get(DefaultRenewalHeader); len(v) > 0 {
+		t.Errorf("unary call got %d renewed tokens in the header, want them in the trailer only", len(v))
+	}
+	switch v := tr.Get(DefaultRenewalHeader); len(v) {
+	case 0:
+		return "", err
+	case 1:
+		return v[0], err
+	default:
+		t.Errorf("trailer has %d renewed tokens, want at most 1", len(v))
+		return v[0], err
+	}
+}
+
+// renewedToken returns the renewed token in md, or "" when there is none.
+// It fails the test if md holds more than one.
+func renewedToken(t testing.TB, md metadata.MD) string {
+	t.Helper()
+	switch v := md.Get(DefaultRenewalHeader); len(v) {
+	case 0:
+		return ""
+	case 1:
+		return v[0]
+	default:
+		t.Fatalf("%d renewed tokens in %d metadata keys, want at most 1", len(v), md.Len())
+		return ""
+	}
+}
+
+// decodedToken is a token's JOSE header and claims, not verified.
+type decodedToken struct {
+	header map[string]any
+	claims *Claims
+}
+
+// typ returns the token's typ header ("" if absent).
+func (d decodedToken) typ() string {
+	typ, _ := d.header["typ"].(string)
+	return typ
+}
+
+// decodeToken decodes tok without verifying it.
+func decodeToken(t testing.TB, tok string) decodedToken {
+	t.Helper()
+	var c Claims
+	tk, _, err := jwt.NewParser().ParseUnverified(tok, &c)
+	if err != nil {
+		t.Fatalf("decode token: %v", err)
+	}
+	return decodedToken{header: tk.Header, claims: &c}
+}

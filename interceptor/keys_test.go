@@ -17,9 +17,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/metadata"
 )
 
 // keysRSAKey is one 2048-bit RSA key shared by the tests of this package:
@@ -80,37 +78,6 @@ func keysSet(t testing.TB, active *Key, verifyOnly ...*Key) *KeySet {
 		t.Fatal(err)
 	}
 	return ks
-}
-
-// keysCall makes a unary call presenting tok as the bearer token on a
-// plain connection and returns the error and the renewed token, if any.
-func keysCall(t testing.TB, client testpb.TestServiceClient, tok string) (string, error) {
-	t.Helper()
-	var hdr, tr metadata.MD
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-	_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr))
-	if v := hdr.Get(DefaultRenewalHeader); len(v) > 0 {
-		t.Errorf("unary call got %d renewed tokens in the header, want them in the trailer only", len(v))
-	}
-	switch v := tr.Get(DefaultRenewalHeader); len(v) {
-	case 0:
-		return "", err
-	case 1:
-		return v[0], err
-	default:
-		t.Fatalf("trailer has %d renewed tokens, want at most 1", len(v))
-		return "", err
-	}
-}
-
-// keysHeader returns the JOSE header of tok, unverified.
-func keysHeader(t testing.TB, tok string) map[string]any {
-	t.Helper()
-	tk, _, err := jwt.NewParser().ParseUnverified(tok, jwt.MapClaims{})
-	if err != nil {
-		t.Fatalf("ParseUnverified: %v", err)
-	}
-	return tk.Header
 }
 
 func TestNewKey_HMACSecretLength(t *testing.T) {
@@ -279,7 +246,7 @@ func TestNewKey_CopiesSecret(t *testing.T) {
 	}
 	clear(secret) // the caller reuses its buffer
 	client := testpb.NewTestServiceClient(e.dial(t))
-	if _, err := keysCall(t, client, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatalf("call after the caller cleared its secret buffer: %v", err)
 	}
 	// And the token is signed with the original secret, not the cleared one.
@@ -357,11 +324,11 @@ func TestKeys_RoundTrip(t *testing.T) {
 			e := newEnv(t, withKeys(keysSet(t, keysMust(t, kid, tc.method, tc.key))))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			s := e.startSession(t, map[string]any{"role": "admin"})
-			h := keysHeader(t, s.AccessToken)
+			h := decodeToken(t, s.AccessToken).header
 			if h["alg"] != alg || h["kid"] != kid || h["typ"] != "at+jwt" {
 				t.Errorf("header = %v, want alg %q kid %q typ at+jwt", h, alg, kid)
 			}
-			renewed, err := keysCall(t, client, s.AccessToken)
+			renewed, err := unaryCall(t, client, s.AccessToken)
 			if err != nil {
 				t.Fatalf("first call: %v", err)
 			}
@@ -375,17 +342,17 @@ func TestKeys_RoundTrip(t *testing.T) {
 				t.Fatalf("handler claims = %+v, want sub alice sid %s", c, s.SessionID)
 			}
 			e.clock.Advance(13 * time.Hour)
-			renewed, err = keysCall(t, client, s.AccessToken)
+			renewed, err = unaryCall(t, client, s.AccessToken)
 			if err != nil {
 				t.Fatalf("call in the renewal window: %v", err)
 			}
 			if renewed == "" {
 				t.Fatal("no renewed token in the renewal window")
 			}
-			if h := keysHeader(t, renewed); h["alg"] != alg || h["kid"] != kid {
+			if h := decodeToken(t, renewed).header; h["alg"] != alg || h["kid"] != kid {
 				t.Errorf("renewed header = %v, want alg %q kid %q", h, alg, kid)
 			}
-			if _, err := keysCall(t, client, renewed); err != nil {
+			if _, err := unaryCall(t, client, renewed); err != nil {
 				t.Fatalf("call with the renewed token: %v", err)
 			}
 			if got := e.svc.calls.Load(); got != 3 {
@@ -426,7 +393,7 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 			local := keysMust(t, "local", jwt.SigningMethodHS256, keysSecret(t, 32))
 			e := newEnv(t, withKeys(keysSet(t, local, pub)))
 			client := testpb.NewTestServiceClient(e.dial(t))
-			if _, err := keysCall(t, client, s.AccessToken); err != nil {
+			if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 				t.Fatalf("verify-only key: %v", err)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -436,7 +403,7 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 			if err := e.server.RotateKeys(keysSet(t, local)); err != nil {
 				t.Fatal(err)
 			}
-			_, err = keysCall(t, client, s.AccessToken)
+			_, err = unaryCall(t, client, s.AccessToken)
 			wantReason(t, err, ReasonTokenInvalid)
 			if got := e.svc.calls.Load(); got != 1 {
 				t.Errorf("handler calls = %d after rejection, want 1", got)
@@ -455,7 +422,7 @@ func TestKeys_Rotation(t *testing.T) {
 	e := newEnv(t, withKeys(keysSet(t, k1)))
 	client := testpb.NewTestServiceClient(e.dial(t))
 	s := e.startSession(t, nil)
-	if kid := keysHeader(t, s.AccessToken)["kid"]; kid != "k1" {
+	if kid := decodeToken(t, s.AccessToken).header["kid"]; kid != "k1" {
 		t.Fatalf("first token kid = %v, want k1", kid)
 	}
 
@@ -463,14 +430,14 @@ func TestKeys_Rotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.clock.Advance(13 * time.Hour) // into the renewal window
-	renewed, err := keysCall(t, client, s.AccessToken)
+	renewed, err := unaryCall(t, client, s.AccessToken)
 	if err != nil {
 		t.Fatalf("k1 token under (k2, k1): %v", err)
 	}
 	if renewed == "" {
 		t.Fatal("no renewal in the renewal window")
 	}
-	if h := keysHeader(t, renewed); h["kid"] != "k2" || h["alg"] != "EdDSA" {
+	if h := decodeToken(t, renewed).header; h["kid"] != "k2" || h["alg"] != "EdDSA" {
 		t.Errorf("renewed header = %v, want kid k2 alg EdDSA", h)
 	}
 	if got := e.svc.calls.Load(); got != 1 {
@@ -480,12 +447,12 @@ func TestKeys_Rotation(t *testing.T) {
 	if err := e.server.RotateKeys(keysSet(t, k2)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = keysCall(t, client, s.AccessToken)
+	_, err = unaryCall(t, client, s.AccessToken)
 	wantReason(t, err, ReasonTokenInvalid)
 	if got := e.svc.calls.Load(); got != 1 {
 		t.Errorf("handler calls = %d after the k1 token was rejected, want 1", got)
 	}
-	if _, err := keysCall(t, client, renewed); err != nil {
+	if _, err := unaryCall(t, client, renewed); err != nil {
 		t.Fatalf("k2 renewal after k1 was dropped: %v", err)
 	}
 	if got := e.svc.calls.Load(); got != 2 {
@@ -549,7 +516,7 @@ func TestKeys_ZeroKey(t *testing.T) {
 		}
 		e := newEnv(t, withKeys(ks))
 		client := testpb.NewTestServiceClient(e.dial(t))
-		if _, err := keysCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
+		if _, err := unaryCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
 			t.Fatalf("call with a token signed by the copy: %v", err)
 		}
 	})
@@ -579,7 +546,7 @@ func TestKeys_ZeroKeySet(t *testing.T) {
 				t.Errorf("Active() = %v, want nil", got)
 			}
 			s := e.startSession(t, nil) // still signs with the old keys
-			if _, err := newPolicyCaller(t, e).unary(s.AccessToken); err != nil {
+			if _, err := unaryCall(t, srvClient(t, e), s.AccessToken); err != nil {
 				t.Errorf("call after the refused rotation: %v", err)
 			}
 		})

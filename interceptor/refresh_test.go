@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -50,12 +49,6 @@ func refreshAnswered(e *testEnv) int {
 	return e.events.count(EventRefreshed, refreshMethod) + e.events.count(EventRejected, refreshMethod)
 }
 
-// refreshBearer returns a context whose outgoing metadata carries tok as a
-// bearer token.
-func refreshBearer(tok string) context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-}
-
 // refreshCall calls TokenService.Refresh with rt and no authorization.
 func refreshCall(tc slidejwtv1.TokenServiceClient, rt string) (*slidejwtv1.TokenPair, error) {
 	resp, err := tc.Refresh(context.Background(), &slidejwtv1.RefreshRequest{RefreshToken: rt})
@@ -72,35 +65,10 @@ func refreshMust(t testing.TB, tc slidejwtv1.TokenServiceClient, rt string) *sli
 	return p
 }
 
-// refreshDecode returns tok's typ header and claims, without verifying.
-func refreshDecode(t testing.TB, tok string) (string, *Claims) {
-	t.Helper()
-	var c Claims
-	tk, _, err := jwt.NewParser().ParseUnverified(tok, &c)
-	if err != nil {
-		t.Fatalf("decode token: %v", err)
-	}
-	typ, _ := tk.Header["typ"].(string)
-	return typ, &c
-}
-
-// refreshJTI returns tok's jti.
-func refreshJTI(t testing.TB, tok string) string {
-	t.Helper()
-	_, c := refreshDecode(t, tok)
-	return c.ID
-}
-
-// refreshUnary makes a TestService UnaryCall with tok as its bearer token.
-func refreshUnary(tc testpb.TestServiceClient, tok string) error {
-	_, err := tc.UnaryCall(refreshBearer(tok), &testpb.SimpleRequest{})
-	return err
-}
-
 // refreshStream opens a StreamingOutputCall with tok and reads it to its
 // end.
 func refreshStream(tc testpb.TestServiceClient, tok string) error {
-	st, err := tc.StreamingOutputCall(refreshBearer(tok), &testpb.StreamingOutputCallRequest{
+	st, err := tc.StreamingOutputCall(bearerCtx(tok), &testpb.StreamingOutputCallRequest{
 		ResponseParameters: []*testpb.ResponseParameters{{}},
 	})
 	if err != nil {
@@ -143,8 +111,8 @@ func TestRefresh_StartSessionRefreshToken(t *testing.T) {
 			if s.RefreshToken == "" {
 				t.Fatal("RefreshToken is empty with a session store")
 			}
-			typ, rc := refreshDecode(t, s.RefreshToken)
-			atyp, ac := refreshDecode(t, s.AccessToken)
+			rd, ad := decodeToken(t, s.RefreshToken), decodeToken(t, s.AccessToken)
+			typ, rc, atyp, ac := rd.typ(), rd.claims, ad.typ(), ad.claims
 			if typ != refreshTokenType || atyp != accessTokenType {
 				t.Fatalf("typ = %q (refresh), %q (access); want %q, %q", typ, atyp, refreshTokenType, accessTokenType)
 			}
@@ -198,14 +166,14 @@ func TestRefresh_Rotates(t *testing.T) {
 	e := newEnv(t, withMemStore())
 	custom := map[string]any{"role": "admin", "n": 7, "tags": []string{"a", "b"}}
 	s := e.startSession(t, custom)
-	_, orig := refreshDecode(t, s.AccessToken)
-	_, origRT := refreshDecode(t, s.RefreshToken)
+	orig := decodeToken(t, s.AccessToken).claims
+	origRT := decodeToken(t, s.RefreshToken).claims
 	tsc, tc := e.clients(t)
 
 	e.clock.Advance(time.Hour)
 	p := refreshMust(t, tc, s.RefreshToken)
-	atyp, ac := refreshDecode(t, p.GetAccessToken())
-	rtyp, rc := refreshDecode(t, p.GetRefreshToken())
+	ad, rd := decodeToken(t, p.GetAccessToken()), decodeToken(t, p.GetRefreshToken())
+	atyp, ac, rtyp, rc := ad.typ(), ad.claims, rd.typ(), rd.claims
 	if atyp != accessTokenType || rtyp != refreshTokenType {
 		t.Fatalf("typ = %q, %q; want %q, %q", atyp, rtyp, accessTokenType, refreshTokenType)
 	}
@@ -245,7 +213,7 @@ func TestRefresh_Rotates(t *testing.T) {
 	}
 
 	// The new access token authenticates; the handler sees it.
-	if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+	if _, err := unaryCall(t, tsc, p.GetAccessToken()); err != nil {
 		t.Fatalf("call with the refreshed access token: %v", err)
 	}
 	if got := e.svc.lastClaims.Load(); got == nil || got.ID != ac.ID || got.Fresh {
@@ -254,7 +222,7 @@ func TestRefresh_Rotates(t *testing.T) {
 	// The new refresh token rotates in turn.
 	e.clock.Advance(time.Hour)
 	p2 := refreshMust(t, tc, p.GetRefreshToken())
-	if _, c2 := refreshDecode(t, p2.GetAccessToken()); c2.SessionID != s.SessionID {
+	if c2 := decodeToken(t, p2.GetAccessToken()).claims; c2.SessionID != s.SessionID {
 		t.Fatalf("second refresh: sid %q, want %q", c2.SessionID, s.SessionID)
 	}
 }
@@ -296,7 +264,7 @@ func TestRefresh_GracePeriod(t *testing.T) {
 				if revoked := e.revoked(t, s.SessionID); revoked {
 					t.Fatal("session revoked by a replay within the grace period")
 				}
-				if err := refreshUnary(tsc, p1.GetAccessToken()); err != nil {
+				if _, err := unaryCall(t, tsc, p1.GetAccessToken()); err != nil {
 					t.Fatalf("successor access token after a replay: %v", err)
 				}
 				if _, err := refreshCall(tc2, p1.GetRefreshToken()); err != nil {
@@ -310,7 +278,8 @@ func TestRefresh_GracePeriod(t *testing.T) {
 			}
 			before := e.svc.calls.Load()
 			for _, tok := range []string{p1.GetAccessToken(), s.AccessToken} {
-				wantReason(t, refreshUnary(tsc, tok), ReasonSessionRevoked)
+				_, err := unaryCall(t, tsc, tok)
+				wantReason(t, err, ReasonSessionRevoked)
 				wantReason(t, refreshStream(tsc, tok), ReasonSessionRevoked)
 			}
 			if got := e.svc.calls.Load(); got != before {
@@ -332,9 +301,10 @@ func TestRefresh_TokenTypeSeparation(t *testing.T) {
 	_, err := refreshCall(tc, s.AccessToken)
 	wantReason(t, err, ReasonTokenInvalid)
 
-	wantReason(t, refreshUnary(tsc, s.RefreshToken), ReasonTokenInvalid)
+	_, err = unaryCall(t, tsc, s.RefreshToken)
+	wantReason(t, err, ReasonTokenInvalid)
 	wantReason(t, refreshStream(tsc, s.RefreshToken), ReasonTokenInvalid)
-	_, err = tc.Revoke(refreshBearer(s.RefreshToken), &slidejwtv1.RevokeRequest{})
+	_, err = tc.Revoke(bearerCtx(s.RefreshToken), &slidejwtv1.RevokeRequest{})
 	wantReason(t, err, ReasonTokenInvalid)
 	if got := e.svc.calls.Load(); got != 0 {
 		t.Fatalf("handler ran %d times for a refresh token", got)
@@ -343,7 +313,7 @@ func TestRefresh_TokenTypeSeparation(t *testing.T) {
 		t.Fatal("Revoke with a refresh token revoked the session")
 	}
 	// Neither rejection consumed anything: both tokens still work.
-	if err := refreshUnary(tsc, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, tsc, s.AccessToken); err != nil {
 		t.Fatalf("access token after the type checks: %v", err)
 	}
 	refreshMust(t, tc, s.RefreshToken)
@@ -432,7 +402,7 @@ func TestRefresh_Rejections(t *testing.T) {
 				t.Fatalf("Refresh: %v", err)
 			}
 			// Every pair Refresh hands out must be usable at once.
-			if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+			if _, err := unaryCall(t, tsc, p.GetAccessToken()); err != nil {
 				t.Fatalf("refreshed access token rejected at once: %v", err)
 			}
 		})
@@ -462,7 +432,7 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 	}{
 		{"no authorization", func(Session) metadata.MD { return nil }},
 		{"lapsed access token", func(s Session) metadata.MD {
-			return metadata.Pairs("authorization", "Bearer "+s.AccessToken)
+			return bearerMD(s.AccessToken)
 		}},
 		{"garbage authorization", func(Session) metadata.MD { return metadata.Pairs("authorization", "Bearer garbage") }},
 		{"two authorization values", func(s Session) metadata.MD {
@@ -474,14 +444,15 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			e.clock.Set(s.Expiry.Add(DefaultLeeway)) // the access token has lapsed
-			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonTokenExpired)
+			_, err := unaryCall(t, tsc, s.AccessToken)
+			wantReason(t, err, ReasonTokenExpired)
 
 			ctx := metadata.NewOutgoingContext(context.Background(), tc.md(s))
 			resp, err := tokc.Refresh(ctx, &slidejwtv1.RefreshRequest{RefreshToken: s.RefreshToken})
 			if err != nil {
 				t.Fatalf("Refresh: %v", err)
 			}
-			if err := refreshUnary(tsc, resp.GetTokens().GetAccessToken()); err != nil {
+			if _, err := unaryCall(t, tsc, resp.GetTokens().GetAccessToken()); err != nil {
 				t.Fatalf("refreshed access token: %v", err)
 			}
 		})
@@ -504,16 +475,17 @@ func TestRefresh_Revoke(t *testing.T) {
 	}
 
 	e.clock.Advance(time.Minute)
-	if _, err := tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+	if _, err := tc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	if !e.revoked(t, s.SessionID) {
 		t.Fatal("session not revoked in the store")
 	}
 	before := e.svc.calls.Load()
-	wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonSessionRevoked)
+	_, err = unaryCall(t, tsc, s.AccessToken)
+	wantReason(t, err, ReasonSessionRevoked)
 	wantReason(t, refreshStream(tsc, s.AccessToken), ReasonSessionRevoked)
-	bidi, err := tsc.FullDuplexCall(refreshBearer(s.AccessToken))
+	bidi, err := tsc.FullDuplexCall(bearerCtx(s.AccessToken))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -525,11 +497,11 @@ func TestRefresh_Revoke(t *testing.T) {
 	}
 	_, err = refreshCall(tc, s.RefreshToken)
 	wantReason(t, err, ReasonSessionRevoked)
-	_, err = tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{})
+	_, err = tc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{})
 	wantReason(t, err, ReasonSessionRevoked)
 
 	// Another session of the same user is untouched.
-	if err := refreshUnary(tsc, other.AccessToken); err != nil {
+	if _, err := unaryCall(t, tsc, other.AccessToken); err != nil {
 		t.Fatalf("other session after Revoke: %v", err)
 	}
 	refreshMust(t, tc, other.RefreshToken)
@@ -554,7 +526,7 @@ func TestRefresh_RevokeSession(t *testing.T) {
 			err := e.server.RevokeSession(context.Background(), s.SessionID)
 			refreshWantCode(t, err, tc.wantCode)
 			if tc.wantCode != codes.OK {
-				if err := refreshUnary(tsc, s.AccessToken); err != nil {
+				if _, err := unaryCall(t, tsc, s.AccessToken); err != nil {
 					t.Fatalf("call after a refused RevokeSession: %v", err)
 				}
 				if n := e.events.count(EventRevoked, ""); n != 0 {
@@ -562,7 +534,8 @@ func TestRefresh_RevokeSession(t *testing.T) {
 				}
 				return
 			}
-			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonSessionRevoked)
+			_, err = unaryCall(t, tsc, s.AccessToken)
+			wantReason(t, err, ReasonSessionRevoked)
 			wantReason(t, refreshStream(tsc, s.AccessToken), ReasonSessionRevoked)
 			if s.RefreshToken != "" {
 				_, err := refreshCall(tokc, s.RefreshToken)
@@ -615,7 +588,7 @@ func TestRefresh_Concurrent(t *testing.T) {
 	// taken as reuse and revoke the session).
 	e.clock.Advance(time.Minute)
 	p := refreshMust(t, tc, pairs[0].GetRefreshToken())
-	if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+	if _, err := unaryCall(t, tsc, p.GetAccessToken()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -675,7 +648,7 @@ func TestRefresh_Events(t *testing.T) {
 	s2 := e.startSession(t, nil)
 	tokens = append(tokens, s2.AccessToken, s2.RefreshToken)
 	take()
-	if _, err := tc.Revoke(refreshBearer(s2.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+	if _, err := tc.Revoke(bearerCtx(s2.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	evs = take()
@@ -750,7 +723,7 @@ func TestRefresh_StoreCheckedBeforeSigning(t *testing.T) {
 		}, ReasonSessionRevoked, 0},
 		{"revoked by logout", func(t *testing.T, e *testEnv, s Session) string {
 			_, tokc := e.clients(t)
-			if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+			if _, err := tokc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 				t.Fatal(err)
 			}
 			return s.RefreshToken
@@ -889,7 +862,7 @@ func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
 		parts := strings.Split(tok, ".")
 		secrets[name+" payload"] = []byte(parts[1])
 		secrets[name+" signature"] = []byte(parts[2])
-		jti := refreshJTI(t, tok)
+		jti := decodeToken(t, tok).claims.ID
 		secrets[name+" jti"] = []byte(jti)
 		if raw, err := base64.RawURLEncoding.DecodeString(jti); err == nil {
 			secrets[name+" jti bytes"] = raw
@@ -908,12 +881,12 @@ func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
 
 	// The stored successor is the sealed pair, for the presented token's
 	// id and this session only.
-	presentedJTI := refreshJTI(t, s.RefreshToken)
+	presentedJTI := decodeToken(t, s.RefreshToken).claims.ID
 	pair, err := openSuccessor(successors[0], presentedJTI, s.SessionID)
 	if err != nil || !proto.Equal(pair, next.TokenPair()) {
 		t.Fatalf("stored successor opens to %v (err %v), want the successor pair", pair, err)
 	}
-	if _, err := openSuccessor(successors[0], refreshJTI(t, next.RefreshToken), s.SessionID); err == nil {
+	if _, err := openSuccessor(successors[0], decodeToken(t, next.RefreshToken).claims.ID, s.SessionID); err == nil {
 		t.Fatal("stored successor opens with another refresh token's id")
 	}
 	if _, err := openSuccessor(successors[0], presentedJTI, "another-session"); err == nil {
@@ -932,7 +905,7 @@ func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
 
 	// A renewal is due: an ordinary call gets one.
 	var tr metadata.MD
-	if _, err := tsc.UnaryCall(refreshBearer(other.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&tr)); err != nil {
+	if _, err := tsc.UnaryCall(bearerCtx(other.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&tr)); err != nil {
 		t.Fatal(err)
 	}
 	if len(tr.Get(DefaultRenewalHeader)) != 1 {
@@ -941,7 +914,7 @@ func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
 
 	var hdr metadata.MD
 	tr = nil
-	if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
+	if _, err := tokc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	if h, tt := hdr.Get(DefaultRenewalHeader), tr.Get(DefaultRenewalHeader); len(h)+len(tt) != 0 {

@@ -168,7 +168,7 @@ func reviewPayload(extra string) string {
 // tok, and returns its error and the claims the handler saw (nil if it did
 // not run).
 func reviewAuthenticate(s *Server, tok string) (*Claims, error) {
-	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
+	ctx := metadata.NewIncomingContext(context.Background(), bearerMD(tok))
 	var seen *Claims
 	handler := func(ctx context.Context, _ any) (any, error) {
 		seen, _ = ClaimsFromContext(ctx)
@@ -253,7 +253,7 @@ func TestReview_UnicodeFoldedClaimNames(t *testing.T) {
 // renewed token the server sent ("" for none).
 func reviewRenewed(t testing.TB, c testpb.TestServiceClient, kind, tok string) string {
 	t.Helper()
-	ctx := metadata.AppendToOutgoingContext(reviewCtx(t, reviewWait), "authorization", "Bearer "+tok)
+	ctx := metadata.NewOutgoingContext(reviewCtx(t, reviewWait), bearerMD(tok))
 	var md metadata.MD
 	switch kind {
 	case "unary":
@@ -306,7 +306,7 @@ func TestReview_RenewalDedupPerToken(t *testing.T) {
 			}
 			e.clock.Set(t0.Add(DefaultTTL/2 + time.Hour)) // renewal due for both
 			for _, want := range toks {
-				_, got := refreshDecode(t, reviewRenewed(t, c, kind, want.tok))
+				got := decodeToken(t, reviewRenewed(t, c, kind, want.tok)).claims
 				if got.Subject != want.sub || got.SessionID != want.sid {
 					t.Fatalf("renewal of %s's token: sub %q, sid %q; want %q, %q", want.sub, got.Subject, got.SessionID, want.sub, want.sid)
 				}

@@ -197,12 +197,12 @@ func TestRevocation_EntryOutlivesLeeway(t *testing.T) {
 	_ = list.Revoke(context.Background(), sid, e.clock.Now(), capT.Add(DefaultLeeway)) // as documented: the session's end plus the leeway
 	p := newPolicyCaller(t, e)
 	e.clock.Set(capT.Add(-time.Second))
-	_, err := p.unary(tok)
+	_, err := unaryCall(t, p.client, tok)
 	wantReason(t, err, ReasonSessionRevoked)
 
 	e.clock.Set(capT.Add(10 * time.Second)) // within the leeway of exp and of the cap
 	_ = list.Revoke(context.Background(), "another-session", e.clock.Now(), capT.Add(time.Hour))
-	_, err = p.unary(tok)
+	_, err = unaryCall(t, p.client, tok)
 	if err == nil {
 		t.Fatal("revoked session accepted at cap+10s: its entry was pruned at the cap, but its token is accepted until cap+leeway")
 	}

@@ -25,7 +25,7 @@ func rotKey(t testing.TB, kid string) *Key {
 // rotKid returns the kid header of tok.
 func rotKid(t testing.TB, tok string) string {
 	t.Helper()
-	kid, _ := keysHeader(t, tok)["kid"].(string)
+	kid, _ := decodeToken(t, tok).header["kid"].(string)
 	return kid
 }
 
@@ -66,7 +66,7 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 			rotate.Store(true)
 
 			var hdr, tr metadata.MD
-			ctx := srvBearer(s.AccessToken)
+			ctx := bearerCtx(s.AccessToken)
 			if kind == "unary" {
 				_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&tr))
 			} else {
@@ -92,8 +92,8 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 			if n := svc.calls.Load(); n != 1 {
 				t.Fatalf("handler ran %d times, want 1", n)
 			}
-			renewed := srvRenewed(t, tr)
-			if kind != "unary" && srvRenewed(t, hdr) != renewed {
+			renewed := renewedToken(t, tr)
+			if kind != "unary" && renewedToken(t, hdr) != renewed {
 				t.Fatal("header and trailer carry different renewals")
 			}
 			if renewed == "" {
@@ -220,7 +220,7 @@ func TestRotation_TwoPhaseRolling(t *testing.T) {
 	// The successor, signed with the new key, works on both.
 	clock.Advance(time.Minute)
 	for i, c := range plain {
-		if err := refreshUnary(c, pair.GetAccessToken()); err != nil {
+		if _, err := unaryCall(t, c, pair.GetAccessToken()); err != nil {
 			t.Fatalf("replica %d refused the refreshed access token: %v", i, err)
 		}
 	}

@@ -440,11 +440,11 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(tc.interval)))
 			s := e.startSession(t, nil)
 			other := e.startSession(t, nil)
-			sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, tc.kind)
+			sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, tc.kind)
 			sc.ping("before the revocation")
 
 			if tc.logout {
-				if _, err := e.tokens.Revoke(srvBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+				if _, err := e.tokens.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 					t.Fatalf("Revoke: %v", err)
 				}
 			} else if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
@@ -462,7 +462,7 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 
 			// The other session's streams are untouched.
 			e.svc.calls.Store(0)
-			streamOpen(t, srvBearer(other.AccessToken), e.client, e.svc, tc.kind).ping("other session")
+			streamOpen(t, bearerCtx(other.AccessToken), e.client, e.svc, tc.kind).ping("other session")
 		})
 	}
 }
@@ -477,7 +477,7 @@ func TestStream_SilentRevokedWithinDefaultInterval(t *testing.T) {
 		t.Fatalf("stream check interval = %v, want the default %v", got, DefaultStreamCheckInterval)
 	}
 	s := e.startSession(t, nil)
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("before the revocation")
 	if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
 		t.Fatal(err)
@@ -512,7 +512,7 @@ func TestStream_EndsAtSessionEnd(t *testing.T) {
 				if want := t0.Add(2*time.Hour + DefaultLeeway); !until.Equal(want) {
 					t.Fatalf("AcceptUntil = %v, want %v", until, want)
 				}
-				sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, kind)
+				sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, kind)
 				sc.ping("at login")
 
 				e.clock.Set(until.Add(-time.Nanosecond))
@@ -606,7 +606,7 @@ func TestStream_StoreFailureEndsStream(t *testing.T) {
 			}
 			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(interval)))
 			s := e.startSession(t, nil)
-			sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+			sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 			sc.ping("before the store failed")
 
 			e.store.fail.Store(true)
@@ -635,7 +635,7 @@ func TestStream_StoreFailureEndsStream(t *testing.T) {
 func TestStream_OutlivesAccessTokenExpiry(t *testing.T) {
 	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamFast)))
 	s := e.startSession(t, nil)
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("at login")
 
 	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Hour))
@@ -665,7 +665,7 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 	}))
 	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)), withBefore(nil, rec))
 	s := e.startSession(t, nil)
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("before the panic")
 
 	err := sc.clientMsg("panic")
@@ -680,7 +680,7 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 	default:
 		t.Fatal("recovery handler not called")
 	}
-	streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi).ping("after the panic")
+	streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi).ping("after the panic")
 }
 
 // TestStream_TimerEndsStreamAtSessionEnd: with the real clock a timer ends
@@ -696,7 +696,7 @@ func TestStream_TimerEndsStreamAtSessionEnd(t *testing.T) {
 	if got := e.server.Policy().AcceptUntil(s.AuthTime); !got.Equal(s.End) {
 		t.Fatalf("AcceptUntil = %v, want the session end %v (no leeway)", got, s.End)
 	}
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("after login")
 
 	err := sc.end(time.Until(s.End) + slack)

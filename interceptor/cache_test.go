@@ -16,6 +16,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 )
@@ -915,5 +916,71 @@ func TestServerCache_Disabled(t *testing.T) {
 
 	if _, err := NewServer(testKeySet(t), WithCacheSize(-1)); !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("WithCacheSize(-1): err = %v, want ErrInvalidOption", err)
+	}
+}
+
+// cacheRenewed makes a call of kind presenting tok and returns the
+// renewed token the server sent ("" for none).
+func cacheRenewed(t testing.TB, c testpb.TestServiceClient, kind, tok string) string {
+	t.Helper()
+	ctx := metadata.NewOutgoingContext(crfCtx(t), bearerMD(tok))
+	var md metadata.MD
+	switch kind {
+	case "unary":
+		if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&md)); err != nil {
+			t.Fatalf("UnaryCall: %v", err)
+		}
+	case "server-stream":
+		st, err := c.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := drain(st); err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		md = st.Trailer()
+	}
+	v := md.Get(DefaultRenewalHeader)
+	if len(v) != 1 {
+		t.Fatalf("%d renewed tokens, want 1", len(v))
+	}
+	return v[0]
+}
+
+// TestServerCache_RenewalPerTokenNotPerJTI: two trusted tokens that share a jti but
+// belong to different sessions each get a renewal of their own session.
+func TestServerCache_RenewalPerTokenNotPerJTI(t *testing.T) {
+	for _, kind := range []string{"unary", "server-stream"} {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t)
+			c := testpb.NewTestServiceClient(e.dial(t))
+			mint := func(sub, sid string) string {
+				tok, err := e.server.sign(e.server.ver.Load(), &Claims{
+					RegisteredClaims: jwt.RegisteredClaims{
+						Subject:   sub,
+						ID:        "the-same-jti",
+						IssuedAt:  jwt.NewNumericDate(t0),
+						ExpiresAt: jwt.NewNumericDate(t0.Add(DefaultTTL)),
+					},
+					SessionID: sid,
+					AuthTime:  jwt.NewNumericDate(t0),
+				}, accessTokenType)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tok
+			}
+			toks := []struct{ sub, sid, tok string }{
+				{"alice", "sid-alice", mint("alice", "sid-alice")},
+				{"bob", "sid-bob", mint("bob", "sid-bob")},
+			}
+			e.clock.Set(t0.Add(DefaultTTL/2 + time.Hour)) // renewal due for both
+			for _, want := range toks {
+				got := decodeToken(t, cacheRenewed(t, c, kind, want.tok)).claims
+				if got.Subject != want.sub || got.SessionID != want.sid {
+					t.Fatalf("renewal of %s's token: sub %q, sid %q; want %q, %q", want.sub, got.Subject, got.SessionID, want.sub, want.sid)
+				}
+			}
+		})
 	}
 }

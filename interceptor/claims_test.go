@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -22,7 +24,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 )
 
 // claimsSegment decodes segment i (0 header, 1 payload) of a compact JWT
@@ -886,4 +891,223 @@ func TestClaims_UnmarshalDuplicateNames(t *testing.T) {
 			t.Errorf("Unmarshal(%s) = %v, want errDuplicateName", payload, err)
 		}
 	}
+}
+
+// claimsLookalikes are custom claim names that differ from a session claim
+// only under Unicode simple folding, or that look like one but do not
+// fold to it (U+212A KELVIN SIGN folds to k, which no session claim has).
+var claimsLookalikes = []string{"ſub", "ſid", "freſh", "iſs", "SUB", "Fresh", "\u212Aid", "\u212Aſub", "subſ"}
+
+// claimsFoldsToReserved reports, independently of the library, whether
+// name equals a session claim under strings.EqualFold.
+func claimsFoldsToReserved(name string) bool {
+	for _, r := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "auth_time", "fresh"} {
+		if strings.EqualFold(name, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// claimsSecret is the HMAC secret of hand-made tokens (claimsSign) and of
+// the servers that verify them (claimsKeys).
+var claimsSecret = []byte("claims-test-secret-0123456789abcdef")
+
+// claimsKeys is the key set of claimsSecret, kid "rk".
+func claimsKeys(t testing.TB) *KeySet {
+	t.Helper()
+	k, err := NewKey("rk", jwt.SigningMethodHS256, claimsSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := NewKeySet(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+// claimsSign assembles a compact HS256 JWS of typ at+jwt, kid "rk", over
+// payload exactly as given (no re-encoding), signed with claimsSecret.
+func claimsSign(payload string) string {
+	enc := base64.RawURLEncoding
+	input := enc.EncodeToString([]byte(`{"alg":"HS256","kid":"rk","typ":"at+jwt"}`)) + "." + enc.EncodeToString([]byte(payload))
+	mac := hmac.New(sha256.New, claimsSecret)
+	mac.Write([]byte(input))
+	return input + "." + enc.EncodeToString(mac.Sum(nil))
+}
+
+// claimsPayload is a valid access-token payload for sid s1 and subject
+// alice, issued at t0 and expiring an hour later, with extra members
+// appended as given.
+func claimsPayload(extra string) string {
+	p := fmt.Sprintf(`{"sub":"alice","exp":%d,"iat":%d,"jti":"j1","sid":"s1","auth_time":%d`,
+		t0.Add(time.Hour).Unix(), t0.Unix(), t0.Unix())
+	if extra != "" {
+		p += "," + extra
+	}
+	return p + "}"
+}
+
+// claimsAuthenticate runs s's unary interceptor on a call that presents
+// tok, and returns its error and the claims the handler saw (nil if it did
+// not run).
+func claimsAuthenticate(s *Server, tok string) (*Claims, error) {
+	ctx := metadata.NewIncomingContext(context.Background(), bearerMD(tok))
+	var seen *Claims
+	handler := func(ctx context.Context, _ any) (any, error) {
+		seen, _ = ClaimsFromContext(ctx)
+		if seen == nil {
+			seen = new(Claims)
+		}
+		return nil, nil
+	}
+	_, err := s.UnaryServerInterceptor()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: refreshUnaryMethod}, handler)
+	return seen, err
+}
+
+// TestClaims_UnicodeFoldedNames: encoding/json matches member names
+// under Unicode simple folding, so "ſub" is "sub" to it. Such names are
+// refused as custom claims, and a token carrying one is invalid.
+func TestClaims_UnicodeFoldedNames(t *testing.T) {
+	t.Run("StartSession", func(t *testing.T) {
+		e := newEnv(t)
+		for _, name := range claimsLookalikes {
+			reserved := claimsFoldsToReserved(name)
+			_, err := e.server.StartSession(context.Background(), "alice", map[string]any{name: "mallory"})
+			if got := errors.Is(err, ErrReservedClaim); got != reserved {
+				t.Errorf("StartSession with claim %q: err = %v; want ErrReservedClaim %v", name, err, reserved)
+			}
+		}
+	})
+
+	t.Run("MarshalJSON", func(t *testing.T) {
+		for _, name := range claimsLookalikes {
+			c := Claims{RegisteredClaims: jwt.RegisteredClaims{Subject: "alice"}, Custom: map[string]json.RawMessage{name: json.RawMessage(`"mallory"`)}}
+			_, err := c.MarshalJSON()
+			if got := errors.Is(err, ErrReservedClaim); got != claimsFoldsToReserved(name) {
+				t.Errorf("MarshalJSON with claim %q: err = %v; want ErrReservedClaim %v", name, err, claimsFoldsToReserved(name))
+			}
+		}
+	})
+
+	t.Run("UnmarshalJSON", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, payload string
+		}{
+			{"after", `{"sub":"alice","ſub":"mallory","sid":"s1"}`},
+			{"before", `{"ſub":"mallory","sub":"alice","sid":"s1"}`},
+			{"alone", `{"ſub":"mallory","sid":"s1"}`},
+			{"sid", `{"sub":"alice","sid":"s1","ſid":"s2"}`},
+			{"fresh", `{"sub":"alice","sid":"s1","freſh":true}`},
+		} {
+			var c Claims
+			if err := json.Unmarshal([]byte(tc.payload), &c); err == nil {
+				t.Errorf("%s: Unmarshal accepted a look-alike member: sub %q, sid %q, fresh %v", tc.name, c.Subject, c.SessionID, c.Fresh)
+			}
+		}
+		// A name that does not fold to a session claim is a custom claim.
+		var c Claims
+		if err := json.Unmarshal([]byte(`{"sub":"alice","\u212Aid":"x"}`), &c); err != nil {
+			t.Fatalf("Unmarshal with a custom claim %q: %v", "\u212Aid", err)
+		}
+		if c.Subject != "alice" || string(c.Custom["\u212Aid"]) != `"x"` {
+			t.Fatalf("got sub %q, custom %q; want alice, %q", c.Subject, c.Custom, `"x"`)
+		}
+	})
+
+	t.Run("signed token", func(t *testing.T) {
+		s := newEnv(t, withKeys(claimsKeys(t)), withStart(t0.Add(time.Minute))).server
+		// The hand-made token verifies without a look-alike member.
+		c, err := claimsAuthenticate(s, claimsSign(claimsPayload("")))
+		if err != nil || c == nil || c.Subject != "alice" {
+			t.Fatalf("control token: claims %v, err %v; want it accepted for alice", c, err)
+		}
+		for _, extra := range []string{`"ſub":"mallory"`, `"ſid":"s2"`, `"freſh":true`, `"iſs":"evil"`} {
+			c, err := claimsAuthenticate(s, claimsSign(claimsPayload(extra)))
+			if c != nil {
+				t.Errorf("token with %s: handler ran with sub %q, sid %q, fresh %v", extra, c.Subject, c.SessionID, c.Fresh)
+				continue
+			}
+			wantReason(t, err, ReasonTokenInvalid)
+		}
+	})
+}
+
+// claimsSecretValue is a claim value that no error may quote.
+const claimsSecretValue = "SECRET-VALUE"
+
+// TestClaims_ErrorsDoNotQuoteValues: client-side decode errors and
+// Claims.Lookup errors never quote a claim's value.
+func TestClaims_ErrorsDoNotQuoteValues(t *testing.T) {
+	badPayloads := []string{
+		`{"sub":"alice","sid":"s1","exp":"` + claimsSecretValue + `"}`,
+		`{"sub":"alice","sid":"s1","exp":1,"iat":"` + claimsSecretValue + `"}`,
+		`{"sub":"alice","sid":"s1","exp":1,"auth_time":"` + claimsSecretValue + `"}`,
+	}
+	t.Run("NewTokenHolder", func(t *testing.T) {
+		for _, p := range badPayloads {
+			_, err := NewTokenHolder(claimsSign(p))
+			if !errors.Is(err, ErrMalformedToken) {
+				t.Fatalf("err = %v, want ErrMalformedToken", err)
+			}
+			if strings.Contains(err.Error(), claimsSecretValue) {
+				t.Fatalf("error quotes a claim value: %v", err)
+			}
+		}
+	})
+
+	t.Run("refreshed pair", func(t *testing.T) {
+		e := newEnv(t, withMemStore())
+		s := e.startSession(t, nil)
+		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) {
+			return &slidejwtv1.TokenPair{AccessToken: claimsSign(badPayloads[0]), RefreshToken: "next"}, nil
+		}}
+		c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+		crfLapse(e, s)
+		err := crfUnary(t, c)
+		if err == nil || strings.Contains(err.Error(), claimsSecretValue) {
+			t.Fatalf("err = %v, want an error that does not quote a claim value", err)
+		}
+	})
+
+	t.Run("Lookup", func(t *testing.T) {
+		c := &Claims{Custom: map[string]json.RawMessage{
+			"when":  json.RawMessage(`"` + claimsSecretValue + `"`),
+			"count": json.RawMessage(`987654321`),
+		}}
+		for _, tc := range []struct {
+			name, secret string
+			into         any
+		}{
+			{"when", claimsSecretValue, new(time.Time)},
+			{"when", claimsSecretValue, new(int)},
+			{"count", "987654321", new(int8)},
+			{"count", "987654321", new(string)},
+		} {
+			ok, err := c.Lookup(tc.name, tc.into)
+			if !ok || err == nil {
+				t.Fatalf("Lookup(%q, %T) = %v, %v; want true and an error", tc.name, tc.into, ok, err)
+			}
+			if strings.Contains(err.Error(), tc.secret) {
+				t.Fatalf("Lookup(%q, %T) error quotes the claim's value: %v", tc.name, tc.into, err)
+			}
+		}
+	})
+
+	t.Run("Lookup on nil Claims", func(t *testing.T) {
+		var c *Claims
+		var v string
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Fatalf("Lookup on nil *Claims panicked: %v", p)
+				}
+			}()
+			ok, err := c.Lookup("role", &v)
+			if ok || err != nil {
+				t.Fatalf("Lookup on nil *Claims = %v, %v; want false, nil", ok, err)
+			}
+		}()
+	})
 }

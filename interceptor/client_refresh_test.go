@@ -1373,3 +1373,353 @@ func TestClientRefresh_InstallChecks(t *testing.T) {
 		})
 	}
 }
+
+// TestClientRefresh_NeedsSecureTransport: the default refresher sends the
+// refresh token only where the holder would send the access token. Without
+// AllowInsecureTransport, on a plaintext connection, no Refresh call
+// leaves the client, proactive or with a lapsed token.
+func TestClientRefresh_NeedsSecureTransport(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		at       func(s Session) time.Time
+		insecure bool
+	}{
+		{"inside the margin", func(s Session) time.Time { return s.Expiry.Add(-10 * time.Second) }, false},
+		{"lapsed", func(s Session) time.Time { return s.Expiry.Add(DefaultLeeway + time.Second) }, false},
+		{"control: inside the margin, insecure allowed", func(s Session) time.Time { return s.Expiry.Add(-10 * time.Second) }, true},
+		{"control: lapsed, insecure allowed", func(s Session) time.Time { return s.Expiry.Add(DefaultLeeway + time.Second) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
+			opts := []ClientOption{WithClock(e.clock.Now), WithRefreshToken(s.RefreshToken), WithRefreshTimeout(crfWait), BindTarget(cliTarget)}
+			if tc.insecure {
+				opts = append(opts, AllowInsecureTransport())
+			}
+			h, err := NewTokenHolder(s.AccessToken, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn := e.dial(t,
+				grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
+				grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
+			c := testpb.NewTestServiceClient(conn)
+			e.clock.Set(tc.at(s))
+
+			_, err = c.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+			refreshes, _ := e.calls.get(refreshMethod)
+			if tc.insecure {
+				if err != nil {
+					t.Fatalf("call: %v", err)
+				}
+				if refreshes != 1 {
+					t.Fatalf("Refresh reached the server %d times, want 1", refreshes)
+				}
+				if h.RefreshToken() == s.RefreshToken {
+					t.Fatal("holder did not take the new refresh token")
+				}
+				return
+			}
+			if got := status.Code(err); got != codes.Unauthenticated {
+				t.Fatalf("code = %v (err %v), want %v from the client", got, err, codes.Unauthenticated)
+			}
+			if r, ok := ReasonOf(err); ok {
+				t.Fatalf("reason = %v, want none: the call must fail in the client", r)
+			}
+			if refreshes != 0 {
+				t.Fatalf("Refresh reached the server %d times over plaintext, want 0", refreshes)
+			}
+			if got := refreshAnswered(e); got != 0 {
+				t.Fatalf("server answered %d Refresh calls, want 0", got)
+			}
+			crfWantCalls(t, e, refreshUnaryMethod, 0)
+			if h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder's refresh token changed")
+			}
+		})
+	}
+}
+
+// crfHeaderThenExpired sends a response header and then fails with
+// TOKEN_EXPIRED, as no slidejwt server does: the handler ran. Its
+// FullDuplexCall first reads one message.
+type crfHeaderThenExpired struct {
+	*testService
+	consumed atomic.Int64
+}
+
+func (s *crfHeaderThenExpired) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	s.enter(stream.Context())
+	if err := stream.SendHeader(metadata.Pairs("x-review", "handler-ran")); err != nil {
+		return err
+	}
+	return reject(ReasonTokenExpired, "")
+}
+
+func (s *crfHeaderThenExpired) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+	s.enter(stream.Context())
+	if err := stream.SendHeader(metadata.Pairs("x-review", "handler-ran")); err != nil {
+		return err
+	}
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	s.consumed.Add(1)
+	return reject(ReasonTokenExpired, "")
+}
+
+// TestClientRefresh_StreamNoReopenAfterHeader: a stream that received a header before
+// it failed with TOKEN_EXPIRED is not refreshed and reopened: its handler
+// ran and may have consumed the messages a reopen would replay.
+func TestClientRefresh_StreamNoReopenAfterHeader(t *testing.T) {
+	for _, kind := range []string{"server-stream", "bidi"} {
+		t.Run(kind, func(t *testing.T) {
+			svc := &crfHeaderThenExpired{testService: &testService{}}
+			e := newEnv(t, withMemStore(), withService(svc))
+			s := e.startSession(t, nil)
+			r := crfNewRefresher(t, e)
+			c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+
+			var err error
+			method := refreshOutMethod
+			switch kind {
+			case "server-stream":
+				var got int
+				got, err = crfServerStream(t, c, 1)
+				if got != 0 {
+					t.Fatalf("got %d messages, want 0", got)
+				}
+			case "bidi":
+				method = refreshBidiMethod
+				st, oerr := c.FullDuplexCall(crfCtx(t))
+				if oerr != nil {
+					t.Fatal(oerr)
+				}
+				if serr := st.Send(&testpb.StreamingOutputCallRequest{}); serr != nil && !errors.Is(serr, io.EOF) {
+					t.Fatal(serr)
+				}
+				_ = st.CloseSend()
+				_, err = st.Recv()
+			}
+			wantReason(t, err, ReasonTokenExpired)
+			if n := r.calls.Load(); n != 0 {
+				t.Fatalf("refresher called %d times, want 0", n)
+			}
+			crfWantRefreshes(t, e, 0)
+			crfWantCalls(t, e, method, 1)
+			if n := svc.calls.Load(); n != 1 {
+				t.Fatalf("handler ran %d times, want 1", n)
+			}
+			if kind == "bidi" && svc.consumed.Load() != 1 {
+				t.Fatalf("handler consumed %d messages, want 1", svc.consumed.Load())
+			}
+			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder's tokens changed")
+			}
+		})
+	}
+}
+
+// TestClientRefresh_InstallFailureRemembered: a refreshed pair the holder cannot
+// take is remembered like a rejection: the next call does not present the
+// refresh token again.
+func TestClientRefresh_InstallFailureRemembered(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pair func(t *testing.T, e *testEnv) *slidejwtv1.TokenPair
+	}{
+		{"another session", func(t *testing.T, e *testEnv) *slidejwtv1.TokenPair { return e.startSession(t, nil).TokenPair() }},
+		{"garbage access token", func(*testing.T, *testEnv) *slidejwtv1.TokenPair {
+			return &slidejwtv1.TokenPair{AccessToken: "garbage", RefreshToken: "next"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
+			pair := tc.pair(t, e)
+			r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return pair, nil }}
+			c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+			crfLapse(e, s)
+
+			for i := 1; i <= 2; i++ {
+				err := crfUnary(t, c)
+				if got := status.Code(err); got != codes.Internal {
+					t.Fatalf("call %d: code = %v (err %v), want %v", i, got, err, codes.Internal)
+				}
+				if n := r.calls.Load(); n != 1 {
+					t.Fatalf("after call %d: refresher called %d times, want 1", i, n)
+				}
+			}
+			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder took the pair")
+			}
+		})
+	}
+}
+
+// crfWaitCtx is a context that reports when its Done channel is first
+// asked for: a waiter of a refresh flight does so only to wait on it.
+type crfWaitCtx struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func (c *crfWaitCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
+}
+
+// TestClientRefresh_RefresherPanicReleasesWaiters: when a Refresher panics, the
+// callers waiting on its refresh are released with an error, and later
+// calls are not stuck behind the dead refresh.
+func TestClientRefresh_RefresherPanicReleasesWaiters(t *testing.T) {
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int64
+	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) {
+		if calls.Add(1) == 1 {
+			close(started)
+			<-release
+			panic("refresher panics")
+		}
+		return nil, status.Error(codes.Unavailable, "review: token service down")
+	})
+	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+	crfLapse(e, s)
+	seen := h.cur.Load()
+
+	// The leader: a call whose token lapsed runs the refresh, which
+	// panics on its goroutine.
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = c.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+	}()
+	select {
+	case <-started:
+	case <-time.After(crfWait):
+		t.Fatal("the refresh did not start")
+	}
+
+	// The waiters join the refresh in flight.
+	const n = 3
+	errs := make(chan error, n)
+	for range n {
+		ctx := &crfWaitCtx{Context: crfCtx(t), waiting: make(chan struct{})}
+		go func() {
+			err := h.refreshFrom(ctx, nil, seen)
+			if ctx.Err() != nil {
+				err = fmt.Errorf("still waiting at the deadline: %w", err)
+			}
+			errs <- err
+		}()
+		select {
+		case <-ctx.waiting:
+		case <-time.After(crfWait):
+			t.Fatal("a waiter did not join the refresh")
+		}
+	}
+	close(release)
+
+	select {
+	case v := <-panicked:
+		if v == nil {
+			t.Fatal("the refresher's panic did not reach the leader's goroutine")
+		}
+	case <-time.After(crfWait):
+		t.Fatal("the leader did not return")
+	}
+	for range n {
+		if err := <-errs; err == nil || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("waiter: err = %v, want an error before the deadline", err)
+		}
+	}
+	// No refresh is left in flight: the next call refreshes again.
+	err := crfUnary(t, c)
+	if got := status.Code(err); got != codes.Unavailable {
+		t.Fatalf("next call: code = %v (err %v), want %v from the refresher", got, err, codes.Unavailable)
+	}
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("refresher called %d times, want 2", got)
+	}
+}
+
+// TestClientRefresh_NoProactiveRefreshAtSessionEnd: once a refresh returned an
+// access token that expires at the session's end, calls within the margin
+// do not refresh again: no refresh can extend the session.
+func TestClientRefresh_NoProactiveRefreshAtSessionEnd(t *testing.T) {
+	e := newEnv(t, withMemStore(), withServerOptions(
+		WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 90 * time.Minute}),
+	))
+	s := e.startSession(t, nil)
+	r := crfNewRefresher(t, e)
+	c, h, hooks := crfHolder(t, e, s, WithRefresher(r))
+
+	e.clock.Set(s.Expiry.Add(-10 * time.Second)) // inside the 30 s margin
+	if err := crfUnary(t, c); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("refresher called %d times, want 1", n)
+	}
+	pair := hooks.lastRefresh()
+	end := pair.GetSessionEndsAt().AsTime()
+	if !end.Equal(s.End) || !h.Expiry().Equal(end) {
+		t.Fatalf("after the refresh: exp %v, session end %v; want both %v", h.Expiry(), end, s.End)
+	}
+
+	for _, before := range []time.Duration{20 * time.Second, time.Second, 0} {
+		e.clock.Set(end.Add(-before))
+		if err := crfUnary(t, c); err != nil {
+			t.Fatalf("call %v before the end: %v", before, err)
+		}
+		if n := r.calls.Load(); n != 1 {
+			t.Fatalf("call %v before the end: refresher called %d times, want 1", before, n)
+		}
+	}
+}
+
+// TestClientRefresh_StreamReopenAfterEarlierInterceptorHeader: a server interceptor
+// before slidejwt's may send a response header (a request id, say) before
+// slidejwt rejects the stream. The rejection says the handler did not run
+// (ErrorInfo handler_ran=false), so the client still refreshes and reopens.
+func TestClientRefresh_StreamReopenAfterEarlierInterceptorHeader(t *testing.T) {
+	requestID := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := ss.SendHeader(metadata.Pairs("x-request-id", "r1")); err != nil {
+			return err
+		}
+		return handler(srv, ss)
+	}
+	e := newEnv(t, withMemStore(), withBefore(nil, requestID))
+	s := e.startSession(t, nil)
+	var refreshes atomic.Int64
+	h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now),
+		WithRefreshToken(s.RefreshToken), WithRefreshMargin(0), BindTarget(cliTarget),
+		OnRefresh(func(*slidejwtv1.TokenPair) { refreshes.Add(1) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := e.dial(t, grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
+
+	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Nanosecond)) // lapsed; the refresh token is not
+	st, err := testpb.NewTestServiceClient(conn).StreamingOutputCall(crfCtx(t),
+		&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{}, {}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := st.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("after %d messages: %v, want the stream reopened", n, err)
+			}
+			break
+		}
+		n++
+	}
+	if n != 2 || refreshes.Load() != 1 || e.svc.calls.Load() != 1 {
+		t.Fatalf("messages %d, refreshes %d, handler runs %d; want 2, 1, 1", n, refreshes.Load(), e.svc.calls.Load())
+	}
+}

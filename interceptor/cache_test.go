@@ -22,7 +22,7 @@ import (
 )
 
 // cacheMillion is the number of distinct keys the bound tests push through
-// a cache: the issue asks for one million.
+// a cache: a million, far more than any capacity under test.
 const cacheMillion = 1_000_000
 
 // cacheMaxLen is the most entries a boundedCache of capacity n can hold:

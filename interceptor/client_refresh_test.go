@@ -1450,7 +1450,7 @@ type crfHeaderThenExpired struct {
 
 func (s *crfHeaderThenExpired) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
 	s.enter(stream.Context())
-	if err := stream.SendHeader(metadata.Pairs("x-review", "handler-ran")); err != nil {
+	if err := stream.SendHeader(metadata.Pairs("x-handler", "ran")); err != nil {
 		return err
 	}
 	return reject(ReasonTokenExpired, "")
@@ -1458,7 +1458,7 @@ func (s *crfHeaderThenExpired) StreamingOutputCall(_ *testpb.StreamingOutputCall
 
 func (s *crfHeaderThenExpired) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
 	s.enter(stream.Context())
-	if err := stream.SendHeader(metadata.Pairs("x-review", "handler-ran")); err != nil {
+	if err := stream.SendHeader(metadata.Pairs("x-handler", "ran")); err != nil {
 		return err
 	}
 	if _, err := stream.Recv(); err != nil {
@@ -1584,7 +1584,7 @@ func TestClientRefresh_RefresherPanicReleasesWaiters(t *testing.T) {
 			<-release
 			panic("refresher panics")
 		}
-		return nil, status.Error(codes.Unavailable, "review: token service down")
+		return nil, status.Error(codes.Unavailable, "token service down")
 	})
 	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 	crfLapse(e, s)

@@ -916,15 +916,7 @@ var claimsSecret = []byte("claims-test-secret-0123456789abcdef")
 // claimsKeys is the key set of claimsSecret, kid "rk".
 func claimsKeys(t testing.TB) *KeySet {
 	t.Helper()
-	k, err := NewKey("rk", jwt.SigningMethodHS256, claimsSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ks, err := NewKeySet(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks
+	return keysSet(t, keysMust(t, "rk", jwt.SigningMethodHS256, claimsSecret))
 }
 
 // claimsSign assembles a compact HS256 JWS of typ at+jwt, kid "rk", over

@@ -86,14 +86,26 @@ func testSecret(t testing.TB) []byte {
 	return b
 }
 
-// testKeySet returns a one-key HS256 set with kid "k1".
+// testKeySet returns a one-key HS256 set with kid "k1" and a fresh secret.
 func testKeySet(t testing.TB) *KeySet {
 	t.Helper()
-	k, err := NewKey("k1", jwt.SigningMethodHS256, testSecret(t))
+	return keysSet(t, keysMust(t, "k1", jwt.SigningMethodHS256, testSecret(t)))
+}
+
+// keysMust is NewKey that fails the test on an error.
+func keysMust(t testing.TB, id string, m jwt.SigningMethod, key any) *Key {
+	t.Helper()
+	k, err := NewKey(id, m, key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("NewKey(%q, %s): %v", id, m.Alg(), err)
 	}
-	ks, err := NewKeySet(k)
+	return k
+}
+
+// keysSet is NewKeySet that fails the test on an error.
+func keysSet(t testing.TB, active *Key, verifyOnly ...*Key) *KeySet {
+	t.Helper()
+	ks, err := NewKeySet(active, verifyOnly...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,8 +224,23 @@ type envConfig struct {
 	// the Server so that it can place its interceptors itself.
 	grpcOpts func(*Server) []grpc.ServerOption
 	// Extra interceptors, before (outside) and after (inside) the Server's.
-	unaryBefore, unaryAfter   []grpc.UnaryServerInterceptor
-	streamBefore, streamAfter []grpc.StreamServerInterceptor
+	before, after interceptorChain
+}
+
+// interceptorChain is a list of extra server interceptors of each kind.
+type interceptorChain struct {
+	unary  []grpc.UnaryServerInterceptor
+	stream []grpc.StreamServerInterceptor
+}
+
+// add appends u and s, either of which may be nil.
+func (ch *interceptorChain) add(u grpc.UnaryServerInterceptor, s grpc.StreamServerInterceptor) {
+	if u != nil {
+		ch.unary = append(ch.unary, u)
+	}
+	if s != nil {
+		ch.stream = append(ch.stream, s)
+	}
 }
 
 // envOption configures newEnv.
@@ -261,27 +288,13 @@ func withGRPC(f func(*Server) []grpc.ServerOption) envOption {
 // withBefore chains interceptors between the call recorder and the
 // Server's (either may be nil).
 func withBefore(u grpc.UnaryServerInterceptor, s grpc.StreamServerInterceptor) envOption {
-	return func(c *envConfig) {
-		if u != nil {
-			c.unaryBefore = append(c.unaryBefore, u)
-		}
-		if s != nil {
-			c.streamBefore = append(c.streamBefore, s)
-		}
-	}
+	return func(c *envConfig) { c.before.add(u, s) }
 }
 
 // withAfter chains interceptors between the Server's and the handler
 // (either may be nil).
 func withAfter(u grpc.UnaryServerInterceptor, s grpc.StreamServerInterceptor) envOption {
-	return func(c *envConfig) {
-		if u != nil {
-			c.unaryAfter = append(c.unaryAfter, u)
-		}
-		if s != nil {
-			c.streamAfter = append(c.streamAfter, s)
-		}
-	}
+	return func(c *envConfig) { c.after.add(u, s) }
 }
 
 // newEnv starts a server whose clock starts at t0. It is stopped when the
@@ -320,8 +333,8 @@ func newEnv(t testing.TB, opts ...envOption) *testEnv {
 	if cfg.grpcOpts != nil {
 		grpcOpts = append(grpcOpts, cfg.grpcOpts(e.server)...)
 	} else {
-		unary := append(append(cfg.unaryBefore, e.server.UnaryServerInterceptor()), cfg.unaryAfter...)
-		stream := append(append(cfg.streamBefore, e.server.StreamServerInterceptor()), cfg.streamAfter...)
+		unary := append(append(cfg.before.unary, e.server.UnaryServerInterceptor()), cfg.after.unary...)
+		stream := append(append(cfg.before.stream, e.server.StreamServerInterceptor()), cfg.after.stream...)
 		grpcOpts = append(grpcOpts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	}
 	srv := grpc.NewServer(grpcOpts...)
@@ -399,16 +412,6 @@ func (l *eventLog) count(kind EventKind, method string) int {
 		}
 	}
 	return n
-}
-
-// last returns the last event, and false if there is none.
-func (l *eventLog) last() (Event, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.events) == 0 {
-		return Event{}, false
-	}
-	return l.events[len(l.events)-1], true
 }
 
 // callLog counts the calls that reach a server, per full method, and

@@ -62,24 +62,6 @@ func keysSecret(t testing.TB, n int) []byte {
 	return b
 }
 
-func keysMust(t testing.TB, id string, m jwt.SigningMethod, key any) *Key {
-	t.Helper()
-	k, err := NewKey(id, m, key)
-	if err != nil {
-		t.Fatalf("NewKey(%q, %s): %v", id, m.Alg(), err)
-	}
-	return k
-}
-
-func keysSet(t testing.TB, active *Key, verifyOnly ...*Key) *KeySet {
-	t.Helper()
-	ks, err := NewKeySet(active, verifyOnly...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks
-}
-
 func TestNewKey_HMACSecretLength(t *testing.T) {
 	for _, tc := range []struct {
 		method *jwt.SigningMethodHMAC

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
-	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // crfWait bounds every wait of these tests, so that a deadlock fails the
@@ -259,15 +258,8 @@ func TestClientRefresh_NoRefreshForOtherRejections(t *testing.T) {
 			return s
 		}, ReasonSessionRevoked},
 		{"token invalid", func(t *testing.T, e *testEnv) Session {
-			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
+			// A session of another server, with keys of its own.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now())).startSession(t, nil)
 		}, ReasonTokenInvalid},
 	} {
 		for _, kind := range []string{"unary", "server-stream"} {

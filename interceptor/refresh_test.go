@@ -365,28 +365,14 @@ func TestRefresh_Rejections(t *testing.T) {
 			return s.RefreshToken[:len(s.RefreshToken)-2] + string(flip) + s.RefreshToken[len(s.RefreshToken)-1:]
 		}, ReasonTokenInvalid},
 		{"signed by an untrusted key", nil, func(t *testing.T, e *testEnv, _ Session) string {
-			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s.RefreshToken
+			// A session of another server, with keys of its own.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now())).startSession(t, nil).RefreshToken
 		}, ReasonTokenInvalid},
 		{"session unknown to the store", nil, func(t *testing.T, e *testEnv, _ Session) string {
 			// A replica with the same keys but its own store: this env's
 			// store never saw the session.
-			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s.RefreshToken
+			// A session of another server with the same keys and its own store.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now()), withKeys(e.keys)).startSession(t, nil).RefreshToken
 		}, ReasonSessionRevoked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -731,15 +717,8 @@ func TestRefresh_StoreCheckedBeforeSigning(t *testing.T) {
 		{"session unknown to the store", func(t *testing.T, e *testEnv, _ Session) string {
 			// Same keys, another store: the record is missing here, as
 			// after a store that lost its data.
-			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s.RefreshToken
+			// A session of another server with the same keys and its own store.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now()), withKeys(e.keys)).startSession(t, nil).RefreshToken
 		}, ReasonSessionRevoked, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

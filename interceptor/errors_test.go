@@ -19,7 +19,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
-	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // errsHandlerRan returns the MetadataHandlerRan value of err's slidejwt
@@ -218,20 +217,10 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 			{"foreign error with details", func(context.Context) error { return foreign }, foreign},
 		} {
 			t.Run(kind+", "+tc.name, func(t *testing.T) {
-				clock := newFakeClock(t0)
-				up, err := NewServer(testKeySet(t), WithClock(clock.Now))
-				if err != nil {
-					t.Fatal(err)
-				}
 				svc := &errsRelaySvc{relay: tc.relay}
-				lis := streamServe(t, nil, svc,
-					grpc.ChainUnaryInterceptor(up.UnaryServerInterceptor()),
-					grpc.ChainStreamInterceptor(up.StreamServerInterceptor()))
-				s, err := up.StartSession(context.Background(), "alice", nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := errsCall(bearerCtx(s.AccessToken), testpb.NewTestServiceClient(dialBufconn(t, lis)), kind)
+				up := newEnv(t, withService(svc))
+				s := up.startSession(t, nil)
+				got := errsCall(bearerCtx(s.AccessToken), srvClient(t, up), kind)
 				errsSameStatus(t, got, tc.want)
 				if n := svc.calls.Load(); n != 1 {
 					t.Errorf("handler ran %d times, want 1", n)
@@ -253,33 +242,23 @@ func TestRelayedError_HolderDoesNotRetry(t *testing.T) {
 
 	for _, kind := range []string{"unary", streamServer, streamBidi} {
 		t.Run(kind, func(t *testing.T) {
-			clock := newFakeClock(t0)
-			up, err := NewServer(testKeySet(t), WithClock(clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
 			svc := &errsRelaySvc{relay: func(context.Context) error {
 				return errsCall(bearerCtx(downTok), downClient, "unary")
 			}}
-			lis := streamServe(t, up, svc,
-				grpc.ChainUnaryInterceptor(up.UnaryServerInterceptor()),
-				grpc.ChainStreamInterceptor(up.StreamServerInterceptor()))
-			s, err := up.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			up := newEnv(t, withMemStore(), withService(svc))
+			s := up.startSession(t, nil)
 			var refreshes atomic.Int64
-			h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(clock.Now),
+			h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(up.clock.Now),
 				WithRefreshToken(s.RefreshToken),
 				WithRefresher(RefreshFunc(func(ctx context.Context, rt string) (*slidejwtv1.TokenPair, error) {
 					refreshes.Add(1)
-					sess, err := up.Refresh(ctx, rt)
+					sess, err := up.server.Refresh(ctx, rt)
 					return sess.TokenPair(), err
 				})))
 			if err != nil {
 				t.Fatal(err)
 			}
-			conn := dialBufconn(t, lis,
+			conn := up.dial(t,
 				grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
 				grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
 			err = errsCall(context.Background(), testpb.NewTestServiceClient(conn), kind)

@@ -217,6 +217,7 @@ type envConfig struct {
 	store      store.SessionStore
 	service    testpb.TestServiceServer
 	start      time.Time
+	clock      *fakeClock
 	realClock  bool
 	onEvent    func(Event)
 	delay      func()
@@ -269,6 +270,10 @@ func withService(svc testpb.TestServiceServer) envOption {
 // withStart starts the fake clock at t instead of t0.
 func withStart(t time.Time) envOption { return func(c *envConfig) { c.start = t } }
 
+// withClock puts the Server on c instead of a clock of its own, so that
+// several envs can share one (e.clock is c).
+func withClock(c *fakeClock) envOption { return func(cfg *envConfig) { cfg.clock = c } }
+
 // withRealClock leaves the Server on time.Now; e.clock is nil.
 func withRealClock() envOption { return func(c *envConfig) { c.realClock = true } }
 
@@ -316,7 +321,10 @@ func newEnv(t testing.TB, opts ...envOption) *testEnv {
 		if !cfg.start.IsZero() {
 			start = cfg.start
 		}
-		e.clock = newFakeClock(start)
+		e.clock = cfg.clock
+		if e.clock == nil {
+			e.clock = newFakeClock(start)
+		}
 		sopts = append(sopts, WithClock(e.clock.Now))
 	}
 	if cfg.store != nil {

@@ -37,7 +37,6 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 	for _, kind := range []string{"unary", streamServer} {
 		t.Run(kind, func(t *testing.T) {
 			a, b := keysSet(t, rotKey(t, "a1")), keysSet(t, rotKey(t, "b1"))
-			clock := newFakeClock(t0)
 			var srv *Server
 			var rotate atomic.Bool
 			rotated := make(chan error, 1)
@@ -49,23 +48,15 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 				}
 				return false, nil
 			})
-			var err error
-			if srv, err = NewServer(a, WithClock(clock.Now), WithRevocationList(list)); err != nil {
-				t.Fatal(err)
-			}
-			svc := &testService{}
-			lis := streamServe(t, nil, svc,
-				grpc.ChainUnaryInterceptor(srv.UnaryServerInterceptor()),
-				grpc.ChainStreamInterceptor(srv.StreamServerInterceptor()))
-			client := testpb.NewTestServiceClient(dialBufconn(t, lis))
-			s, err := srv.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			e := newEnv(t, withKeys(a), withServerOptions(WithRevocationList(list)))
+			srv, svc, clock := e.server, e.svc, e.clock
+			client := srvClient(t, e)
+			s := e.startSession(t, nil)
 			clock.Advance(srvDueAfter)
 			rotate.Store(true)
 
 			var hdr, tr metadata.MD
+			var err error
 			ctx := bearerCtx(s.AccessToken)
 			if kind == "unary" {
 				_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&tr))
@@ -141,12 +132,10 @@ func TestRotation_TwoPhaseRolling(t *testing.T) {
 	// Renew on every call a minute or more after the last renewal.
 	policy := Policy{TTL: time.Hour, RenewBefore: time.Hour}
 	var replicas [2]*Server
+	var envs [2]*testEnv
 	for i := range replicas {
-		r, err := NewServer(phase0, WithClock(clock.Now), WithSessionStore(shared), WithPolicy(policy))
-		if err != nil {
-			t.Fatal(err)
-		}
-		replicas[i] = r
+		envs[i] = newEnv(t, withKeys(phase0), withClock(clock), withStore(shared), withServerOptions(WithPolicy(policy)))
+		replicas[i] = envs[i].server
 	}
 	sess, err := replicas[0].StartSession(context.Background(), "alice", nil)
 	if err != nil {
@@ -158,13 +147,9 @@ func TestRotation_TwoPhaseRolling(t *testing.T) {
 	}
 	var held, plain [2]testpb.TestServiceClient // through the holder; without it
 	var tokens [2]slidejwtv1.TokenServiceClient
-	for i, r := range replicas {
-		lis := streamServe(t, r, &testService{},
-			grpc.ChainUnaryInterceptor(r.UnaryServerInterceptor()),
-			grpc.ChainStreamInterceptor(r.StreamServerInterceptor()))
-		held[i] = testpb.NewTestServiceClient(dialBufconn(t, lis, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor())))
-		conn := dialBufconn(t, lis)
-		plain[i], tokens[i] = testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
+	for i, e := range envs {
+		held[i] = testpb.NewTestServiceClient(e.dial(t, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor())))
+		plain[i], tokens[i] = e.clients(t)
 	}
 
 	for _, step := range []struct {

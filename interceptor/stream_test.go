@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
@@ -203,21 +202,6 @@ func (s *streamStore) waitChecks(t testing.TB, n int) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// streamServe serves svc, and the TokenService of s unless s is nil, on a
-// bufconn listener with opts. It is stopped when the test ends.
-func streamServe(t testing.TB, s *Server, svc testpb.TestServiceServer, opts ...grpc.ServerOption) *bufconn.Listener {
-	t.Helper()
-	srv := grpc.NewServer(opts...)
-	testpb.RegisterTestServiceServer(srv, svc)
-	if s != nil {
-		slidejwtv1.RegisterTokenServiceServer(srv, s.TokenService())
-	}
-	lis := bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return lis
 }
 
 // streamEnv is the test env serving a streamSvc, with a streamStore and

@@ -856,8 +856,8 @@ func TestGoodFlags(t *testing.T) {
 		{"max-lifetime equal to ttl", []string{"--ttl", "3s", "--max-lifetime", "3s"}},
 		{"zero leeway", []string{"--leeway", "0s"}},
 		{"zero refresh-grace", []string{"--refresh-grace", "0s"}},
-		// The table lets --refresh-ttl be any duration; the grace
-		// period is not in it, so its default must not refuse a short one.
+		// --refresh-ttl may be any duration and --refresh-grace is optional,
+		// so the grace's default must not refuse a short refresh TTL.
 		{"short refresh-ttl, default grace", []string{"--ttl", "3s", "--max-lifetime", "8s", "--refresh-ttl", "8s"}},
 		{"32-byte key file", []string{"--secret-file", writeKeyFile(t)}},
 		{"two users", []string{"--users", "alice:alice-password,bob:bob-password"}},

@@ -22,7 +22,7 @@ import (
 )
 
 // cacheMillion is the number of distinct keys the bound tests push through
-// a cache: the issue asks for one million.
+// a cache: a million, far more than any capacity under test.
 const cacheMillion = 1_000_000
 
 // cacheMaxLen is the most entries a boundedCache of capacity n can hold:
@@ -322,22 +322,9 @@ func TestBoundedCache_Concurrent(t *testing.T) {
 	})
 }
 
-// cacheCall makes a unary call presenting tok, with no holder, and returns
-// the renewed token from the trailer ("" when none). It is safe to call
-// from any goroutine.
-func cacheCall(client testpb.TestServiceClient, tok string) (string, error) {
-	var tr metadata.MD
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-	_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&tr))
-	if v := tr.Get(DefaultRenewalHeader); len(v) > 0 {
-		return v[0], err
-	}
-	return "", err
-}
-
 // cacheStream opens a server stream presenting tok and reads it to the end.
 func cacheStream(client testpb.TestServiceClient, tok string) error {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	ctx := bearerCtx(tok)
 	st, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
 		ResponseParameters: []*testpb.ResponseParameters{{}},
 	})
@@ -362,7 +349,7 @@ func cacheClient(t testing.TB, e *testEnv) testpb.TestServiceClient {
 // token was not parsed again; without it, each call parses anew.
 func TestServerCache_HitIsNotReverified(t *testing.T) {
 	calls := map[string]func(testpb.TestServiceClient, string) error{
-		"unary":  func(c testpb.TestServiceClient, tok string) error { _, err := cacheCall(c, tok); return err },
+		"unary":  func(c testpb.TestServiceClient, tok string) error { _, err := unaryCall(t, c, tok); return err },
 		"stream": cacheStream,
 	}
 	for kind, call := range calls {
@@ -371,7 +358,7 @@ func TestServerCache_HitIsNotReverified(t *testing.T) {
 			wantSame bool
 		}{{DefaultCacheSize, true}, {0, false}} {
 			t.Run(fmt.Sprintf("%s/size=%d", kind, tt.size), func(t *testing.T) {
-				e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(tt.size)}})
+				e := newEnv(t, withServerOptions(WithCacheSize(tt.size)))
 				client := cacheClient(t, e)
 				tok := e.startSession(t, nil).AccessToken
 				if err := call(client, tok); err != nil {
@@ -398,11 +385,11 @@ func TestServerCache_HitIsNotReverified(t *testing.T) {
 // TestServerCache_FailuresNotCached: a rejected token leaves the cache as
 // it was, whatever the reason, and a later success is cached.
 func TestServerCache_FailuresNotCached(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	good := e.startSession(t, nil)
 
-	other := newEnv(t, envConfig{}) // another key set
+	other := newEnv(t) // another key set
 	foreign := other.startSession(t, nil).AccessToken
 
 	parts := strings.Split(good.AccessToken, ".")
@@ -428,7 +415,7 @@ func TestServerCache_FailuresNotCached(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e.clock.Set(tt.at)
 			for i := range 2 {
-				_, err := cacheCall(client, tt.tok)
+				_, err := unaryCall(t, client, tt.tok)
 				wantReason(t, err, tt.want)
 				if got := cacheVerifiedLen(e); got != 0 {
 					t.Fatalf("after rejected call %d: verified cache len() = %d, want 0", i+1, got)
@@ -438,7 +425,7 @@ func TestServerCache_FailuresNotCached(t *testing.T) {
 	}
 	// The control: the same cache does store a success.
 	e.clock.Set(t0.Add(time.Hour))
-	if _, err := cacheCall(client, future); err != nil {
+	if _, err := unaryCall(t, client, future); err != nil {
 		t.Fatalf("once its iat has come: %v", err)
 	}
 	if got := cacheVerifiedLen(e); got != 1 {
@@ -452,10 +439,10 @@ func TestServerCache_RevocationStillApplies(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		t.Run(kind, func(t *testing.T) {
 			rl := &memstore.RevocationList{}
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(rl)}})
+			e := newEnv(t, withServerOptions(WithRevocationList(rl)))
 			client := cacheClient(t, e)
 			s := e.startSession(t, nil)
-			call := func() error { _, err := cacheCall(client, s.AccessToken); return err }
+			call := func() error { _, err := unaryCall(t, client, s.AccessToken); return err }
 			if kind == "stream" {
 				call = func() error { return cacheStream(client, s.AccessToken) }
 			}
@@ -481,24 +468,24 @@ func TestServerCache_RevocationStillApplies(t *testing.T) {
 // TestServerCache_ExpiryBoundary: a cached token is accepted from the
 // cache 1 ns before exp + leeway and rejected as TOKEN_EXPIRED exactly then.
 func TestServerCache_ExpiryBoundary(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	s := e.startSession(t, nil)
-	if _, err := cacheCall(client, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatal(err)
 	}
 	cached := e.svc.lastClaims.Load()
 	dead := s.Expiry.Add(DefaultLeeway)
 
 	e.clock.Set(dead.Add(-time.Nanosecond))
-	if _, err := cacheCall(client, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatalf("1ns before exp+leeway: %v, want accepted", err)
 	}
 	if e.svc.lastClaims.Load() != cached {
 		t.Error("1ns before exp+leeway: the token was verified again, want a cache hit")
 	}
 	e.clock.Set(dead)
-	_, err := cacheCall(client, s.AccessToken)
+	_, err := unaryCall(t, client, s.AccessToken)
 	wantReason(t, err, ReasonTokenExpired)
 	if got := cacheVerifiedLen(e); got != 0 {
 		t.Errorf("verified cache len() = %d after the entry died, want 0", got)
@@ -508,7 +495,7 @@ func TestServerCache_ExpiryBoundary(t *testing.T) {
 // cacheAuth authenticates tok directly, without gRPC, and returns the
 // renewed token.
 func cacheAuth(s *Server, tok string) (string, error) {
-	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
+	ctx := metadata.NewIncomingContext(context.Background(), bearerMD(tok))
 	_, _, rn, err := s.authenticate(ctx, srvUnaryMethod)
 	return rn.token(), err
 }
@@ -596,10 +583,10 @@ func cacheFlipPadBit(t *testing.T, seg string) string {
 // cached, other spellings of the same bytes are rejected, as they are
 // without a cache, and do not enter the cache.
 func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatal(err)
 	}
 	p := strings.Split(tok, ".")
@@ -625,7 +612,7 @@ func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
 			if tt.direct {
 				_, err = cacheAuth(e.server, tt.tok)
 			} else {
-				_, err = cacheCall(client, tt.tok)
+				_, err = unaryCall(t, client, tt.tok)
 			}
 			wantReason(t, err, ReasonTokenInvalid)
 			if got := cacheVerifiedLen(e); got != 1 {
@@ -633,7 +620,7 @@ func TestServerCache_ReencodedCopyIsNotAHit(t *testing.T) {
 			}
 		})
 	}
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Errorf("the canonical token after its variants: %v", err)
 	}
 }
@@ -662,10 +649,10 @@ func cacheMalleate(t *testing.T, tok string, f func(s, n *big.Int) *big.Int) str
 func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	ecKey := keysEC(t, elliptic.P256())
 	ks := keysSet(t, keysMust(t, "ec", jwt.SigningMethodES256, ecKey))
-	e := keysEnv(t, ks)
+	e := newEnv(t, withKeys(ks))
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatal(err)
 	}
 	orig := e.svc.lastClaims.Load()
@@ -674,7 +661,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	}
 
 	broken := cacheMalleate(t, tok, func(s, _ *big.Int) *big.Int { return new(big.Int).Add(s, big.NewInt(1)) })
-	_, err := cacheCall(client, broken)
+	_, err := unaryCall(t, client, broken)
 	wantReason(t, err, ReasonTokenInvalid)
 	if got := cacheVerifiedLen(e); got != 1 {
 		t.Fatalf("after (r, s+1): verified cache len() = %d, want 1", got)
@@ -684,7 +671,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	if mall == tok {
 		t.Fatal("malleated token equals the original")
 	}
-	if _, err := cacheCall(client, mall); err != nil {
+	if _, err := unaryCall(t, client, mall); err != nil {
 		t.Fatalf("(r, n−s): %v, want accepted (it is a valid signature)", err)
 	}
 	if got := cacheVerifiedLen(e); got != 2 {
@@ -708,11 +695,11 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 // are empty, a renewal is signed by the new key although the old one was
 // cached, and a cached token of a dropped key is rejected.
 func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	e.clock.Set(t0.Add(srvDueAfter))
-	before, err := cacheCall(client, tok)
+	before, err := unaryCall(t, client, tok)
 	if err != nil || before == "" {
 		t.Fatalf("renewal before rotation: %d bytes, %v; want one", len(before), err)
 	}
@@ -730,14 +717,14 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 	if v.verified.len() != 0 || v.renewals.len() != 0 {
 		t.Fatalf("after rotation: verified %d, renewals %d; want 0, 0", v.verified.len(), v.renewals.len())
 	}
-	after, err := cacheCall(client, tok)
+	after, err := unaryCall(t, client, tok)
 	if err != nil || after == "" {
 		t.Fatalf("renewal after rotation: %d bytes, %v; want one", len(after), err)
 	}
 	if after == before {
 		t.Error("after rotation the server handed out the renewal minted under the old key")
 	}
-	if kid := keysHeader(t, after)["kid"]; kid != "k2" {
+	if kid := decodeToken(t, after).header["kid"]; kid != "k2" {
 		t.Errorf("renewal after rotation has kid %v, want k2", kid)
 	}
 
@@ -746,7 +733,7 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 	if err := e.server.RotateKeys(keysSet(t, k3)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = cacheCall(client, tok)
+	_, err = unaryCall(t, client, tok)
 	wantReason(t, err, ReasonTokenInvalid)
 }
 
@@ -760,13 +747,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 		wantDiff int // distinct renewals for one token
 	}{{DefaultCacheSize, 1}, {0, n}} {
 		t.Run(fmt.Sprintf("size=%d", tt.size), func(t *testing.T) {
-			var renewedEvents atomic.Int64
-			hook := func(_ context.Context, ev Event) {
-				if ev.Kind == EventRenewed {
-					renewedEvents.Add(1)
-				}
-			}
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(tt.size), WithEventHook(hook)}})
+			e := newEnv(t, withServerOptions(WithCacheSize(tt.size)))
 			client := cacheClient(t, e)
 			a := e.startSession(t, nil).AccessToken
 			b := e.startSession(t, nil).AccessToken
@@ -779,7 +760,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 			for i := range n {
 				wg.Go(func() {
 					<-start
-					got[i], errs[i] = cacheCall(client, a)
+					got[i], errs[i] = unaryCall(t, client, a)
 				})
 			}
 			close(start)
@@ -794,7 +775,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 			if len(distinct) != tt.wantDiff {
 				t.Errorf("%d requests got %d distinct renewals, want %d", n, len(distinct), tt.wantDiff)
 			}
-			if got := renewedEvents.Load(); got != n {
+			if got := len(e.events.kinds(EventRenewed)); got != n {
 				t.Errorf("EventRenewed count = %d, want %d (one per request)", got, n)
 			}
 			if tt.size > 0 {
@@ -802,7 +783,7 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 					t.Errorf("renewals cache len() = %d, want 1", got)
 				}
 			}
-			rb, err := cacheCall(client, b)
+			rb, err := unaryCall(t, client, b)
 			if err != nil || rb == "" || distinct[rb] {
 				t.Errorf("another token: renewed %d bytes, err %v, shared = %v; want its own renewal", len(rb), err, distinct[rb])
 			}
@@ -816,26 +797,23 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 // now; a renewal taken from the de-duplication cache must not either.
 func TestServerCache_RenewalNeverStale(t *testing.T) {
 	p := Policy{TTL: 10 * time.Second, RenewBefore: 10 * time.Second, MaxLifetime: time.Hour}
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithPolicy(p)}})
+	e := newEnv(t, withServerOptions(WithPolicy(p)))
 	client := cacheClient(t, e)
 	s := e.startSession(t, nil) // exp t0+10s
 
 	e.clock.Set(t0.Add(time.Second))
-	first, err := cacheCall(client, s.AccessToken)
+	first, err := unaryCall(t, client, s.AccessToken)
 	if err != nil || first == "" {
 		t.Fatalf("first renewal: %d bytes, %v", len(first), err)
 	}
 	// The same token again, expired but within the leeway.
 	now := t0.Add(20 * time.Second)
 	e.clock.Set(now)
-	again, err := cacheCall(client, s.AccessToken)
+	again, err := unaryCall(t, client, s.AccessToken)
 	if err != nil || again == "" {
 		t.Fatalf("second renewal: %d bytes, %v", len(again), err)
 	}
-	var c Claims
-	if _, _, err := jwt.NewParser().ParseUnverified(again, &c); err != nil {
-		t.Fatal(err)
-	}
+	c := decodeToken(t, again).claims
 	if !c.ExpiresAt.After(now) {
 		t.Errorf("renewal sent at now = login+20s expires at login+%v: already expired; want after now (a fresh mint gives login+30s)",
 			c.ExpiresAt.Sub(t0))
@@ -907,7 +885,7 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 // TestServerCache_Disabled: WithCacheSize(0) has neither cache and every
 // call still works; a negative size is refused.
 func TestServerCache_Disabled(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(0)}})
+	e := newEnv(t, withServerOptions(WithCacheSize(0)))
 	v := e.server.ver.Load()
 	if v.verified != nil || v.renewals != nil {
 		t.Fatalf("WithCacheSize(0): verified %v, renewals %v; want both nil", v.verified != nil, v.renewals != nil)
@@ -915,7 +893,7 @@ func TestServerCache_Disabled(t *testing.T) {
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken
 	for i := range 3 {
-		if r, err := cacheCall(client, tok); err != nil || r != "" {
+		if r, err := unaryCall(t, client, tok); err != nil || r != "" {
 			t.Fatalf("call %d: renewed %d bytes, %v; want accepted, no renewal", i, len(r), err)
 		}
 	}
@@ -924,7 +902,7 @@ func TestServerCache_Disabled(t *testing.T) {
 	}
 	e.clock.Set(t0.Add(srvDueAfter))
 	for i := range 2 {
-		if r, err := cacheCall(client, tok); err != nil || r == "" {
+		if r, err := unaryCall(t, client, tok); err != nil || r == "" {
 			t.Fatalf("due call %d: renewed %d bytes, %v; want a renewal", i, len(r), err)
 		}
 	}
@@ -932,11 +910,77 @@ func TestServerCache_Disabled(t *testing.T) {
 	if err := e.server.RotateKeys(e.keys); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cacheCall(client, tok); err != nil {
+	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatalf("after RotateKeys: %v", err)
 	}
 
 	if _, err := NewServer(testKeySet(t), WithCacheSize(-1)); !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("WithCacheSize(-1): err = %v, want ErrInvalidOption", err)
+	}
+}
+
+// cacheRenewed makes a call of kind presenting tok and returns the
+// renewed token the server sent ("" for none).
+func cacheRenewed(t testing.TB, c testpb.TestServiceClient, kind, tok string) string {
+	t.Helper()
+	ctx := metadata.NewOutgoingContext(crfCtx(t), bearerMD(tok))
+	var md metadata.MD
+	switch kind {
+	case "unary":
+		if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&md)); err != nil {
+			t.Fatalf("UnaryCall: %v", err)
+		}
+	case "server-stream":
+		st, err := c.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := drain(st); err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		md = st.Trailer()
+	}
+	v := md.Get(DefaultRenewalHeader)
+	if len(v) != 1 {
+		t.Fatalf("%d renewed tokens, want 1", len(v))
+	}
+	return v[0]
+}
+
+// TestServerCache_RenewalPerTokenNotPerJTI: two trusted tokens that share a jti but
+// belong to different sessions each get a renewal of their own session.
+func TestServerCache_RenewalPerTokenNotPerJTI(t *testing.T) {
+	for _, kind := range []string{"unary", "server-stream"} {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t)
+			c := testpb.NewTestServiceClient(e.dial(t))
+			mint := func(sub, sid string) string {
+				tok, err := e.server.sign(e.server.ver.Load(), &Claims{
+					RegisteredClaims: jwt.RegisteredClaims{
+						Subject:   sub,
+						ID:        "the-same-jti",
+						IssuedAt:  jwt.NewNumericDate(t0),
+						ExpiresAt: jwt.NewNumericDate(t0.Add(DefaultTTL)),
+					},
+					SessionID: sid,
+					AuthTime:  jwt.NewNumericDate(t0),
+				}, accessTokenType)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tok
+			}
+			toks := []struct{ sub, sid, tok string }{
+				{"alice", "sid-alice", mint("alice", "sid-alice")},
+				{"bob", "sid-bob", mint("bob", "sid-bob")},
+			}
+			e.clock.Set(t0.Add(DefaultTTL/2 + time.Hour)) // renewal due for both
+			for _, want := range toks {
+				got := decodeToken(t, cacheRenewed(t, c, kind, want.tok)).claims
+				if got.Subject != want.sub || got.SessionID != want.sid {
+					t.Fatalf("renewal of %s's token: sub %q, sid %q; want %q, %q", want.sub, got.Subject, got.SessionID, want.sub, want.sid)
+				}
+			}
+		})
 	}
 }

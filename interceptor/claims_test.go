@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -22,7 +24,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 )
 
 // claimsSegment decodes segment i (0 header, 1 payload) of a compact JWT
@@ -66,7 +71,7 @@ func claimsChain(t *testing.T, e *testEnv, custom map[string]any, n int) ([]stri
 	for i := range n {
 		// Odd seconds and nanoseconds, so that iat truncation shows.
 		e.clock.Advance(13*time.Hour + time.Duration(i)*time.Second + 700*time.Millisecond)
-		renewed, err := p.unary(toks[len(toks)-1])
+		renewed, err := unaryCall(t, p.client, toks[len(toks)-1])
 		if err != nil {
 			t.Fatalf("renewal %d: %v", i+1, err)
 		}
@@ -101,7 +106,7 @@ func claimsRichCustom() map[string]any {
 }
 
 func TestClaims_CustomSurviveRenewals(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	custom := claimsRichCustom()
 	toks, _ := claimsChain(t, e, custom, 3)
 	first := claimsCustom(claimsSegment(t, toks[0], 1))
@@ -131,10 +136,10 @@ func TestClaims_CustomSurviveRenewals(t *testing.T) {
 }
 
 func TestClaims_Lookup(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	toks, _ := claimsChain(t, e, claimsRichCustom(), 1)
 	// The handler sees the claims of the presented (renewed) token.
-	if _, err := newPolicyCaller(t, e).unary(toks[1]); err != nil {
+	if _, err := unaryCall(t, srvClient(t, e), toks[1]); err != nil {
 		t.Fatal(err)
 	}
 	c := e.svc.lastClaims.Load()
@@ -211,7 +216,7 @@ func TestClaims_Lookup(t *testing.T) {
 type bigIntClaim struct{ big.Int }
 
 func TestClaims_SessionClaimsAcrossRenewals(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	toks, times := claimsChain(t, e, nil, 3)
 	first := claimsSegment(t, toks[0], 1)
 	if got := string(first["fresh"]); got != "true" {
@@ -263,7 +268,7 @@ func TestClaims_SessionClaimsAcrossRenewals(t *testing.T) {
 }
 
 func TestClaims_ReservedNames(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	for _, name := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "auth_time", "fresh"} {
 		t.Run(name, func(t *testing.T) {
 			_, err := e.server.StartSession(context.Background(), "alice", map[string]any{"ok": 1, name: "x"})
@@ -296,7 +301,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s, err := e.server.StartSession(context.Background(), "alice", map[string]any{tt.name: tt.value})
 			if errors.Is(err, ErrReservedClaim) {
 				return // refused: fine
@@ -308,7 +313,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 			// login token and in a renewed one.
 			p := newPolicyCaller(t, e)
 			e.clock.Advance(13 * time.Hour)
-			renewed, err := p.unary(s.AccessToken)
+			renewed, err := unaryCall(t, p.client, s.AccessToken)
 			if err != nil {
 				t.Fatalf("first call: %v", err)
 			}
@@ -321,7 +326,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 			if renewed == "" {
 				t.Fatal("no renewed token")
 			}
-			if _, err := p.unary(renewed); err != nil {
+			if _, err := unaryCall(t, p.client, renewed); err != nil {
 				t.Fatalf("call with the renewed token: %v", err)
 			}
 			c = e.svc.lastClaims.Load()
@@ -334,7 +339,7 @@ func TestClaims_ReservedNameCaseVariants(t *testing.T) {
 }
 
 func TestClaims_UnmarshalableValue(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	tests := []struct {
 		name  string
 		value any
@@ -369,7 +374,7 @@ func TestClaims_UnmarshalableValue(t *testing.T) {
 // claimsFreshEnv chains an interceptor that calls RequireFresh after the
 // server's, as a password-change handler would first thing.
 func claimsFreshEnv(t *testing.T) *testEnv {
-	return newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+	return newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 		requireFresh := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			if err := RequireFresh(ctx); err != nil {
 				return nil, err
@@ -380,7 +385,7 @@ func claimsFreshEnv(t *testing.T) *testEnv {
 			grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor(), requireFresh),
 			grpc.ChainStreamInterceptor(s.StreamServerInterceptor()),
 		}
-	}})
+	}))
 }
 
 func TestClaims_RequireFresh(t *testing.T) {
@@ -389,11 +394,11 @@ func TestClaims_RequireFresh(t *testing.T) {
 	p := newPolicyCaller(t, e)
 
 	// The login token passes, also while it is being renewed.
-	if _, err := p.unary(s.AccessToken); err != nil {
+	if _, err := unaryCall(t, p.client, s.AccessToken); err != nil {
 		t.Fatalf("login token: %v, want success", err)
 	}
 	e.clock.Advance(13 * time.Hour)
-	renewed, err := p.unary(s.AccessToken)
+	renewed, err := unaryCall(t, p.client, s.AccessToken)
 	if err != nil {
 		t.Fatalf("login token at 13h: %v, want success", err)
 	}
@@ -406,7 +411,7 @@ func TestClaims_RequireFresh(t *testing.T) {
 
 	// A renewed token is refused with PermissionDenied, and the handler
 	// does not run.
-	_, err = p.unary(renewed)
+	_, err = unaryCall(t, p.client, renewed)
 	wantReason(t, err, ReasonFreshTokenRequired)
 	if n := e.svc.calls.Load(); n != 2 {
 		t.Fatalf("handler ran %d times, want 2", n)
@@ -441,7 +446,7 @@ func TestClaims_RequireFreshDirect(t *testing.T) {
 }
 
 func TestClaims_JOSEHeader(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	checkHeader := func(tok, kid, alg string) {
 		t.Helper()
@@ -476,12 +481,12 @@ func TestClaims_JOSEHeader(t *testing.T) {
 	}
 	p := newPolicyCaller(t, e)
 	e.clock.Advance(13 * time.Hour)
-	renewed, err := p.unary(s.AccessToken)
+	renewed, err := unaryCall(t, p.client, s.AccessToken)
 	if err != nil || renewed == "" {
 		t.Fatalf("renewal after rotation: renewed %v, err %v", renewed != "", err)
 	}
 	checkHeader(renewed, "k2", "ES256")
-	if _, err := p.unary(renewed); err != nil {
+	if _, err := unaryCall(t, p.client, renewed); err != nil {
 		t.Fatalf("renewed ES256 token rejected: %v", err)
 	}
 	s2 := e.startSession(t, nil)
@@ -698,18 +703,15 @@ func newClaimsVandalEnv(t *testing.T, opts ...ServerOption) *claimsVandalEnv {
 		v.seen = append(v.seen, [2]string{string(before), string(after)})
 		v.mu.Unlock()
 	}
-	v.testEnv = newEnv(t, envConfig{serverOpts: opts, grpcOpts: func(s *Server) []grpc.ServerOption {
-		return []grpc.ServerOption{
-			grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor(), func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-				vandal(ctx)
-				return h(ctx, req)
-			}),
-			grpc.ChainStreamInterceptor(s.StreamServerInterceptor(), func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-				vandal(ss.Context())
-				return h(srv, ss)
-			}),
-		}
-	}})
+	v.testEnv = newEnv(t, withServerOptions(opts...), withAfter(
+		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			vandal(ctx)
+			return h(ctx, req)
+		},
+		func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			vandal(ss.Context())
+			return h(srv, ss)
+		}))
 	return v
 }
 
@@ -889,4 +891,215 @@ func TestClaims_UnmarshalDuplicateNames(t *testing.T) {
 			t.Errorf("Unmarshal(%s) = %v, want errDuplicateName", payload, err)
 		}
 	}
+}
+
+// claimsLookalikes are custom claim names that differ from a session claim
+// only under Unicode simple folding, or that look like one but do not
+// fold to it (U+212A KELVIN SIGN folds to k, which no session claim has).
+var claimsLookalikes = []string{"ſub", "ſid", "freſh", "iſs", "SUB", "Fresh", "\u212Aid", "\u212Aſub", "subſ"}
+
+// claimsFoldsToReserved reports, independently of the library, whether
+// name equals a session claim under strings.EqualFold.
+func claimsFoldsToReserved(name string) bool {
+	for _, r := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "auth_time", "fresh"} {
+		if strings.EqualFold(name, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// claimsSecret is the HMAC secret of hand-made tokens (claimsSign) and of
+// the servers that verify them (claimsKeys).
+var claimsSecret = []byte("claims-test-secret-0123456789abcdef")
+
+// claimsKeys is the key set of claimsSecret, kid "rk".
+func claimsKeys(t testing.TB) *KeySet {
+	t.Helper()
+	return keysSet(t, keysMust(t, "rk", jwt.SigningMethodHS256, claimsSecret))
+}
+
+// claimsSign assembles a compact HS256 JWS of typ at+jwt, kid "rk", over
+// payload exactly as given (no re-encoding), signed with claimsSecret.
+func claimsSign(payload string) string {
+	enc := base64.RawURLEncoding
+	input := enc.EncodeToString([]byte(`{"alg":"HS256","kid":"rk","typ":"at+jwt"}`)) + "." + enc.EncodeToString([]byte(payload))
+	mac := hmac.New(sha256.New, claimsSecret)
+	mac.Write([]byte(input))
+	return input + "." + enc.EncodeToString(mac.Sum(nil))
+}
+
+// claimsPayload is a valid access-token payload for sid s1 and subject
+// alice, issued at t0 and expiring an hour later, with extra members
+// appended as given.
+func claimsPayload(extra string) string {
+	p := fmt.Sprintf(`{"sub":"alice","exp":%d,"iat":%d,"jti":"j1","sid":"s1","auth_time":%d`,
+		t0.Add(time.Hour).Unix(), t0.Unix(), t0.Unix())
+	if extra != "" {
+		p += "," + extra
+	}
+	return p + "}"
+}
+
+// claimsAuthenticate runs s's unary interceptor on a call that presents
+// tok, and returns its error and the claims the handler saw (nil if it did
+// not run).
+func claimsAuthenticate(s *Server, tok string) (*Claims, error) {
+	ctx := metadata.NewIncomingContext(context.Background(), bearerMD(tok))
+	var seen *Claims
+	handler := func(ctx context.Context, _ any) (any, error) {
+		seen, _ = ClaimsFromContext(ctx)
+		if seen == nil {
+			seen = new(Claims)
+		}
+		return nil, nil
+	}
+	_, err := s.UnaryServerInterceptor()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: refreshUnaryMethod}, handler)
+	return seen, err
+}
+
+// TestClaims_UnicodeFoldedNames: encoding/json matches member names
+// under Unicode simple folding, so "ſub" is "sub" to it. Such names are
+// refused as custom claims, and a token carrying one is invalid.
+func TestClaims_UnicodeFoldedNames(t *testing.T) {
+	t.Run("StartSession", func(t *testing.T) {
+		e := newEnv(t)
+		for _, name := range claimsLookalikes {
+			reserved := claimsFoldsToReserved(name)
+			_, err := e.server.StartSession(context.Background(), "alice", map[string]any{name: "mallory"})
+			if got := errors.Is(err, ErrReservedClaim); got != reserved {
+				t.Errorf("StartSession with claim %q: err = %v; want ErrReservedClaim %v", name, err, reserved)
+			}
+		}
+	})
+
+	t.Run("MarshalJSON", func(t *testing.T) {
+		for _, name := range claimsLookalikes {
+			c := Claims{RegisteredClaims: jwt.RegisteredClaims{Subject: "alice"}, Custom: map[string]json.RawMessage{name: json.RawMessage(`"mallory"`)}}
+			_, err := c.MarshalJSON()
+			if got := errors.Is(err, ErrReservedClaim); got != claimsFoldsToReserved(name) {
+				t.Errorf("MarshalJSON with claim %q: err = %v; want ErrReservedClaim %v", name, err, claimsFoldsToReserved(name))
+			}
+		}
+	})
+
+	t.Run("UnmarshalJSON", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, payload string
+		}{
+			{"after", `{"sub":"alice","ſub":"mallory","sid":"s1"}`},
+			{"before", `{"ſub":"mallory","sub":"alice","sid":"s1"}`},
+			{"alone", `{"ſub":"mallory","sid":"s1"}`},
+			{"sid", `{"sub":"alice","sid":"s1","ſid":"s2"}`},
+			{"fresh", `{"sub":"alice","sid":"s1","freſh":true}`},
+		} {
+			var c Claims
+			if err := json.Unmarshal([]byte(tc.payload), &c); err == nil {
+				t.Errorf("%s: Unmarshal accepted a look-alike member: sub %q, sid %q, fresh %v", tc.name, c.Subject, c.SessionID, c.Fresh)
+			}
+		}
+		// A name that does not fold to a session claim is a custom claim.
+		var c Claims
+		if err := json.Unmarshal([]byte(`{"sub":"alice","\u212Aid":"x"}`), &c); err != nil {
+			t.Fatalf("Unmarshal with a custom claim %q: %v", "\u212Aid", err)
+		}
+		if c.Subject != "alice" || string(c.Custom["\u212Aid"]) != `"x"` {
+			t.Fatalf("got sub %q, custom %q; want alice, %q", c.Subject, c.Custom, `"x"`)
+		}
+	})
+
+	t.Run("signed token", func(t *testing.T) {
+		s := newEnv(t, withKeys(claimsKeys(t)), withStart(t0.Add(time.Minute))).server
+		// The hand-made token verifies without a look-alike member.
+		c, err := claimsAuthenticate(s, claimsSign(claimsPayload("")))
+		if err != nil || c == nil || c.Subject != "alice" {
+			t.Fatalf("control token: claims %v, err %v; want it accepted for alice", c, err)
+		}
+		for _, extra := range []string{`"ſub":"mallory"`, `"ſid":"s2"`, `"freſh":true`, `"iſs":"evil"`} {
+			c, err := claimsAuthenticate(s, claimsSign(claimsPayload(extra)))
+			if c != nil {
+				t.Errorf("token with %s: handler ran with sub %q, sid %q, fresh %v", extra, c.Subject, c.SessionID, c.Fresh)
+				continue
+			}
+			wantReason(t, err, ReasonTokenInvalid)
+		}
+	})
+}
+
+// claimsSecretValue is a claim value that no error may quote.
+const claimsSecretValue = "SECRET-VALUE"
+
+// TestClaims_ErrorsDoNotQuoteValues: client-side decode errors and
+// Claims.Lookup errors never quote a claim's value.
+func TestClaims_ErrorsDoNotQuoteValues(t *testing.T) {
+	badPayloads := []string{
+		`{"sub":"alice","sid":"s1","exp":"` + claimsSecretValue + `"}`,
+		`{"sub":"alice","sid":"s1","exp":1,"iat":"` + claimsSecretValue + `"}`,
+		`{"sub":"alice","sid":"s1","exp":1,"auth_time":"` + claimsSecretValue + `"}`,
+	}
+	t.Run("NewTokenHolder", func(t *testing.T) {
+		for _, p := range badPayloads {
+			_, err := NewTokenHolder(claimsSign(p))
+			if !errors.Is(err, ErrMalformedToken) {
+				t.Fatalf("err = %v, want ErrMalformedToken", err)
+			}
+			if strings.Contains(err.Error(), claimsSecretValue) {
+				t.Fatalf("error quotes a claim value: %v", err)
+			}
+		}
+	})
+
+	t.Run("refreshed pair", func(t *testing.T) {
+		e := newEnv(t, withMemStore())
+		s := e.startSession(t, nil)
+		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) {
+			return &slidejwtv1.TokenPair{AccessToken: claimsSign(badPayloads[0]), RefreshToken: "next"}, nil
+		}}
+		c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+		crfLapse(e, s)
+		err := crfUnary(t, c)
+		if err == nil || strings.Contains(err.Error(), claimsSecretValue) {
+			t.Fatalf("err = %v, want an error that does not quote a claim value", err)
+		}
+	})
+
+	t.Run("Lookup", func(t *testing.T) {
+		c := &Claims{Custom: map[string]json.RawMessage{
+			"when":  json.RawMessage(`"` + claimsSecretValue + `"`),
+			"count": json.RawMessage(`987654321`),
+		}}
+		for _, tc := range []struct {
+			name, secret string
+			into         any
+		}{
+			{"when", claimsSecretValue, new(time.Time)},
+			{"when", claimsSecretValue, new(int)},
+			{"count", "987654321", new(int8)},
+			{"count", "987654321", new(string)},
+		} {
+			ok, err := c.Lookup(tc.name, tc.into)
+			if !ok || err == nil {
+				t.Fatalf("Lookup(%q, %T) = %v, %v; want true and an error", tc.name, tc.into, ok, err)
+			}
+			if strings.Contains(err.Error(), tc.secret) {
+				t.Fatalf("Lookup(%q, %T) error quotes the claim's value: %v", tc.name, tc.into, err)
+			}
+		}
+	})
+
+	t.Run("Lookup on nil Claims", func(t *testing.T) {
+		var c *Claims
+		var v string
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Fatalf("Lookup on nil *Claims panicked: %v", p)
+				}
+			}()
+			ok, err := c.Lookup("role", &v)
+			if ok || err != nil {
+				t.Fatalf("Lookup on nil *Claims = %v, %v; want false, nil", ok, err)
+			}
+		}()
+	})
 }

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
-	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // crfWait bounds every wait of these tests, so that a deadlock fails the
@@ -68,7 +67,7 @@ func (k *crfHooks) lastRefresh() *slidejwtv1.TokenPair {
 // for s with s's refresh token, on the env's clock, and the holder's hooks.
 // The holder is bound to the env's target: without a WithRefresher in
 // opts, it refreshes on the same connection.
-func crfHolder(t testing.TB, e *refreshEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
+func crfHolder(t testing.TB, e *testEnv, s Session, opts ...ClientOption) (testpb.TestServiceClient, *TokenHolder, *crfHooks) {
 	t.Helper()
 	hooks := new(crfHooks)
 	all := append([]ClientOption{
@@ -122,7 +121,7 @@ func (r *crfRefresher) Refresh(ctx context.Context, rt string) (*slidejwtv1.Toke
 }
 
 // crfNewRefresher returns a crfRefresher that refreshes through e.
-func crfNewRefresher(t testing.TB, e *refreshEnv) *crfRefresher {
+func crfNewRefresher(t testing.TB, e *testEnv) *crfRefresher {
 	t.Helper()
 	_, tc := e.clients(t)
 	return &crfRefresher{next: TokenServiceRefresher(tc)}
@@ -173,22 +172,22 @@ func crfServerStream(t testing.TB, c testpb.TestServiceClient, n int) (int, erro
 // crfLapse moves the clock one tick past the point where the server
 // rejects s's access token as expired, well before its refresh token
 // lapses.
-func crfLapse(e *refreshEnv, s Session) {
+func crfLapse(e *testEnv, s Session) {
 	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Nanosecond))
 }
 
 // crfWantCalls fails unless method reached the server n times.
-func crfWantCalls(t testing.TB, e *refreshEnv, method string, n int) {
+func crfWantCalls(t testing.TB, e *testEnv, method string, n int) {
 	t.Helper()
-	if got, _ := e.log.calls(method); got != n {
+	if got, _ := e.calls.get(method); got != n {
 		t.Fatalf("%s reached the server %d times, want %d", method, got, n)
 	}
 }
 
 // crfWantRefreshes fails unless the server answered n Refresh calls.
-func crfWantRefreshes(t testing.TB, e *refreshEnv, n int) {
+func crfWantRefreshes(t testing.TB, e *testEnv, n int) {
 	t.Helper()
-	if got := e.log.refreshes(); got != n {
+	if got := refreshAnswered(e); got != n {
 		t.Fatalf("server answered %d Refresh calls, want %d", got, n)
 	}
 }
@@ -196,8 +195,8 @@ func crfWantRefreshes(t testing.TB, e *refreshEnv, n int) {
 // TestClientRefresh_ReactiveUnary: a unary call whose access token lapsed
 // is refreshed and retried once, transparently.
 func TestClientRefresh_ReactiveUnary(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0))
 	crfLapse(e, s)
 
@@ -205,11 +204,11 @@ func TestClientRefresh_ReactiveUnary(t *testing.T) {
 		t.Fatalf("call with a lapsed token: %v", err)
 	}
 	crfWantRefreshes(t, e, 1)
-	if got := e.log.count(EventRefreshed, refreshMethod); got != 1 {
+	if got := e.events.count(EventRefreshed, refreshMethod); got != 1 {
 		t.Fatalf("%d successful refreshes, want 1", got)
 	}
 	crfWantCalls(t, e, refreshUnaryMethod, 2)
-	if rejected, handled := e.log.count(EventRejected, refreshUnaryMethod), e.svc.calls.Load(); rejected != 1 || handled != 1 {
+	if rejected, handled := e.events.count(EventRejected, refreshUnaryMethod), e.svc.calls.Load(); rejected != 1 || handled != 1 {
 		t.Fatalf("UnaryCall: %d rejected, %d handled; want 1, 1", rejected, handled)
 	}
 	swaps, refreshes := hooks.counts()
@@ -226,7 +225,7 @@ func TestClientRefresh_ReactiveUnary(t *testing.T) {
 	if !h.Expiry().Equal(p.GetAccessTokenExpiresAt().AsTime()) {
 		t.Fatalf("Expiry = %v, want %v", h.Expiry(), p.GetAccessTokenExpiresAt().AsTime())
 	}
-	if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, p.GetAccessToken()) {
+	if got := e.svc.lastClaims.Load(); got == nil || got.ID != decodeToken(t, p.GetAccessToken()).claims.ID {
 		t.Fatal("the retry did not carry the refreshed access token")
 	}
 
@@ -243,36 +242,29 @@ func TestClientRefresh_ReactiveUnary(t *testing.T) {
 func TestClientRefresh_NoRefreshForOtherRejections(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		setup func(t *testing.T, e *refreshEnv) Session
+		setup func(t *testing.T, e *testEnv) Session
 		want  Reason
 	}{
-		{"session expired", func(t *testing.T, e *refreshEnv) Session {
-			s := e.start(t, nil)
+		{"session expired", func(t *testing.T, e *testEnv) Session {
+			s := e.startSession(t, nil)
 			e.clock.Set(s.End.Add(DefaultLeeway))
 			return s
 		}, ReasonSessionExpired},
-		{"session revoked", func(t *testing.T, e *refreshEnv) Session {
-			s := e.start(t, nil)
+		{"session revoked", func(t *testing.T, e *testEnv) Session {
+			s := e.startSession(t, nil)
 			if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
 				t.Fatal(err)
 			}
 			return s
 		}, ReasonSessionRevoked},
-		{"token invalid", func(t *testing.T, e *refreshEnv) Session {
-			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
+		{"token invalid", func(t *testing.T, e *testEnv) Session {
+			// A session of another server, with keys of its own.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now())).startSession(t, nil)
 		}, ReasonTokenInvalid},
 	} {
 		for _, kind := range []string{"unary", "server-stream"} {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
-				e := refreshNewEnv(t, refreshEnvConfig{})
+				e := newEnv(t, withMemStore())
 				s := tc.setup(t, e)
 				r := crfNewRefresher(t, e)
 				c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
@@ -307,33 +299,33 @@ func TestClientRefresh_FailedRefresh(t *testing.T) {
 		opts []ServerOption
 		// setup prepares the session so that its refresh fails; it may
 		// replace the refresher's behaviour.
-		setup      func(t *testing.T, e *refreshEnv, s Session, r *crfRefresher)
+		setup      func(t *testing.T, e *testEnv, s Session, r *crfRefresher)
 		wantReason Reason     // if set
 		wantCode   codes.Code // otherwise
 		wantSecond int64      // refresher calls after a second call
 	}{
-		{"refresh token reused", nil, func(t *testing.T, e *refreshEnv, s Session, _ *crfRefresher) {
+		{"refresh token reused", nil, func(t *testing.T, e *testEnv, s Session, _ *crfRefresher) {
 			// Someone else rotated the token long ago: reuse after the
 			// grace period revokes the session.
 			_, tc := e.clients(t)
 			refreshMust(t, tc, s.RefreshToken)
 		}, ReasonSessionRevoked, 0, 1},
 		{"refresh token lapsed", []ServerOption{WithRefreshTTL(time.Hour)}, nil, ReasonSessionExpired, 0, 1},
-		{"refresher rejects", nil, func(_ *testing.T, _ *refreshEnv, _ Session, r *crfRefresher) {
+		{"refresher rejects", nil, func(_ *testing.T, _ *testEnv, _ Session, r *crfRefresher) {
 			r.err = reject(ReasonTokenInvalid, "")
 		}, ReasonTokenInvalid, 0, 1},
-		{"refresher unavailable", nil, func(_ *testing.T, _ *refreshEnv, _ Session, r *crfRefresher) {
+		{"refresher unavailable", nil, func(_ *testing.T, _ *testEnv, _ Session, r *crfRefresher) {
 			r.err = status.Error(codes.Unavailable, "token service down")
 		}, noReason, codes.Unavailable, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(tc.opts...))
+			s := e.startSession(t, nil)
 			r := crfNewRefresher(t, e)
 			if tc.setup != nil {
 				tc.setup(t, e, s, r)
 			}
-			refreshesBefore := e.log.refreshes()
+			refreshesBefore := refreshAnswered(e)
 			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 			crfLapse(e, s)
 
@@ -363,7 +355,7 @@ func TestClientRefresh_FailedRefresh(t *testing.T) {
 			}
 			crfWantCalls(t, e, refreshUnaryMethod, 2)
 			// Only the refresher's own calls reached TokenService.
-			if got := e.log.refreshes() - refreshesBefore; r.err == nil && got != 1 {
+			if got := refreshAnswered(e) - refreshesBefore; r.err == nil && got != 1 {
 				t.Fatalf("server answered %d Refresh calls from the holder, want 1", got)
 			}
 		})
@@ -376,8 +368,8 @@ func TestClientRefresh_FailedRefresh(t *testing.T) {
 func TestClientRefresh_RetriedOnce(t *testing.T) {
 	for _, kind := range []string{"unary", "server-stream", "bidi"} {
 		t.Run(kind, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			_, tokc := e.clients(t)
 			e.clock.Advance(time.Hour)
 			later := refreshMust(t, tokc, s.RefreshToken) // expires an hour after s's
@@ -429,12 +421,12 @@ func TestClientRefresh_SingleFlightReactive(t *testing.T) {
 	const n = 50
 	var rejected atomic.Int64
 	allRejected := make(chan struct{})
-	e := refreshNewEnv(t, refreshEnvConfig{onEvent: func(ev Event) {
+	e := newEnv(t, withMemStore(), withEventHook(func(ev Event) {
 		if ev.Kind == EventRejected && ev.Method == refreshUnaryMethod && rejected.Add(1) == n {
 			close(allRejected)
 		}
-	}})
-	s := e.start(t, nil)
+	}))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	r.started = make(chan struct{}, n)
 	r.release = make(chan struct{})
@@ -461,8 +453,8 @@ func TestClientRefresh_SingleFlightReactive(t *testing.T) {
 // a token inside the refresh margin and share one refresh.
 func TestClientRefresh_SingleFlightProactive(t *testing.T) {
 	const n = 50
-	e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	r.started = make(chan struct{}, n)
 	r.release = make(chan struct{})
@@ -487,7 +479,7 @@ func TestClientRefresh_SingleFlightProactive(t *testing.T) {
 		t.Fatalf("refresher called %d times, want 1", got)
 	}
 	crfWantCalls(t, e, refreshUnaryMethod, n)
-	if got := e.log.count(EventRejected, refreshUnaryMethod); got != 0 {
+	if got := e.events.count(EventRejected, refreshUnaryMethod); got != 0 {
 		t.Fatalf("%d calls rejected, want 0", got)
 	}
 }
@@ -514,8 +506,8 @@ func TestClientRefresh_ProactiveMargin(t *testing.T) {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
 				// RenewBefore 1 s: no renewal in the response muddles what
 				// the holder holds.
-				e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-				s := e.start(t, nil)
+				e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+				s := e.startSession(t, nil)
 				c, h, hooks := crfHolder(t, e, s, tc.opts...)
 				e.clock.Set(s.Expiry.Add(-tc.left))
 
@@ -531,11 +523,11 @@ func TestClientRefresh_ProactiveMargin(t *testing.T) {
 					}
 				}
 				crfWantCalls(t, e, method, 1)
-				wantJTI := refreshJTI(t, s.AccessToken)
+				wantJTI := decodeToken(t, s.AccessToken).claims.ID
 				want := 0
 				if tc.wantRefresh {
 					want = 1
-					wantJTI = refreshJTI(t, hooks.lastRefresh().GetAccessToken())
+					wantJTI = decodeToken(t, hooks.lastRefresh().GetAccessToken()).claims.ID
 					if h.Token() == s.AccessToken {
 						t.Fatal("holder kept the old token after a proactive refresh")
 					}
@@ -565,8 +557,8 @@ func TestClientRefresh_ProactiveFailureSendsHeldToken(t *testing.T) {
 		{"rejected", reject(ReasonSessionRevoked, ""), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+			s := e.startSession(t, nil)
 			r := crfNewRefresher(t, e)
 			r.err = tc.err
 			c, h, _ := crfHolder(t, e, s, WithRefresher(r))
@@ -579,7 +571,7 @@ func TestClientRefresh_ProactiveFailureSendsHeldToken(t *testing.T) {
 				t.Fatalf("refresher called %d times, want 1", n)
 			}
 			crfWantCalls(t, e, refreshUnaryMethod, 1)
-			if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, s.AccessToken) {
+			if got := e.svc.lastClaims.Load(); got == nil || got.ID != decodeToken(t, s.AccessToken).claims.ID {
 				t.Fatal("the call did not carry the held token")
 			}
 			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
@@ -681,8 +673,15 @@ func TestClientRefresh_StreamReopen(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gate := make(chan struct{})
-			e := refreshNewEnv(t, refreshEnvConfig{streamGate: gate})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withBefore(nil, func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+				select { // hold the stream, before authentication, until gate closes
+				case <-gate:
+				case <-ss.Context().Done():
+					return ss.Context().Err()
+				}
+				return handler(srv, ss)
+			}))
+			s := e.startSession(t, nil)
 			c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0))
 			crfLapse(e, s)
 
@@ -691,7 +690,7 @@ func TestClientRefresh_StreamReopen(t *testing.T) {
 			}
 			crfWantRefreshes(t, e, 1)
 			crfWantCalls(t, e, tc.method, 2)
-			if rejected := e.log.count(EventRejected, tc.method); rejected != 1 {
+			if rejected := e.events.count(EventRejected, tc.method); rejected != 1 {
 				t.Fatalf("%d attempts rejected, want 1", rejected)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -708,8 +707,8 @@ func TestClientRefresh_StreamReopen(t *testing.T) {
 // server stream before its first message still gets the stream reopened
 // after TOKEN_EXPIRED (no header arrived: nothing was exchanged).
 func TestClientRefresh_StreamHeaderFirst(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0))
 	crfLapse(e, s)
 
@@ -756,8 +755,8 @@ func (s crfMidStreamService) StreamingOutputCall(req *testpb.StreamingOutputCall
 // message arrived goes to the caller; nothing is refreshed or reopened.
 func TestClientRefresh_StreamNotReplayedAfterMessage(t *testing.T) {
 	svc := crfMidStreamService{&testService{}}
-	e := refreshNewEnv(t, refreshEnvConfig{service: svc})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore(), withService(svc))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 
@@ -793,8 +792,8 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 	} {
 		for _, kind := range []string{"unary", "server-stream"} {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
-				e := refreshNewEnv(t, refreshEnvConfig{})
-				s := e.start(t, nil)
+				e := newEnv(t, withMemStore())
+				s := e.startSession(t, nil)
 				c, h, _ := crfHolder(t, e, s, append([]ClientOption{WithRefreshTimeout(crfWait)}, tc.opts...)...)
 				e.clock.Set(tc.at(s))
 				if kind == "unary" {
@@ -804,7 +803,7 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 				} else if n, err := crfServerStream(t, c, 1); err != nil || n != 1 {
 					t.Fatalf("stream: %d messages, err %v; want 1, nil", n, err)
 				}
-				all, authorized := e.log.calls(refreshMethod)
+				all, authorized := e.calls.get(refreshMethod)
 				if all != 1 || authorized != 0 {
 					t.Fatalf("Refresh reached the server %d times, %d with authorization; want 1, 0", all, authorized)
 				}
@@ -818,9 +817,9 @@ func TestClientRefresh_RefreshCallIsolation(t *testing.T) {
 
 // TestClientRefresh_Options: refresh options NewTokenHolder refuses.
 func TestClientRefresh_Options(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	other := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	other := e.startSession(t, nil)
 	conn := e.dial(t)
 	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) { return nil, nil })
 	for _, tc := range []struct {
@@ -873,9 +872,9 @@ func crfOptToken(opts []ClientOption) string {
 // refresher returns.
 func TestClientRefresh_InstallRules(t *testing.T) {
 	t.Run("pair of another session is refused", func(t *testing.T) {
-		e := refreshNewEnv(t, refreshEnvConfig{})
-		s := e.start(t, nil)
-		foreign := e.start(t, nil) // same subject, another sid
+		e := newEnv(t, withMemStore())
+		s := e.startSession(t, nil)
+		foreign := e.startSession(t, nil) // same subject, another sid
 		r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return foreign.TokenPair(), nil }}
 		c, h, hooks := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 		crfLapse(e, s)
@@ -913,8 +912,8 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 		{"nil pair", func(Session) *slidejwtv1.TokenPair { return nil }},
 	} {
 		t.Run(tc.name+" is refused", func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			e.clock.Advance(time.Hour)
 			_, tokc := e.clients(t)
 			next := refreshMust(t, tokc, s.RefreshToken)
@@ -935,8 +934,8 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 	}
 
 	t.Run("older access token keeps the held one but takes the refresh token", func(t *testing.T) {
-		e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithPolicy(Policy{RenewBefore: time.Second})}})
-		s := e.start(t, nil)
+		e := newEnv(t, withMemStore(), withServerOptions(WithPolicy(Policy{RenewBefore: time.Second})))
+		s := e.startSession(t, nil)
 		_, tokc := e.clients(t)
 		older := refreshMust(t, tokc, s.RefreshToken) // access exp t0+24h
 		e.clock.Advance(time.Hour)
@@ -971,7 +970,7 @@ func TestClientRefresh_InstallRules(t *testing.T) {
 		if swaps != 0 || refreshes != 1 {
 			t.Fatalf("OnSwap %d, OnRefresh %d calls; want 0, 1", swaps, refreshes)
 		}
-		if got := e.svc.lastClaims.Load(); got == nil || got.ID != refreshJTI(t, newer.GetAccessToken()) {
+		if got := e.svc.lastClaims.Load(); got == nil || got.ID != decodeToken(t, newer.GetAccessToken()).claims.ID {
 			t.Fatal("the call did not carry the held access token")
 		}
 	})
@@ -1035,8 +1034,8 @@ func (s *crfRogueTokenService) Refresh(context.Context, *slidejwtv1.RefreshReque
 // at its configured token service only; the refresh token never reaches
 // the rogue, in a Refresh call or in any metadata.
 func TestClientRefresh_RogueTokenExpiredGetsNoRefreshToken(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	var (
 		mu  sync.Mutex
 		got []string // every metadata value that reached the rogue
@@ -1091,7 +1090,7 @@ func TestClientRefresh_RogueTokenExpiredGetsNoRefreshToken(t *testing.T) {
 	}
 	// One refresh per call, each at the configured token service: the
 	// stream was rejected with the token the unary call's refresh got.
-	if n := e.log.refreshes(); n != 2 {
+	if n := refreshAnswered(e); n != 2 {
 		t.Fatalf("configured token service answered %d Refresh calls, want 2", n)
 	}
 	mu.Lock()
@@ -1160,8 +1159,8 @@ func TestClientRefresh_RetryNeedsMarker(t *testing.T) {
 					}
 					return nil
 				}}
-				e := refreshNewEnv(t, refreshEnvConfig{service: svc})
-				s := e.start(t, nil)
+				e := newEnv(t, withMemStore(), withService(svc))
+				s := e.startSession(t, nil)
 				r := crfNewRefresher(t, e)
 				c, _, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
 				var err error
@@ -1198,12 +1197,12 @@ func TestClientRefresh_RetryNeedsMarker(t *testing.T) {
 func TestClientRefresh_LeaderHonoursDeadline(t *testing.T) {
 	var rejected atomic.Int64
 	secondRejected := make(chan struct{})
-	e := refreshNewEnv(t, refreshEnvConfig{onEvent: func(ev Event) {
+	e := newEnv(t, withMemStore(), withEventHook(func(ev Event) {
 		if ev.Kind == EventRejected && ev.Method == refreshUnaryMethod && rejected.Add(1) == 2 {
 			close(secondRejected)
 		}
-	}})
-	s := e.start(t, nil)
+	}))
+	s := e.startSession(t, nil)
 	r := crfNewRefresher(t, e)
 	r.started = make(chan struct{}, 2)
 	r.release = make(chan struct{})
@@ -1270,9 +1269,9 @@ func TestClientRefresh_LeaderHonoursDeadline(t *testing.T) {
 // to the rules of a renewal, and its tokens to the session's end. Tested
 // on install directly, at the end and one second either side.
 func TestClientRefresh_InstallChecks(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	foreign := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	foreign := e.startSession(t, nil)
 	e.clock.Advance(time.Hour)
 	_, tokc := e.clients(t)
 	next := refreshMust(t, tokc, s.RefreshToken)
@@ -1364,5 +1363,355 @@ func TestClientRefresh_InstallChecks(t *testing.T) {
 				t.Fatalf("SessionEnd = %v, want %v", h.SessionEnd(), want)
 			}
 		})
+	}
+}
+
+// TestClientRefresh_NeedsSecureTransport: the default refresher sends the
+// refresh token only where the holder would send the access token. Without
+// AllowInsecureTransport, on a plaintext connection, no Refresh call
+// leaves the client, proactive or with a lapsed token.
+func TestClientRefresh_NeedsSecureTransport(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		at       func(s Session) time.Time
+		insecure bool
+	}{
+		{"inside the margin", func(s Session) time.Time { return s.Expiry.Add(-10 * time.Second) }, false},
+		{"lapsed", func(s Session) time.Time { return s.Expiry.Add(DefaultLeeway + time.Second) }, false},
+		{"control: inside the margin, insecure allowed", func(s Session) time.Time { return s.Expiry.Add(-10 * time.Second) }, true},
+		{"control: lapsed, insecure allowed", func(s Session) time.Time { return s.Expiry.Add(DefaultLeeway + time.Second) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
+			opts := []ClientOption{WithClock(e.clock.Now), WithRefreshToken(s.RefreshToken), WithRefreshTimeout(crfWait), BindTarget(cliTarget)}
+			if tc.insecure {
+				opts = append(opts, AllowInsecureTransport())
+			}
+			h, err := NewTokenHolder(s.AccessToken, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn := e.dial(t,
+				grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
+				grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
+			c := testpb.NewTestServiceClient(conn)
+			e.clock.Set(tc.at(s))
+
+			_, err = c.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+			refreshes, _ := e.calls.get(refreshMethod)
+			if tc.insecure {
+				if err != nil {
+					t.Fatalf("call: %v", err)
+				}
+				if refreshes != 1 {
+					t.Fatalf("Refresh reached the server %d times, want 1", refreshes)
+				}
+				if h.RefreshToken() == s.RefreshToken {
+					t.Fatal("holder did not take the new refresh token")
+				}
+				return
+			}
+			if got := status.Code(err); got != codes.Unauthenticated {
+				t.Fatalf("code = %v (err %v), want %v from the client", got, err, codes.Unauthenticated)
+			}
+			if r, ok := ReasonOf(err); ok {
+				t.Fatalf("reason = %v, want none: the call must fail in the client", r)
+			}
+			if refreshes != 0 {
+				t.Fatalf("Refresh reached the server %d times over plaintext, want 0", refreshes)
+			}
+			if got := refreshAnswered(e); got != 0 {
+				t.Fatalf("server answered %d Refresh calls, want 0", got)
+			}
+			crfWantCalls(t, e, refreshUnaryMethod, 0)
+			if h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder's refresh token changed")
+			}
+		})
+	}
+}
+
+// crfHeaderThenExpired sends a response header and then fails with
+// TOKEN_EXPIRED, as no slidejwt server does: the handler ran. Its
+// FullDuplexCall first reads one message.
+type crfHeaderThenExpired struct {
+	*testService
+	consumed atomic.Int64
+}
+
+func (s *crfHeaderThenExpired) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	s.enter(stream.Context())
+	if err := stream.SendHeader(metadata.Pairs("x-handler", "ran")); err != nil {
+		return err
+	}
+	return reject(ReasonTokenExpired, "")
+}
+
+func (s *crfHeaderThenExpired) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+	s.enter(stream.Context())
+	if err := stream.SendHeader(metadata.Pairs("x-handler", "ran")); err != nil {
+		return err
+	}
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	s.consumed.Add(1)
+	return reject(ReasonTokenExpired, "")
+}
+
+// TestClientRefresh_StreamNoReopenAfterHeader: a stream that received a header before
+// it failed with TOKEN_EXPIRED is not refreshed and reopened: its handler
+// ran and may have consumed the messages a reopen would replay.
+func TestClientRefresh_StreamNoReopenAfterHeader(t *testing.T) {
+	for _, kind := range []string{"server-stream", "bidi"} {
+		t.Run(kind, func(t *testing.T) {
+			svc := &crfHeaderThenExpired{testService: &testService{}}
+			e := newEnv(t, withMemStore(), withService(svc))
+			s := e.startSession(t, nil)
+			r := crfNewRefresher(t, e)
+			c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+
+			var err error
+			method := refreshOutMethod
+			switch kind {
+			case "server-stream":
+				var got int
+				got, err = crfServerStream(t, c, 1)
+				if got != 0 {
+					t.Fatalf("got %d messages, want 0", got)
+				}
+			case "bidi":
+				method = refreshBidiMethod
+				st, oerr := c.FullDuplexCall(crfCtx(t))
+				if oerr != nil {
+					t.Fatal(oerr)
+				}
+				if serr := st.Send(&testpb.StreamingOutputCallRequest{}); serr != nil && !errors.Is(serr, io.EOF) {
+					t.Fatal(serr)
+				}
+				_ = st.CloseSend()
+				_, err = st.Recv()
+			}
+			wantReason(t, err, ReasonTokenExpired)
+			if n := r.calls.Load(); n != 0 {
+				t.Fatalf("refresher called %d times, want 0", n)
+			}
+			crfWantRefreshes(t, e, 0)
+			crfWantCalls(t, e, method, 1)
+			if n := svc.calls.Load(); n != 1 {
+				t.Fatalf("handler ran %d times, want 1", n)
+			}
+			if kind == "bidi" && svc.consumed.Load() != 1 {
+				t.Fatalf("handler consumed %d messages, want 1", svc.consumed.Load())
+			}
+			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder's tokens changed")
+			}
+		})
+	}
+}
+
+// TestClientRefresh_InstallFailureRemembered: a refreshed pair the holder cannot
+// take is remembered like a rejection: the next call does not present the
+// refresh token again.
+func TestClientRefresh_InstallFailureRemembered(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pair func(t *testing.T, e *testEnv) *slidejwtv1.TokenPair
+	}{
+		{"another session", func(t *testing.T, e *testEnv) *slidejwtv1.TokenPair { return e.startSession(t, nil).TokenPair() }},
+		{"garbage access token", func(*testing.T, *testEnv) *slidejwtv1.TokenPair {
+			return &slidejwtv1.TokenPair{AccessToken: "garbage", RefreshToken: "next"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
+			pair := tc.pair(t, e)
+			r := &crfRefresher{pair: func(string) (*slidejwtv1.TokenPair, error) { return pair, nil }}
+			c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+			crfLapse(e, s)
+
+			for i := 1; i <= 2; i++ {
+				err := crfUnary(t, c)
+				if got := status.Code(err); got != codes.Internal {
+					t.Fatalf("call %d: code = %v (err %v), want %v", i, got, err, codes.Internal)
+				}
+				if n := r.calls.Load(); n != 1 {
+					t.Fatalf("after call %d: refresher called %d times, want 1", i, n)
+				}
+			}
+			if h.Token() != s.AccessToken || h.RefreshToken() != s.RefreshToken {
+				t.Fatal("holder took the pair")
+			}
+		})
+	}
+}
+
+// crfWaitCtx is a context that reports when its Done channel is first
+// asked for: a waiter of a refresh flight does so only to wait on it.
+type crfWaitCtx struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func (c *crfWaitCtx) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
+}
+
+// TestClientRefresh_RefresherPanicReleasesWaiters: when a Refresher panics, the
+// callers waiting on its refresh are released with an error, and later
+// calls are not stuck behind the dead refresh.
+func TestClientRefresh_RefresherPanicReleasesWaiters(t *testing.T) {
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int64
+	r := RefreshFunc(func(context.Context, string) (*slidejwtv1.TokenPair, error) {
+		if calls.Add(1) == 1 {
+			close(started)
+			<-release
+			panic("refresher panics")
+		}
+		return nil, status.Error(codes.Unavailable, "token service down")
+	})
+	c, h, _ := crfHolder(t, e, s, WithRefreshMargin(0), WithRefresher(r))
+	crfLapse(e, s)
+	seen := h.cur.Load()
+
+	// The leader: a call whose token lapsed runs the refresh, which
+	// panics on its goroutine.
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = c.UnaryCall(crfCtx(t), &testpb.SimpleRequest{})
+	}()
+	select {
+	case <-started:
+	case <-time.After(crfWait):
+		t.Fatal("the refresh did not start")
+	}
+
+	// The waiters join the refresh in flight.
+	const n = 3
+	errs := make(chan error, n)
+	for range n {
+		ctx := &crfWaitCtx{Context: crfCtx(t), waiting: make(chan struct{})}
+		go func() {
+			err := h.refreshFrom(ctx, nil, seen)
+			if ctx.Err() != nil {
+				err = fmt.Errorf("still waiting at the deadline: %w", err)
+			}
+			errs <- err
+		}()
+		select {
+		case <-ctx.waiting:
+		case <-time.After(crfWait):
+			t.Fatal("a waiter did not join the refresh")
+		}
+	}
+	close(release)
+
+	select {
+	case v := <-panicked:
+		if v == nil {
+			t.Fatal("the refresher's panic did not reach the leader's goroutine")
+		}
+	case <-time.After(crfWait):
+		t.Fatal("the leader did not return")
+	}
+	for range n {
+		if err := <-errs; err == nil || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("waiter: err = %v, want an error before the deadline", err)
+		}
+	}
+	// No refresh is left in flight: the next call refreshes again.
+	err := crfUnary(t, c)
+	if got := status.Code(err); got != codes.Unavailable {
+		t.Fatalf("next call: code = %v (err %v), want %v from the refresher", got, err, codes.Unavailable)
+	}
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("refresher called %d times, want 2", got)
+	}
+}
+
+// TestClientRefresh_NoProactiveRefreshAtSessionEnd: once a refresh returned an
+// access token that expires at the session's end, calls within the margin
+// do not refresh again: no refresh can extend the session.
+func TestClientRefresh_NoProactiveRefreshAtSessionEnd(t *testing.T) {
+	e := newEnv(t, withMemStore(), withServerOptions(
+		WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 90 * time.Minute}),
+	))
+	s := e.startSession(t, nil)
+	r := crfNewRefresher(t, e)
+	c, h, hooks := crfHolder(t, e, s, WithRefresher(r))
+
+	e.clock.Set(s.Expiry.Add(-10 * time.Second)) // inside the 30 s margin
+	if err := crfUnary(t, c); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("refresher called %d times, want 1", n)
+	}
+	pair := hooks.lastRefresh()
+	end := pair.GetSessionEndsAt().AsTime()
+	if !end.Equal(s.End) || !h.Expiry().Equal(end) {
+		t.Fatalf("after the refresh: exp %v, session end %v; want both %v", h.Expiry(), end, s.End)
+	}
+
+	for _, before := range []time.Duration{20 * time.Second, time.Second, 0} {
+		e.clock.Set(end.Add(-before))
+		if err := crfUnary(t, c); err != nil {
+			t.Fatalf("call %v before the end: %v", before, err)
+		}
+		if n := r.calls.Load(); n != 1 {
+			t.Fatalf("call %v before the end: refresher called %d times, want 1", before, n)
+		}
+	}
+}
+
+// TestClientRefresh_StreamReopenAfterEarlierInterceptorHeader: a server interceptor
+// before slidejwt's may send a response header (a request id, say) before
+// slidejwt rejects the stream. The rejection says the handler did not run
+// (ErrorInfo handler_ran=false), so the client still refreshes and reopens.
+func TestClientRefresh_StreamReopenAfterEarlierInterceptorHeader(t *testing.T) {
+	requestID := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := ss.SendHeader(metadata.Pairs("x-request-id", "r1")); err != nil {
+			return err
+		}
+		return handler(srv, ss)
+	}
+	e := newEnv(t, withMemStore(), withBefore(nil, requestID))
+	s := e.startSession(t, nil)
+	var refreshes atomic.Int64
+	h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now),
+		WithRefreshToken(s.RefreshToken), WithRefreshMargin(0), BindTarget(cliTarget),
+		OnRefresh(func(*slidejwtv1.TokenPair) { refreshes.Add(1) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := e.dial(t, grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
+
+	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Nanosecond)) // lapsed; the refresh token is not
+	st, err := testpb.NewTestServiceClient(conn).StreamingOutputCall(crfCtx(t),
+		&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{}, {}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := st.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("after %d messages: %v, want the stream reopened", n, err)
+			}
+			break
+		}
+		n++
+	}
+	if n != 2 || refreshes.Load() != 1 || e.svc.calls.Load() != 1 {
+		t.Fatalf("messages %d, refreshes %d, handler runs %d; want 2, 1, 1", n, refreshes.Load(), e.svc.calls.Load())
 	}
 }

@@ -313,7 +313,7 @@ func TestNewTokenHolder_Options(t *testing.T) {
 }
 
 func TestUnary_HolderSwapsRenewals(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
 	client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -346,7 +346,7 @@ func TestUnary_HolderSwapsRenewals(t *testing.T) {
 }
 
 func TestUnary_HolderSwapsOnHandlerError(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
 	client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -370,7 +370,7 @@ func TestUnary_HolderCustomRenewalHeader(t *testing.T) {
 		swap   bool
 	}{{"agreed", "x-session-token", true}, {"mismatched", DefaultRenewalHeader, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRenewalHeader("x-session-token")}})
+			e := newEnv(t, withServerOptions(WithRenewalHeader("x-session-token")))
 			s := e.startSession(t, nil)
 			client, h := e.holderClient(t, s.AccessToken, WithRenewalHeader(tc.client))
 			e.clock.Advance(srvDueAfter)
@@ -404,7 +404,7 @@ func (in *cliInjector) md(p *atomic.Pointer[string]) metadata.MD {
 }
 
 func (in *cliInjector) env(t testing.TB) *testEnv {
-	return newEnv(t, envConfig{grpcOpts: func(*Server) []grpc.ServerOption {
+	return newEnv(t, withGRPC(func(*Server) []grpc.ServerOption {
 		return []grpc.ServerOption{
 			grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 				if md := in.md(&in.header); md != nil {
@@ -425,7 +425,7 @@ func (in *cliInjector) env(t testing.TB) *testEnv {
 				return handler(srv, ss)
 			}),
 		}
-	}})
+	}))
 }
 
 // TestUnary_HolderRefusesBadRenewals has a server send bad renewed tokens,
@@ -501,16 +501,16 @@ func TestUnary_HolderKeepsCallerHeaderAndTrailer(t *testing.T) {
 		t.Fatal("holder did not swap the renewal")
 	}
 	cliWantSwaps(t, swaps, h.Token())
-	if got := srvRenewed(t, header); got != h.Token() {
+	if got := renewedToken(t, header); got != h.Token() {
 		t.Error("caller's header lacks the renewed token")
 	}
-	if got := srvRenewed(t, trailer); got != h.Token() {
+	if got := renewedToken(t, trailer); got != h.Token() {
 		t.Error("caller's trailer lacks the renewed token")
 	}
 }
 
 func TestStream_HolderPicksHeaderAfterFirstRecv(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
 	client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -665,7 +665,7 @@ func cliBidiStream(c testpb.TestServiceClient, mid func()) error {
 }
 
 func TestStream_HolderPicksWhenCallerReadsHeader(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
 	client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -685,7 +685,7 @@ func TestStream_HolderPicksWhenCallerReadsHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Swapped by the caller's Header() call, before any RecvMsg.
-	if h.Token() == s.AccessToken || srvRenewed(t, header) != h.Token() {
+	if h.Token() == s.AccessToken || renewedToken(t, header) != h.Token() {
 		t.Fatal("not swapped from the header the caller read")
 	}
 	if err := stream.CloseSend(); err != nil {
@@ -730,7 +730,7 @@ func TestStream_HolderNoMessageEnds(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
 			client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -749,18 +749,8 @@ func TestStream_HolderNoMessageEnds(t *testing.T) {
 	}
 }
 
-// cliEventCount counts a server's events other than session starts.
-type cliEventCount struct{ n atomic.Int64 }
-
-func (c *cliEventCount) hook(_ context.Context, ev Event) {
-	if ev.Kind != EventSessionStarted {
-		c.n.Add(1)
-	}
-}
-
 func TestUnary_HolderRefusesInsecureTransport(t *testing.T) {
-	events := new(cliEventCount)
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(events.hook)}})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, err := NewTokenHolder(s.AccessToken) // no AllowInsecureTransport
 	if err != nil {
@@ -792,7 +782,7 @@ func TestUnary_HolderRefusesInsecureTransport(t *testing.T) {
 	}
 
 	// The token never reached the server: no interceptor ran, no handler ran.
-	if got := events.n.Load(); got != 0 {
+	if got := len(e.events.all()) - len(e.events.kinds(EventSessionStarted)); got != 0 {
 		t.Errorf("server saw %d calls, want 0", got)
 	}
 	if got := e.svc.calls.Load(); got != 0 {
@@ -801,7 +791,7 @@ func TestUnary_HolderRefusesInsecureTransport(t *testing.T) {
 }
 
 func TestUnary_HolderPerRPCCredentialsInsecure(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	h, err := NewTokenHolder(s.AccessToken)
 	if err != nil {
@@ -868,13 +858,13 @@ func cliTLS(t testing.TB) (server, client credentials.TransportCredentials) {
 
 func TestUnary_HolderOverTLS(t *testing.T) {
 	serverCreds, clientCreds := cliTLS(t)
-	e := newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+	e := newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 		return []grpc.ServerOption{
 			grpc.Creds(serverCreds),
 			grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()),
 			grpc.ChainStreamInterceptor(s.StreamServerInterceptor()),
 		}
-	}})
+	}))
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken) // secure: no AllowInsecureTransport
 	client := testpb.NewTestServiceClient(cliConn(t, e, h, grpc.WithTransportCredentials(clientCreds)))
@@ -913,32 +903,13 @@ func TestUnary_HolderOverTLS(t *testing.T) {
 // while the server renews every call and responses return out of order.
 func TestUnary_HolderConcurrentRenewals(t *testing.T) {
 	const goroutines, callsEach = 64, 50
-	var (
-		mu       sync.Mutex
-		minted   []time.Time
-		failures []string
-	)
-	hook := func(_ context.Context, ev Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch ev.Kind {
-		case EventRenewed:
-			minted = append(minted, ev.Expiry)
-		case EventRejected, EventRenewalFailed:
-			failures = append(failures, ev.Kind.String())
-		}
-	}
 	var clock atomic.Pointer[fakeClock]
-	e := newEnv(t, envConfig{
-		serverOpts: []ServerOption{
-			WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 1000 * time.Hour, RenewBefore: time.Hour}),
-			WithEventHook(hook),
-		},
-		delay: func() {
+	e := newEnv(t,
+		withServerOptions(WithPolicy(Policy{TTL: time.Hour, MaxLifetime: 1000 * time.Hour, RenewBefore: time.Hour})),
+		withDelay(func() {
 			clock.Load().Advance(time.Second)
 			time.Sleep(mathrand.N(2 * time.Millisecond)) // reorder responses
-		},
-	})
+		}))
 	clock.Store(e.clock)
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
@@ -983,13 +954,19 @@ func TestUnary_HolderConcurrentRenewals(t *testing.T) {
 	}
 
 	if n := failed.Load(); n != 0 {
+		var failures []string
+		for _, ev := range append(e.events.kinds(EventRejected), e.events.kinds(EventRenewalFailed)...) {
+			failures = append(failures, ev.Kind.String())
+		}
 		t.Fatalf("%d calls failed, want 0 (server events: %v)", n, failures)
 	}
 	if got := e.svc.calls.Load(); got != goroutines*callsEach {
 		t.Fatalf("handler calls = %d, want %d", got, goroutines*callsEach)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	var minted []time.Time
+	for _, ev := range e.events.kinds(EventRenewed) {
+		minted = append(minted, ev.Expiry)
+	}
 	if len(minted) < 2 {
 		t.Fatalf("server minted %d tokens, want many", len(minted))
 	}
@@ -1030,12 +1007,12 @@ func TestUnary_HolderConcurrentRenewals(t *testing.T) {
 func TestUnary_HolderOutOfOrderRenewals(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	var n atomic.Int64
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithCacheSize(0)}, delay: func() {
+	e := newEnv(t, withServerOptions(WithCacheSize(0)), withDelay(func() {
 		if n.Add(1) == 1 {
 			close(entered)
 			<-release
 		}
-	}})
+	}))
 	s := e.startSession(t, nil)
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport())
 	client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -1058,7 +1035,7 @@ func TestUnary_HolderOutOfOrderRenewals(t *testing.T) {
 	if _, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{}, grpc.Trailer(&trailerB)); err != nil {
 		t.Fatal(err)
 	}
-	b := srvRenewed(t, trailerB)
+	b := renewedToken(t, trailerB)
 	srvCheckRenewed(t, e, s, b, t0.Add(srvDueAfter+time.Hour+DefaultTTL))
 	if h.Token() != b {
 		t.Fatal("holder did not swap in B")
@@ -1068,7 +1045,7 @@ func TestUnary_HolderOutOfOrderRenewals(t *testing.T) {
 	if err := <-doneA; err != nil {
 		t.Fatal(err)
 	}
-	a := srvRenewed(t, trailerA)
+	a := renewedToken(t, trailerA)
 	srvCheckRenewed(t, e, s, a, t0.Add(srvDueAfter+DefaultTTL))
 	if h.Token() != b {
 		t.Error("late older renewal A replaced B")
@@ -1230,39 +1207,6 @@ func TestTokenHolder_OfferIdentity(t *testing.T) {
 	}
 }
 
-// cliRecorder is a server interceptor pair that counts the calls that
-// reach a server, and those that carried an authorization value, before
-// anything else sees them.
-type cliRecorder struct {
-	calls, authorized atomic.Int64
-}
-
-func (r *cliRecorder) see(ctx context.Context) {
-	r.calls.Add(1)
-	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) > 0 {
-		r.authorized.Add(1)
-	}
-}
-
-func (r *cliRecorder) opts(unary grpc.UnaryServerInterceptor, stream grpc.StreamServerInterceptor) []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-			r.see(ctx)
-			if unary != nil {
-				return unary(ctx, req, info, handler)
-			}
-			return handler(ctx, req)
-		}),
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			r.see(ss.Context())
-			if stream != nil {
-				return stream(srv, ss, info, handler)
-			}
-			return handler(srv, ss)
-		}),
-	}
-}
-
 // cliDialAs returns a plaintext connection to lis under target, with opts.
 // It is closed when the test ends.
 func cliDialAs(t testing.TB, lis interface {
@@ -1286,7 +1230,7 @@ func cliDialAs(t testing.TB, lis interface {
 // trailer. None is swapped in or reaches OnSwap, and the honest backend
 // keeps accepting the held token.
 func TestUnary_RogueBackendRenewals(t *testing.T) {
-	honest := newEnv(t, envConfig{serverOpts: []ServerOption{WithIssuer("auth.example"), WithAudience("orders")}})
+	honest := newEnv(t, withServerOptions(WithIssuer("auth.example"), WithAudience("orders")))
 	s := honest.startSession(t, nil)
 	in := new(cliInjector)
 	rogue := in.env(t)
@@ -1358,10 +1302,10 @@ func TestUnary_RogueBackendRenewals(t *testing.T) {
 // used through its interceptors on a connection to B, fails every call
 // with ErrUnboundTarget before anything reaches B, and does not retry.
 func TestUnary_BoundHolderRefusesOtherTarget(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
-	rogueRec := new(cliRecorder)
-	rogue := newEnv(t, envConfig{grpcOpts: func(*Server) []grpc.ServerOption { return rogueRec.opts(nil, nil) }})
+	// No interceptors but the env's call recorder: anything may reach it.
+	rogue := newEnv(t, withGRPC(func(*Server) []grpc.ServerOption { return nil }))
 	h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), BindTarget(cliTarget))
 	chain := []grpc.DialOption{
 		grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
@@ -1391,7 +1335,7 @@ func TestUnary_BoundHolderRefusesOtherTarget(t *testing.T) {
 	wantRefused(t, err)
 	_, err = bad.FullDuplexCall(crfCtx(t))
 	wantRefused(t, err)
-	if n, auth := rogueRec.calls.Load(), rogueRec.authorized.Load(); n != 0 || auth != 0 {
+	if n, auth := rogue.calls.get(""); n != 0 || auth != 0 {
 		t.Fatalf("rogue saw %d calls, %d with authorization; want 0, 0", n, auth)
 	}
 	if got := rogue.svc.calls.Load(); got != 0 {
@@ -1461,12 +1405,7 @@ func TestTokenHolder_CheckTarget(t *testing.T) {
 func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 	for _, kind := range []string{"unary", "server-stream"} {
 		t.Run(kind, func(t *testing.T) {
-			var rejected atomic.Int64
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(func(_ context.Context, ev Event) {
-				if ev.Kind == EventRejected {
-					rejected.Add(1)
-				}
-			})}})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
 			client := testpb.NewTestServiceClient(cliConn(t, e, h))
@@ -1490,7 +1429,7 @@ func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 			if err := call(); err != nil {
 				t.Fatalf("call after a bad renewal: %v", err)
 			}
-			if got := rejected.Load(); got != 1 {
+			if got := len(e.events.kinds(EventRejected)); got != 1 {
 				t.Fatalf("server rejected %d attempts, want 1", got)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -1514,7 +1453,7 @@ func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 				t.Fatal("holder refused a second renewal")
 			}
 			wantReason(t, call(), ReasonTokenInvalid)
-			if got := rejected.Load(); got != 2 {
+			if got := len(e.events.kinds(EventRejected)); got != 2 {
 				t.Fatalf("server rejected %d attempts, want 2 (no retry)", got)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -1534,8 +1473,8 @@ func TestUnary_NoFallbackWithoutMarker(t *testing.T) {
 	for _, marker := range []string{"", "true"} {
 		t.Run("marker "+strconv.Quote(marker), func(t *testing.T) {
 			svc := crfRejectingService{&testService{}, func() error { return crfRejection(t, ReasonTokenInvalid, marker) }}
-			e := refreshNewEnv(t, refreshEnvConfig{service: svc})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withService(svc))
+			s := e.startSession(t, nil)
 			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))
 			conn := e.dial(t, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()))
 			// A renewal the server accepts: the handler's rejection is

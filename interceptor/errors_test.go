@@ -19,7 +19,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
-	"github.com/slidejwt/slidejwt/interceptor/memstore"
 )
 
 // errsHandlerRan returns the MetadataHandlerRan value of err's slidejwt
@@ -190,11 +189,11 @@ func errsCall(ctx context.Context, c testpb.TestServiceClient, kind string) erro
 // unchanged.
 func TestRelayedError_HandlerRan(t *testing.T) {
 	// The downstream server rejects a lapsed token before its handler.
-	down := newEnv(t, envConfig{})
+	down := newEnv(t)
 	downTok := down.startSession(t, nil).AccessToken
 	down.clock.Advance(DefaultTTL + DefaultLeeway)
 	downClient := srvClient(t, down)
-	downErr := errsCall(srvBearer(downTok), downClient, "unary")
+	downErr := errsCall(bearerCtx(downTok), downClient, "unary")
 	wantReason(t, downErr, ReasonTokenExpired)
 	if v, ok := errsHandlerRan(downErr); !ok || v != "false" {
 		t.Fatalf("downstream %s = %q (present %v), want \"false\"", MetadataHandlerRan, v, ok)
@@ -213,25 +212,15 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 			want  error
 		}{
 			{"downstream rejection", func(ctx context.Context) error {
-				return errsCall(srvBearer(downTok), downClient, "unary")
+				return errsCall(bearerCtx(downTok), downClient, "unary")
 			}, wantRelayed},
 			{"foreign error with details", func(context.Context) error { return foreign }, foreign},
 		} {
 			t.Run(kind+", "+tc.name, func(t *testing.T) {
-				clock := newFakeClock(t0)
-				up, err := NewServer(testKeySet(t), WithClock(clock.Now))
-				if err != nil {
-					t.Fatal(err)
-				}
 				svc := &errsRelaySvc{relay: tc.relay}
-				lis := streamServe(t, nil, svc,
-					grpc.ChainUnaryInterceptor(up.UnaryServerInterceptor()),
-					grpc.ChainStreamInterceptor(up.StreamServerInterceptor()))
-				s, err := up.StartSession(context.Background(), "alice", nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := errsCall(srvBearer(s.AccessToken), testpb.NewTestServiceClient(dialBufconn(t, lis)), kind)
+				up := newEnv(t, withService(svc))
+				s := up.startSession(t, nil)
+				got := errsCall(bearerCtx(s.AccessToken), srvClient(t, up), kind)
 				errsSameStatus(t, got, tc.want)
 				if n := svc.calls.Load(); n != 1 {
 					t.Errorf("handler ran %d times, want 1", n)
@@ -246,40 +235,30 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 // marked handler_ran "true", so the holder neither refreshes nor retries
 // the call or reopens the stream: the handler runs once.
 func TestRelayedError_HolderDoesNotRetry(t *testing.T) {
-	down := newEnv(t, envConfig{})
+	down := newEnv(t)
 	downTok := down.startSession(t, nil).AccessToken
 	down.clock.Advance(DefaultTTL + DefaultLeeway)
 	downClient := srvClient(t, down)
 
 	for _, kind := range []string{"unary", streamServer, streamBidi} {
 		t.Run(kind, func(t *testing.T) {
-			clock := newFakeClock(t0)
-			up, err := NewServer(testKeySet(t), WithClock(clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
 			svc := &errsRelaySvc{relay: func(context.Context) error {
-				return errsCall(srvBearer(downTok), downClient, "unary")
+				return errsCall(bearerCtx(downTok), downClient, "unary")
 			}}
-			lis := streamServe(t, up, svc,
-				grpc.ChainUnaryInterceptor(up.UnaryServerInterceptor()),
-				grpc.ChainStreamInterceptor(up.StreamServerInterceptor()))
-			s, err := up.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			up := newEnv(t, withMemStore(), withService(svc))
+			s := up.startSession(t, nil)
 			var refreshes atomic.Int64
-			h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(clock.Now),
+			h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(up.clock.Now),
 				WithRefreshToken(s.RefreshToken),
 				WithRefresher(RefreshFunc(func(ctx context.Context, rt string) (*slidejwtv1.TokenPair, error) {
 					refreshes.Add(1)
-					sess, err := up.Refresh(ctx, rt)
+					sess, err := up.server.Refresh(ctx, rt)
 					return sess.TokenPair(), err
 				})))
 			if err != nil {
 				t.Fatal(err)
 			}
-			conn := dialBufconn(t, lis,
+			conn := up.dial(t,
 				grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
 				grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
 			err = errsCall(context.Background(), testpb.NewTestServiceClient(conn), kind)

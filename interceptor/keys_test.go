@@ -17,10 +17,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/test/bufconn"
 )
 
 // keysRSAKey is one 2048-bit RSA key shared by the tests of this package:
@@ -63,74 +60,6 @@ func keysSecret(t testing.TB, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func keysMust(t testing.TB, id string, m jwt.SigningMethod, key any) *Key {
-	t.Helper()
-	k, err := NewKey(id, m, key)
-	if err != nil {
-		t.Fatalf("NewKey(%q, %s): %v", id, m.Alg(), err)
-	}
-	return k
-}
-
-func keysSet(t testing.TB, active *Key, verifyOnly ...*Key) *KeySet {
-	t.Helper()
-	ks, err := NewKeySet(active, verifyOnly...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks
-}
-
-// keysEnv is newEnv with the key set ks instead of the harness's HS256 set:
-// the same test service and interceptors over bufconn, clock at t0.
-func keysEnv(t testing.TB, ks *KeySet, opts ...ServerOption) *testEnv {
-	t.Helper()
-	e := &testEnv{clock: newFakeClock(t0), keys: ks, svc: &testService{}}
-	var err error
-	if e.server, err = NewServer(ks, append([]ServerOption{WithClock(e.clock.Now)}, opts...)...); err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(e.server.StreamServerInterceptor()))
-	testpb.RegisterTestServiceServer(srv, e.svc)
-	e.lis = bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(e.lis) }()
-	t.Cleanup(srv.Stop)
-	return e
-}
-
-// keysCall makes a unary call presenting tok as the bearer token on a
-// plain connection and returns the error and the renewed token, if any.
-func keysCall(t testing.TB, client testpb.TestServiceClient, tok string) (string, error) {
-	t.Helper()
-	var hdr, tr metadata.MD
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-	_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr))
-	if v := hdr.Get(DefaultRenewalHeader); len(v) > 0 {
-		t.Errorf("unary call got %d renewed tokens in the header, want them in the trailer only", len(v))
-	}
-	switch v := tr.Get(DefaultRenewalHeader); len(v) {
-	case 0:
-		return "", err
-	case 1:
-		return v[0], err
-	default:
-		t.Fatalf("trailer has %d renewed tokens, want at most 1", len(v))
-		return "", err
-	}
-}
-
-// keysHeader returns the JOSE header of tok, unverified.
-func keysHeader(t testing.TB, tok string) map[string]any {
-	t.Helper()
-	tk, _, err := jwt.NewParser().ParseUnverified(tok, jwt.MapClaims{})
-	if err != nil {
-		t.Fatalf("ParseUnverified: %v", err)
-	}
-	return tk.Header
 }
 
 func TestNewKey_HMACSecretLength(t *testing.T) {
@@ -292,14 +221,14 @@ func TestNewKey_CopiesSecret(t *testing.T) {
 	secret := keysSecret(t, 32)
 	orig := bytes.Clone(secret)
 	k := keysMust(t, "k1", jwt.SigningMethodHS256, secret)
-	e := keysEnv(t, keysSet(t, k))
+	e := newEnv(t, withKeys(keysSet(t, k)))
 	s, err := e.server.StartSession(context.Background(), "alice", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	clear(secret) // the caller reuses its buffer
 	client := testpb.NewTestServiceClient(e.dial(t))
-	if _, err := keysCall(t, client, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatalf("call after the caller cleared its secret buffer: %v", err)
 	}
 	// And the token is signed with the original secret, not the cleared one.
@@ -374,14 +303,14 @@ func TestKeys_RoundTrip(t *testing.T) {
 		alg := tc.method.Alg()
 		t.Run(alg, func(t *testing.T) {
 			kid := "kid-" + alg
-			e := keysEnv(t, keysSet(t, keysMust(t, kid, tc.method, tc.key)))
+			e := newEnv(t, withKeys(keysSet(t, keysMust(t, kid, tc.method, tc.key))))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			s := e.startSession(t, map[string]any{"role": "admin"})
-			h := keysHeader(t, s.AccessToken)
+			h := decodeToken(t, s.AccessToken).header
 			if h["alg"] != alg || h["kid"] != kid || h["typ"] != "at+jwt" {
 				t.Errorf("header = %v, want alg %q kid %q typ at+jwt", h, alg, kid)
 			}
-			renewed, err := keysCall(t, client, s.AccessToken)
+			renewed, err := unaryCall(t, client, s.AccessToken)
 			if err != nil {
 				t.Fatalf("first call: %v", err)
 			}
@@ -395,17 +324,17 @@ func TestKeys_RoundTrip(t *testing.T) {
 				t.Fatalf("handler claims = %+v, want sub alice sid %s", c, s.SessionID)
 			}
 			e.clock.Advance(13 * time.Hour)
-			renewed, err = keysCall(t, client, s.AccessToken)
+			renewed, err = unaryCall(t, client, s.AccessToken)
 			if err != nil {
 				t.Fatalf("call in the renewal window: %v", err)
 			}
 			if renewed == "" {
 				t.Fatal("no renewed token in the renewal window")
 			}
-			if h := keysHeader(t, renewed); h["alg"] != alg || h["kid"] != kid {
+			if h := decodeToken(t, renewed).header; h["alg"] != alg || h["kid"] != kid {
 				t.Errorf("renewed header = %v, want alg %q kid %q", h, alg, kid)
 			}
-			if _, err := keysCall(t, client, renewed); err != nil {
+			if _, err := unaryCall(t, client, renewed); err != nil {
 				t.Fatalf("call with the renewed token: %v", err)
 			}
 			if got := e.svc.calls.Load(); got != 3 {
@@ -444,9 +373,9 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 				t.Fatal(err)
 			}
 			local := keysMust(t, "local", jwt.SigningMethodHS256, keysSecret(t, 32))
-			e := keysEnv(t, keysSet(t, local, pub))
+			e := newEnv(t, withKeys(keysSet(t, local, pub)))
 			client := testpb.NewTestServiceClient(e.dial(t))
-			if _, err := keysCall(t, client, s.AccessToken); err != nil {
+			if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 				t.Fatalf("verify-only key: %v", err)
 			}
 			if got := e.svc.calls.Load(); got != 1 {
@@ -456,7 +385,7 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 			if err := e.server.RotateKeys(keysSet(t, local)); err != nil {
 				t.Fatal(err)
 			}
-			_, err = keysCall(t, client, s.AccessToken)
+			_, err = unaryCall(t, client, s.AccessToken)
 			wantReason(t, err, ReasonTokenInvalid)
 			if got := e.svc.calls.Load(); got != 1 {
 				t.Errorf("handler calls = %d after rejection, want 1", got)
@@ -472,10 +401,10 @@ func TestKeys_VerifyOnlyPublic(t *testing.T) {
 func TestKeys_Rotation(t *testing.T) {
 	k1 := keysMust(t, "k1", jwt.SigningMethodHS256, keysSecret(t, 32))
 	k2 := keysMust(t, "k2", jwt.SigningMethodEdDSA, keysEd(t))
-	e := keysEnv(t, keysSet(t, k1))
+	e := newEnv(t, withKeys(keysSet(t, k1)))
 	client := testpb.NewTestServiceClient(e.dial(t))
 	s := e.startSession(t, nil)
-	if kid := keysHeader(t, s.AccessToken)["kid"]; kid != "k1" {
+	if kid := decodeToken(t, s.AccessToken).header["kid"]; kid != "k1" {
 		t.Fatalf("first token kid = %v, want k1", kid)
 	}
 
@@ -483,14 +412,14 @@ func TestKeys_Rotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.clock.Advance(13 * time.Hour) // into the renewal window
-	renewed, err := keysCall(t, client, s.AccessToken)
+	renewed, err := unaryCall(t, client, s.AccessToken)
 	if err != nil {
 		t.Fatalf("k1 token under (k2, k1): %v", err)
 	}
 	if renewed == "" {
 		t.Fatal("no renewal in the renewal window")
 	}
-	if h := keysHeader(t, renewed); h["kid"] != "k2" || h["alg"] != "EdDSA" {
+	if h := decodeToken(t, renewed).header; h["kid"] != "k2" || h["alg"] != "EdDSA" {
 		t.Errorf("renewed header = %v, want kid k2 alg EdDSA", h)
 	}
 	if got := e.svc.calls.Load(); got != 1 {
@@ -500,12 +429,12 @@ func TestKeys_Rotation(t *testing.T) {
 	if err := e.server.RotateKeys(keysSet(t, k2)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = keysCall(t, client, s.AccessToken)
+	_, err = unaryCall(t, client, s.AccessToken)
 	wantReason(t, err, ReasonTokenInvalid)
 	if got := e.svc.calls.Load(); got != 1 {
 		t.Errorf("handler calls = %d after the k1 token was rejected, want 1", got)
 	}
-	if _, err := keysCall(t, client, renewed); err != nil {
+	if _, err := unaryCall(t, client, renewed); err != nil {
 		t.Fatalf("k2 renewal after k1 was dropped: %v", err)
 	}
 	if got := e.svc.calls.Load(); got != 2 {
@@ -567,9 +496,9 @@ func TestKeys_ZeroKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("NewKeySet(copy of a key) = %v, want nil", err)
 		}
-		e := keysEnv(t, ks)
+		e := newEnv(t, withKeys(ks))
 		client := testpb.NewTestServiceClient(e.dial(t))
-		if _, err := keysCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
+		if _, err := unaryCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
 			t.Fatalf("call with a token signed by the copy: %v", err)
 		}
 	})
@@ -591,7 +520,7 @@ func TestKeys_ZeroKeySet(t *testing.T) {
 			if s, err := NewServer(tc.ks); !errors.Is(err, ErrInvalidKeySet) || s != nil {
 				t.Errorf("NewServer = %v, %v; want nil, ErrInvalidKeySet", s, err)
 			}
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			if err := e.server.RotateKeys(tc.ks); !errors.Is(err, ErrInvalidKeySet) {
 				t.Errorf("RotateKeys err = %v, want ErrInvalidKeySet", err)
 			}
@@ -599,7 +528,7 @@ func TestKeys_ZeroKeySet(t *testing.T) {
 				t.Errorf("Active() = %v, want nil", got)
 			}
 			s := e.startSession(t, nil) // still signs with the old keys
-			if _, err := newPolicyCaller(t, e).unary(s.AccessToken); err != nil {
+			if _, err := unaryCall(t, srvClient(t, e), s.AccessToken); err != nil {
 				t.Errorf("call after the refused rotation: %v", err)
 			}
 		})

@@ -5,14 +5,11 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/metadata"
 )
 
 // policyDefaults fills p's defaults and fails the test on an error.
@@ -27,30 +24,19 @@ func policyDefaults(t *testing.T, p Policy) Policy {
 // policyCaller calls the env's server with a token it sets itself, without
 // a TokenHolder, so a test controls exactly which token each call presents.
 type policyCaller struct {
+	t      testing.TB
 	client testpb.TestServiceClient
 }
 
 func newPolicyCaller(t *testing.T, e *testEnv) *policyCaller {
 	t.Helper()
-	return &policyCaller{client: testpb.NewTestServiceClient(e.dial(t))}
-}
-
-func policyAuthCtx(tok string) context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-}
-
-// unary makes a UnaryCall with tok and returns the renewed token from the
-// trailer ("" if none).
-func (p *policyCaller) unary(tok string) (string, error) {
-	var trailer metadata.MD
-	_, err := p.client.UnaryCall(policyAuthCtx(tok), &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
-	return policyRenewed(trailer), err
+	return &policyCaller{t: t, client: testpb.NewTestServiceClient(e.dial(t))}
 }
 
 // stream makes a server-streaming call with tok, reads it to the end and
 // returns the renewed token from the header ("" if none).
 func (p *policyCaller) stream(tok string) (string, error) {
-	st, err := p.client.StreamingOutputCall(policyAuthCtx(tok), &testpb.StreamingOutputCallRequest{
+	st, err := p.client.StreamingOutputCall(bearerCtx(tok), &testpb.StreamingOutputCallRequest{
 		ResponseParameters: []*testpb.ResponseParameters{{}},
 	})
 	if err != nil {
@@ -65,21 +51,14 @@ func (p *policyCaller) stream(tok string) (string, error) {
 	if errors.Is(err, io.EOF) {
 		err = nil
 	}
-	return policyRenewed(header), err
+	return renewedToken(p.t, header), err
 }
 
 func (p *policyCaller) call(kind, tok string) (string, error) {
 	if kind == "stream" {
 		return p.stream(tok)
 	}
-	return p.unary(tok)
-}
-
-func policyRenewed(md metadata.MD) string {
-	if v := md.Get(DefaultRenewalHeader); len(v) > 0 {
-		return v[len(v)-1]
-	}
-	return ""
+	return unaryCall(p.t, p.client, tok)
 }
 
 // policyMint signs c with the env's active key, bypassing StartSession, so
@@ -110,16 +89,6 @@ func policyRel(base, t time.Time) string {
 		return d.String()
 	}
 	return "+" + d.String()
-}
-
-// policyExp returns the exp of tok, which the caller trusts.
-func policyExp(t *testing.T, tok string) time.Time {
-	t.Helper()
-	var c Claims
-	if _, _, err := jwt.NewParser().ParseUnverified(tok, &c); err != nil {
-		t.Fatal(err)
-	}
-	return c.ExpiresAt.Time
 }
 
 // pol is the effective Policy with these three fields and the defaults of
@@ -350,7 +319,7 @@ func TestPolicy_ExpiryBoundary(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		for _, tt := range tests {
 			t.Run(kind+"/"+tt.name, func(t *testing.T) {
-				e := newEnv(t, envConfig{serverOpts: tt.leeway})
+				e := newEnv(t, withServerOptions(tt.leeway...))
 				s := e.startSession(t, nil)
 				if !s.Expiry.Equal(exp) {
 					t.Fatalf("first exp = %v, want %v", s.Expiry, exp)
@@ -364,7 +333,7 @@ func TestPolicy_ExpiryBoundary(t *testing.T) {
 					if renewed == "" {
 						t.Fatalf("call at exp%s: no renewed token, want one", policyRel(exp, tt.now))
 					}
-					if got, want := policyExp(t, renewed), tt.now.Add(24*time.Hour).Truncate(time.Second); !got.Equal(want) {
+					if got, want := decodeToken(t, renewed).claims.ExpiresAt.Time, tt.now.Add(24*time.Hour).Truncate(time.Second); !got.Equal(want) {
 						t.Fatalf("renewed exp = %v, want %v", got, want)
 					}
 					return
@@ -403,7 +372,7 @@ func TestPolicy_SessionCapBoundary(t *testing.T) {
 	for _, kind := range []string{"unary", "stream"} {
 		for _, tt := range tests {
 			t.Run(kind+"/"+tt.name, func(t *testing.T) {
-				e := newEnv(t, envConfig{serverOpts: tt.opts})
+				e := newEnv(t, withServerOptions(tt.opts...))
 				// A token whose exp lies beyond the cap, so that only the
 				// session rule can reject it.
 				tok := policyMint(t, e, t0, t0.Add(160*time.Hour), t0.Add(184*time.Hour))
@@ -446,10 +415,10 @@ func TestPolicy_IssuedInFuture(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{serverOpts: tt.opts})
+			e := newEnv(t, withServerOptions(tt.opts...))
 			tok := policyMint(t, e, t0, iat, iat.Add(24*time.Hour))
 			e.clock.Set(tt.now)
-			_, err := newPolicyCaller(t, e).unary(tok)
+			_, err := unaryCall(t, srvClient(t, e), tok)
 			if tt.want == noReason {
 				if err != nil {
 					t.Fatalf("call at iat%s: %v, want success", policyRel(iat, tt.now), err)
@@ -468,7 +437,7 @@ func TestPolicy_IssuedInFuture(t *testing.T) {
 // through a TokenHolder: each call renews to min(now + TTL, cap) until
 // the cap, and the session ends with SESSION_EXPIRED at the cap.
 func TestPolicy_SteadyActivityWeek(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	client, h := e.holderClient(t, s.AccessToken)
 	capT := t0.Add(168 * time.Hour)
@@ -547,7 +516,7 @@ func TestPolicy_GapLongerThanTTL(t *testing.T) {
 		{48 * time.Hour, ReasonTokenExpired},
 	} {
 		t.Run(tc.gap.String(), func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			client, h := e.holderClient(t, s.AccessToken)
 			e.clock.Advance(13 * time.Hour)
@@ -574,7 +543,7 @@ func TestPolicy_GapLongerThanTTL(t *testing.T) {
 // right after the session cap must not be swapped for a token the server
 // itself rejects. Here the old token stays acceptable until cap+20s.
 func TestPolicy_RenewalAfterCapIsUsable(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	capT := t0.Add(168 * time.Hour)
 	tok := policyMint(t, e, t0, capT.Add(-24*time.Hour-10*time.Second), capT.Add(-10*time.Second))
 	client, h := e.holderClient(t, tok)
@@ -592,38 +561,14 @@ func TestPolicy_RenewalAfterCapIsUsable(t *testing.T) {
 	}
 }
 
-// policyEvents records events from WithEventHook.
-type policyEvents struct {
-	mu  sync.Mutex
-	all []Event
-}
-
-func (p *policyEvents) hook(_ context.Context, e Event) {
-	p.mu.Lock()
-	p.all = append(p.all, e)
-	p.mu.Unlock()
-}
-
-func (p *policyEvents) kinds(k EventKind) []Event {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []Event
-	for _, e := range p.all {
-		if e.Kind == k {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // TestPolicy_RenewalTooLarge: a renewal longer than WithMaxTokenSize is not
 // sent, the call succeeds, and the hook hears EventRenewalFailed.
 func TestPolicy_RenewalTooLarge(t *testing.T) {
 	const limit = 512
 	for _, kind := range []string{"unary", "stream"} {
 		t.Run(kind, func(t *testing.T) {
-			var events policyEvents
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithMaxTokenSize(limit), WithEventHook(events.hook)}})
+			e := newEnv(t, withServerOptions(WithMaxTokenSize(limit)))
+			events := e.events
 			s := e.startSession(t, nil)
 			if len(s.AccessToken) > limit {
 				t.Fatalf("first token has %d bytes, limit %d", len(s.AccessToken), limit)
@@ -654,7 +599,7 @@ func TestPolicy_RenewalTooLarge(t *testing.T) {
 			}
 			failed := events.kinds(EventRenewalFailed)
 			if len(failed) != 1 {
-				t.Fatalf("got %d EventRenewalFailed, want 1 (events %+v)", len(failed), events.all)
+				t.Fatalf("got %d EventRenewalFailed, want 1 (events %+v)", len(failed), events.all())
 			}
 			if !errors.Is(failed[0].Err, ErrTokenTooLarge) {
 				t.Fatalf("EventRenewalFailed.Err = %v, want ErrTokenTooLarge", failed[0].Err)
@@ -672,7 +617,7 @@ func TestPolicy_RenewalTooLarge(t *testing.T) {
 // TestPolicy_FirstTokenSizeLimit: StartSession mints a token of exactly
 // the limit and refuses one byte more with ErrTokenTooLarge.
 func TestPolicy_FirstTokenSizeLimit(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	size := func(pad int) int {
 		return len(e.startSession(t, map[string]any{"pad": strings.Repeat("x", pad)}).AccessToken)
 	}
@@ -688,7 +633,7 @@ func TestPolicy_FirstTokenSizeLimit(t *testing.T) {
 		t.Fatal("the token does not grow with its custom claims")
 	}
 	atLimit := over - 1
-	var events policyEvents
+	var events eventLog
 	s, err := NewServer(e.keys, WithClock(e.clock.Now), WithMaxTokenSize(limit), WithEventHook(events.hook))
 	if err != nil {
 		t.Fatal(err)

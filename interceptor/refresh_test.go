@@ -13,13 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
@@ -35,95 +33,8 @@ const (
 	refreshBidiMethod  = testpb.TestService_FullDuplexCall_FullMethodName
 )
 
-// refreshEnv is an in-process gRPC server (bufconn) running the test
-// service and TokenService behind a Server with a MemorySessionStore, on a
-// fake clock that starts at t0. A recording interceptor in front of the
-// Server's counts every call that reaches the server, before
-// authentication.
-type refreshEnv struct {
-	clock  *fakeClock
-	keys   *KeySet
-	server *Server
-	store  *memstore.SessionStore // nil with refreshEnvConfig.noStore
-	svc    *testService
-	lis    *bufconn.Listener
-	log    *refreshLog
-}
-
-type refreshEnvConfig struct {
-	serverOpts []ServerOption
-	noStore    bool                     // no WithSessionStore
-	service    testpb.TestServiceServer // replaces svc when set
-	// streamGate, if set, holds every stream call at the server, before
-	// authentication, until it is closed.
-	streamGate <-chan struct{}
-	// onEvent, if set, is called with every event after it is logged.
-	onEvent func(Event)
-}
-
-// refreshLog records the server's events and the calls that reached it.
-type refreshLog struct {
-	onEvent func(Event)
-
-	mu       sync.Mutex
-	events   []Event
-	attempts map[string]int // full method → calls
-	withAuth map[string]int // full method → calls that carried authorization
-}
-
-func (l *refreshLog) hook(_ context.Context, ev Event) {
-	l.mu.Lock()
-	l.events = append(l.events, ev)
-	l.mu.Unlock()
-	if l.onEvent != nil {
-		l.onEvent(ev)
-	}
-}
-
-func (l *refreshLog) record(ctx context.Context, method string) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.attempts[method]++
-	if len(md.Get("authorization")) > 0 {
-		l.withAuth[method]++
-	}
-}
-
-// calls returns how many calls of method reached the server, and how many
-// of them carried an authorization value.
-func (l *refreshLog) calls(method string) (all, authorized int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.attempts[method], l.withAuth[method]
-}
-
-// count returns the number of events of kind for method ("" for any).
-func (l *refreshLog) count(kind EventKind, method string) int {
-	n := 0
-	for _, ev := range l.all() {
-		if ev.Kind == kind && (method == "" || ev.Method == method) {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *refreshLog) all() []Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]Event(nil), l.events...)
-}
-
-// refreshes returns the number of Refresh calls the server answered,
-// successfully or not.
-func (l *refreshLog) refreshes() int {
-	return l.count(EventRefreshed, refreshMethod) + l.count(EventRejected, refreshMethod)
-}
-
-// refreshNewEnv starts a refreshEnv. It is stopped when the test ends.
 // revoked reports whether the env's store refuses session sid now.
-func (e *refreshEnv) revoked(t testing.TB, sid string) bool {
+func (e *testEnv) revoked(t testing.TB, sid string) bool {
 	t.Helper()
 	ok, err := e.store.IsRevoked(context.Background(), sid, e.clock.Now())
 	if err != nil {
@@ -132,83 +43,10 @@ func (e *refreshEnv) revoked(t testing.TB, sid string) bool {
 	return ok
 }
 
-func refreshNewEnv(t testing.TB, cfg refreshEnvConfig) *refreshEnv {
-	t.Helper()
-	e := &refreshEnv{
-		clock: newFakeClock(t0),
-		keys:  testKeySet(t),
-		svc:   &testService{},
-		log:   &refreshLog{onEvent: cfg.onEvent, attempts: map[string]int{}, withAuth: map[string]int{}},
-	}
-	opts := []ServerOption{WithClock(e.clock.Now), WithEventHook(e.log.hook)}
-	if !cfg.noStore {
-		e.store = &memstore.SessionStore{}
-		opts = append(opts, WithSessionStore(e.store))
-	}
-	var err error
-	if e.server, err = NewServer(e.keys, append(opts, cfg.serverOpts...)...); err != nil {
-		t.Fatal(err)
-	}
-	record := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		e.log.record(ctx, info.FullMethod)
-		return handler(ctx, req)
-	}
-	recordStream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		e.log.record(ss.Context(), info.FullMethod)
-		if cfg.streamGate != nil {
-			select {
-			case <-cfg.streamGate:
-			case <-ss.Context().Done():
-				return ss.Context().Err()
-			}
-		}
-		return handler(srv, ss)
-	}
-	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(record, e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(recordStream, e.server.StreamServerInterceptor()),
-	)
-	var svc testpb.TestServiceServer = e.svc
-	if cfg.service != nil {
-		svc = cfg.service
-	}
-	testpb.RegisterTestServiceServer(srv, svc)
-	slidejwtv1.RegisterTokenServiceServer(srv, e.server.TokenService())
-	e.lis = bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(e.lis) }()
-	t.Cleanup(srv.Stop)
-	return e
-}
-
-// dial returns a plaintext connection to the env's server. It is closed
-// when the test ends.
-func (e *refreshEnv) dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	return dialBufconn(t, e.lis, opts...)
-}
-
-// clients returns plain TestService and TokenService clients on one new
-// connection.
-func (e *refreshEnv) clients(t testing.TB) (testpb.TestServiceClient, slidejwtv1.TokenServiceClient) {
-	t.Helper()
-	conn := e.dial(t)
-	return testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
-}
-
-// start begins a session for "alice" at the env's current time.
-func (e *refreshEnv) start(t testing.TB, custom map[string]any) Session {
-	t.Helper()
-	s, err := e.server.StartSession(context.Background(), "alice", custom)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// refreshBearer returns a context whose outgoing metadata carries tok as a
-// bearer token.
-func refreshBearer(tok string) context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+// refreshAnswered returns the number of Refresh calls the env's server
+// answered, successfully or not.
+func refreshAnswered(e *testEnv) int {
+	return e.events.count(EventRefreshed, refreshMethod) + e.events.count(EventRejected, refreshMethod)
 }
 
 // refreshCall calls TokenService.Refresh with rt and no authorization.
@@ -227,35 +65,10 @@ func refreshMust(t testing.TB, tc slidejwtv1.TokenServiceClient, rt string) *sli
 	return p
 }
 
-// refreshDecode returns tok's typ header and claims, without verifying.
-func refreshDecode(t testing.TB, tok string) (string, *Claims) {
-	t.Helper()
-	var c Claims
-	tk, _, err := jwt.NewParser().ParseUnverified(tok, &c)
-	if err != nil {
-		t.Fatalf("decode token: %v", err)
-	}
-	typ, _ := tk.Header["typ"].(string)
-	return typ, &c
-}
-
-// refreshJTI returns tok's jti.
-func refreshJTI(t testing.TB, tok string) string {
-	t.Helper()
-	_, c := refreshDecode(t, tok)
-	return c.ID
-}
-
-// refreshUnary makes a TestService UnaryCall with tok as its bearer token.
-func refreshUnary(tc testpb.TestServiceClient, tok string) error {
-	_, err := tc.UnaryCall(refreshBearer(tok), &testpb.SimpleRequest{})
-	return err
-}
-
 // refreshStream opens a StreamingOutputCall with tok and reads it to its
 // end.
 func refreshStream(tc testpb.TestServiceClient, tok string) error {
-	st, err := tc.StreamingOutputCall(refreshBearer(tok), &testpb.StreamingOutputCallRequest{
+	st, err := tc.StreamingOutputCall(bearerCtx(tok), &testpb.StreamingOutputCallRequest{
 		ResponseParameters: []*testpb.ResponseParameters{{}},
 	})
 	if err != nil {
@@ -293,13 +106,13 @@ func TestRefresh_StartSessionRefreshToken(t *testing.T) {
 			[]ServerOption{WithPolicy(Policy{MaxLifetime: 48 * time.Hour}), WithRefreshTTL(72 * time.Hour)}, t0.Add(48 * time.Hour)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
-			s := e.start(t, map[string]any{"role": "admin"})
+			e := newEnv(t, withMemStore(), withServerOptions(tc.opts...))
+			s := e.startSession(t, map[string]any{"role": "admin"})
 			if s.RefreshToken == "" {
 				t.Fatal("RefreshToken is empty with a session store")
 			}
-			typ, rc := refreshDecode(t, s.RefreshToken)
-			atyp, ac := refreshDecode(t, s.AccessToken)
+			rd, ad := decodeToken(t, s.RefreshToken), decodeToken(t, s.AccessToken)
+			typ, rc, atyp, ac := rd.typ(), rd.claims, ad.typ(), ad.claims
 			if typ != refreshTokenType || atyp != accessTokenType {
 				t.Fatalf("typ = %q (refresh), %q (access); want %q, %q", typ, atyp, refreshTokenType, accessTokenType)
 			}
@@ -331,8 +144,8 @@ func TestRefresh_StartSessionRefreshToken(t *testing.T) {
 // TestRefresh_NoStore: without a session store there is no refresh token
 // and Refresh answers FailedPrecondition.
 func TestRefresh_NoStore(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{noStore: true})
-	s := e.start(t, nil)
+	e := newEnv(t)
+	s := e.startSession(t, nil)
 	if s.RefreshToken != "" || !s.RefreshExpiry.IsZero() {
 		t.Fatalf("without a store: RefreshToken length %d, RefreshExpiry %v; want empty", len(s.RefreshToken), s.RefreshExpiry)
 	}
@@ -350,17 +163,17 @@ func TestRefresh_NoStore(t *testing.T) {
 // the same session, with new jtis, no freshness marker and the custom
 // claims of the session; both work at once.
 func TestRefresh_Rotates(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
+	e := newEnv(t, withMemStore())
 	custom := map[string]any{"role": "admin", "n": 7, "tags": []string{"a", "b"}}
-	s := e.start(t, custom)
-	_, orig := refreshDecode(t, s.AccessToken)
-	_, origRT := refreshDecode(t, s.RefreshToken)
+	s := e.startSession(t, custom)
+	orig := decodeToken(t, s.AccessToken).claims
+	origRT := decodeToken(t, s.RefreshToken).claims
 	tsc, tc := e.clients(t)
 
 	e.clock.Advance(time.Hour)
 	p := refreshMust(t, tc, s.RefreshToken)
-	atyp, ac := refreshDecode(t, p.GetAccessToken())
-	rtyp, rc := refreshDecode(t, p.GetRefreshToken())
+	ad, rd := decodeToken(t, p.GetAccessToken()), decodeToken(t, p.GetRefreshToken())
+	atyp, ac, rtyp, rc := ad.typ(), ad.claims, rd.typ(), rd.claims
 	if atyp != accessTokenType || rtyp != refreshTokenType {
 		t.Fatalf("typ = %q, %q; want %q, %q", atyp, rtyp, accessTokenType, refreshTokenType)
 	}
@@ -400,7 +213,7 @@ func TestRefresh_Rotates(t *testing.T) {
 	}
 
 	// The new access token authenticates; the handler sees it.
-	if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+	if _, err := unaryCall(t, tsc, p.GetAccessToken()); err != nil {
 		t.Fatalf("call with the refreshed access token: %v", err)
 	}
 	if got := e.svc.lastClaims.Load(); got == nil || got.ID != ac.ID || got.Fresh {
@@ -409,7 +222,7 @@ func TestRefresh_Rotates(t *testing.T) {
 	// The new refresh token rotates in turn.
 	e.clock.Advance(time.Hour)
 	p2 := refreshMust(t, tc, p.GetRefreshToken())
-	if _, c2 := refreshDecode(t, p2.GetAccessToken()); c2.SessionID != s.SessionID {
+	if c2 := decodeToken(t, p2.GetAccessToken()).claims; c2.SessionID != s.SessionID {
 		t.Fatalf("second refresh: sid %q, want %q", c2.SessionID, s.SessionID)
 	}
 }
@@ -432,8 +245,8 @@ func TestRefresh_GracePeriod(t *testing.T) {
 		{"no grace, same instant", 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: []ServerOption{WithRefreshGrace(tc.grace)}})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(WithRefreshGrace(tc.grace)))
+			s := e.startSession(t, nil)
 			tsc, tc2 := e.clients(t)
 			e.clock.Advance(time.Hour + 500*time.Millisecond) // rotation time, not on a whole second
 			rotatedAt := e.clock.Now()
@@ -451,7 +264,7 @@ func TestRefresh_GracePeriod(t *testing.T) {
 				if revoked := e.revoked(t, s.SessionID); revoked {
 					t.Fatal("session revoked by a replay within the grace period")
 				}
-				if err := refreshUnary(tsc, p1.GetAccessToken()); err != nil {
+				if _, err := unaryCall(t, tsc, p1.GetAccessToken()); err != nil {
 					t.Fatalf("successor access token after a replay: %v", err)
 				}
 				if _, err := refreshCall(tc2, p1.GetRefreshToken()); err != nil {
@@ -465,7 +278,8 @@ func TestRefresh_GracePeriod(t *testing.T) {
 			}
 			before := e.svc.calls.Load()
 			for _, tok := range []string{p1.GetAccessToken(), s.AccessToken} {
-				wantReason(t, refreshUnary(tsc, tok), ReasonSessionRevoked)
+				_, err := unaryCall(t, tsc, tok)
+				wantReason(t, err, ReasonSessionRevoked)
 				wantReason(t, refreshStream(tsc, tok), ReasonSessionRevoked)
 			}
 			if got := e.svc.calls.Load(); got != before {
@@ -480,16 +294,17 @@ func TestRefresh_GracePeriod(t *testing.T) {
 // TestRefresh_TokenTypeSeparation: an access token is no refresh token and
 // a refresh token is no access token.
 func TestRefresh_TokenTypeSeparation(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	tsc, tc := e.clients(t)
 
 	_, err := refreshCall(tc, s.AccessToken)
 	wantReason(t, err, ReasonTokenInvalid)
 
-	wantReason(t, refreshUnary(tsc, s.RefreshToken), ReasonTokenInvalid)
+	_, err = unaryCall(t, tsc, s.RefreshToken)
+	wantReason(t, err, ReasonTokenInvalid)
 	wantReason(t, refreshStream(tsc, s.RefreshToken), ReasonTokenInvalid)
-	_, err = tc.Revoke(refreshBearer(s.RefreshToken), &slidejwtv1.RevokeRequest{})
+	_, err = tc.Revoke(bearerCtx(s.RefreshToken), &slidejwtv1.RevokeRequest{})
 	wantReason(t, err, ReasonTokenInvalid)
 	if got := e.svc.calls.Load(); got != 0 {
 		t.Fatalf("handler ran %d times for a refresh token", got)
@@ -498,7 +313,7 @@ func TestRefresh_TokenTypeSeparation(t *testing.T) {
 		t.Fatal("Revoke with a refresh token revoked the session")
 	}
 	// Neither rejection consumed anything: both tokens still work.
-	if err := refreshUnary(tsc, s.AccessToken); err != nil {
+	if _, err := unaryCall(t, tsc, s.AccessToken); err != nil {
 		t.Fatalf("access token after the type checks: %v", err)
 	}
 	refreshMust(t, tc, s.RefreshToken)
@@ -513,7 +328,7 @@ func TestRefresh_Rejections(t *testing.T) {
 		opts []ServerOption
 		// tok returns the refresh token to present, given a session
 		// started at t0, and sets the clock.
-		tok  func(t *testing.T, e *refreshEnv, s Session) string
+		tok  func(t *testing.T, e *testEnv, s Session) string
 		want Reason // noReason: success, and the access token works at once
 	}{
 		{"refresh token one tick before its exp + leeway", []ServerOption{WithRefreshTTL(time.Hour)},
@@ -538,10 +353,10 @@ func TestRefresh_Rejections(t *testing.T) {
 		{"garbage", nil, refreshFixed("garbage"), ReasonTokenInvalid},
 		{"three empty-ish segments", nil, refreshFixed("a.b.c"), ReasonTokenInvalid},
 		{"over-size", nil, refreshFixed(strings.Repeat("a", DefaultMaxTokenSize+1)), ReasonTokenInvalid},
-		{"line break inserted", nil, func(_ *testing.T, _ *refreshEnv, s Session) string {
+		{"line break inserted", nil, func(_ *testing.T, _ *testEnv, s Session) string {
 			return s.RefreshToken[:10] + "\n" + s.RefreshToken[10:]
 		}, ReasonTokenInvalid},
-		{"signature altered", nil, func(_ *testing.T, _ *refreshEnv, s Session) string {
+		{"signature altered", nil, func(_ *testing.T, _ *testEnv, s Session) string {
 			last := s.RefreshToken[len(s.RefreshToken)-2]
 			flip := byte('A')
 			if last == 'A' {
@@ -549,34 +364,20 @@ func TestRefresh_Rejections(t *testing.T) {
 			}
 			return s.RefreshToken[:len(s.RefreshToken)-2] + string(flip) + s.RefreshToken[len(s.RefreshToken)-1:]
 		}, ReasonTokenInvalid},
-		{"signed by an untrusted key", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
-			other, err := NewServer(testKeySet(t), WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s.RefreshToken
+		{"signed by an untrusted key", nil, func(t *testing.T, e *testEnv, _ Session) string {
+			// A session of another server, with keys of its own.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now())).startSession(t, nil).RefreshToken
 		}, ReasonTokenInvalid},
-		{"session unknown to the store", nil, func(t *testing.T, e *refreshEnv, _ Session) string {
+		{"session unknown to the store", nil, func(t *testing.T, e *testEnv, _ Session) string {
 			// A replica with the same keys but its own store: this env's
 			// store never saw the session.
-			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s.RefreshToken
+			// A session of another server with the same keys and its own store.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now()), withKeys(e.keys)).startSession(t, nil).RefreshToken
 		}, ReasonSessionRevoked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{serverOpts: tc.opts})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore(), withServerOptions(tc.opts...))
+			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			p, err := refreshCall(tokc, tc.tok(t, e, s))
 			if tc.want != noReason {
@@ -587,7 +388,7 @@ func TestRefresh_Rejections(t *testing.T) {
 				t.Fatalf("Refresh: %v", err)
 			}
 			// Every pair Refresh hands out must be usable at once.
-			if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+			if _, err := unaryCall(t, tsc, p.GetAccessToken()); err != nil {
 				t.Fatalf("refreshed access token rejected at once: %v", err)
 			}
 		})
@@ -596,16 +397,16 @@ func TestRefresh_Rejections(t *testing.T) {
 
 // refreshAt returns a token func that presents the session's refresh token at
 // t0+d.
-func refreshAt(d time.Duration) func(*testing.T, *refreshEnv, Session) string {
-	return func(_ *testing.T, e *refreshEnv, s Session) string {
+func refreshAt(d time.Duration) func(*testing.T, *testEnv, Session) string {
+	return func(_ *testing.T, e *testEnv, s Session) string {
 		e.clock.Set(t0.Add(d))
 		return s.RefreshToken
 	}
 }
 
 // refreshFixed returns a token func that presents tok.
-func refreshFixed(tok string) func(*testing.T, *refreshEnv, Session) string {
-	return func(*testing.T, *refreshEnv, Session) string { return tok }
+func refreshFixed(tok string) func(*testing.T, *testEnv, Session) string {
+	return func(*testing.T, *testEnv, Session) string { return tok }
 }
 
 // TestRefresh_ExemptFromAccessAuth: Refresh needs no access token, and a
@@ -617,7 +418,7 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 	}{
 		{"no authorization", func(Session) metadata.MD { return nil }},
 		{"lapsed access token", func(s Session) metadata.MD {
-			return metadata.Pairs("authorization", "Bearer "+s.AccessToken)
+			return bearerMD(s.AccessToken)
 		}},
 		{"garbage authorization", func(Session) metadata.MD { return metadata.Pairs("authorization", "Bearer garbage") }},
 		{"two authorization values", func(s Session) metadata.MD {
@@ -625,18 +426,19 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
-			s := e.start(t, nil)
+			e := newEnv(t, withMemStore())
+			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			e.clock.Set(s.Expiry.Add(DefaultLeeway)) // the access token has lapsed
-			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonTokenExpired)
+			_, err := unaryCall(t, tsc, s.AccessToken)
+			wantReason(t, err, ReasonTokenExpired)
 
 			ctx := metadata.NewOutgoingContext(context.Background(), tc.md(s))
 			resp, err := tokc.Refresh(ctx, &slidejwtv1.RefreshRequest{RefreshToken: s.RefreshToken})
 			if err != nil {
 				t.Fatalf("Refresh: %v", err)
 			}
-			if err := refreshUnary(tsc, resp.GetTokens().GetAccessToken()); err != nil {
+			if _, err := unaryCall(t, tsc, resp.GetTokens().GetAccessToken()); err != nil {
 				t.Fatalf("refreshed access token: %v", err)
 			}
 		})
@@ -647,28 +449,29 @@ func TestRefresh_ExemptFromAccessAuth(t *testing.T) {
 // caller's session: its access tokens fail on every kind of call and its
 // refresh token fails; other sessions go on.
 func TestRefresh_Revoke(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	other := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	other := e.startSession(t, nil)
 	tsc, tc := e.clients(t)
 
 	_, err := tc.Revoke(context.Background(), &slidejwtv1.RevokeRequest{})
 	wantReason(t, err, ReasonTokenMissing)
-	if n := e.log.count(EventRevoked, ""); n != 0 {
+	if n := e.events.count(EventRevoked, ""); n != 0 {
 		t.Fatalf("%d revocations without a token", n)
 	}
 
 	e.clock.Advance(time.Minute)
-	if _, err := tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+	if _, err := tc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	if !e.revoked(t, s.SessionID) {
 		t.Fatal("session not revoked in the store")
 	}
 	before := e.svc.calls.Load()
-	wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonSessionRevoked)
+	_, err = unaryCall(t, tsc, s.AccessToken)
+	wantReason(t, err, ReasonSessionRevoked)
 	wantReason(t, refreshStream(tsc, s.AccessToken), ReasonSessionRevoked)
-	bidi, err := tsc.FullDuplexCall(refreshBearer(s.AccessToken))
+	bidi, err := tsc.FullDuplexCall(bearerCtx(s.AccessToken))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -680,11 +483,11 @@ func TestRefresh_Revoke(t *testing.T) {
 	}
 	_, err = refreshCall(tc, s.RefreshToken)
 	wantReason(t, err, ReasonSessionRevoked)
-	_, err = tc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{})
+	_, err = tc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{})
 	wantReason(t, err, ReasonSessionRevoked)
 
 	// Another session of the same user is untouched.
-	if err := refreshUnary(tsc, other.AccessToken); err != nil {
+	if _, err := unaryCall(t, tsc, other.AccessToken); err != nil {
 		t.Fatalf("other session after Revoke: %v", err)
 	}
 	refreshMust(t, tc, other.RefreshToken)
@@ -695,37 +498,36 @@ func TestRefresh_Revoke(t *testing.T) {
 func TestRefresh_RevokeSession(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		cfg      func() refreshEnvConfig
+		opts     []envOption
 		wantCode codes.Code // of RevokeSession
 	}{
-		{"session store", func() refreshEnvConfig { return refreshEnvConfig{} }, codes.OK},
-		{"memory revocation list", func() refreshEnvConfig {
-			return refreshEnvConfig{noStore: true, serverOpts: []ServerOption{WithRevocationList(&memstore.RevocationList{})}}
-		}, codes.OK},
-		{"neither", func() refreshEnvConfig { return refreshEnvConfig{noStore: true} }, codes.FailedPrecondition},
+		{"session store", []envOption{withMemStore()}, codes.OK},
+		{"memory revocation list", []envOption{withServerOptions(WithRevocationList(&memstore.RevocationList{}))}, codes.OK},
+		{"neither", nil, codes.FailedPrecondition},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, tc.cfg())
-			s := e.start(t, nil)
+			e := newEnv(t, tc.opts...)
+			s := e.startSession(t, nil)
 			tsc, tokc := e.clients(t)
 			err := e.server.RevokeSession(context.Background(), s.SessionID)
 			refreshWantCode(t, err, tc.wantCode)
 			if tc.wantCode != codes.OK {
-				if err := refreshUnary(tsc, s.AccessToken); err != nil {
+				if _, err := unaryCall(t, tsc, s.AccessToken); err != nil {
 					t.Fatalf("call after a refused RevokeSession: %v", err)
 				}
-				if n := e.log.count(EventRevoked, ""); n != 0 {
+				if n := e.events.count(EventRevoked, ""); n != 0 {
 					t.Fatalf("%d %v events for a refused RevokeSession", n, EventRevoked)
 				}
 				return
 			}
-			wantReason(t, refreshUnary(tsc, s.AccessToken), ReasonSessionRevoked)
+			_, err = unaryCall(t, tsc, s.AccessToken)
+			wantReason(t, err, ReasonSessionRevoked)
 			wantReason(t, refreshStream(tsc, s.AccessToken), ReasonSessionRevoked)
 			if s.RefreshToken != "" {
 				_, err := refreshCall(tokc, s.RefreshToken)
 				wantReason(t, err, ReasonSessionRevoked)
 			}
-			if n := e.log.count(EventRevoked, ""); n != 1 {
+			if n := e.events.count(EventRevoked, ""); n != 1 {
 				t.Fatalf("%d %v events, want 1", n, EventRevoked)
 			}
 		})
@@ -737,8 +539,8 @@ func TestRefresh_RevokeSession(t *testing.T) {
 // session's current refresh token.
 func TestRefresh_Concurrent(t *testing.T) {
 	const n = 50
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	tsc, tc := e.clients(t)
 	e.clock.Advance(time.Hour)
 
@@ -762,7 +564,7 @@ func TestRefresh_Concurrent(t *testing.T) {
 			t.Fatalf("goroutine %d got another successor than goroutine 0", i)
 		}
 	}
-	if got := e.log.count(EventRefreshed, refreshMethod); got != n {
+	if got := e.events.count(EventRefreshed, refreshMethod); got != n {
 		t.Fatalf("%d %v events, want %d", got, EventRefreshed, n)
 	}
 	if e.revoked(t, s.SessionID) {
@@ -772,7 +574,7 @@ func TestRefresh_Concurrent(t *testing.T) {
 	// taken as reuse and revoke the session).
 	e.clock.Advance(time.Minute)
 	p := refreshMust(t, tc, pairs[0].GetRefreshToken())
-	if err := refreshUnary(tsc, p.GetAccessToken()); err != nil {
+	if _, err := unaryCall(t, tsc, p.GetAccessToken()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -780,16 +582,13 @@ func TestRefresh_Concurrent(t *testing.T) {
 // TestRefresh_Events: Refresh and revocation report events, which never
 // carry a token.
 func TestRefresh_Events(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
 	_, tc := e.clients(t)
 	tokens := []string{s.AccessToken, s.RefreshToken}
 	var seen []Event // every event taken
 	take := func() []Event {
-		e.log.mu.Lock()
-		evs := e.log.events
-		e.log.events = nil
-		e.log.mu.Unlock()
+		evs := e.events.take()
 		seen = append(seen, evs...)
 		return evs
 	}
@@ -832,10 +631,10 @@ func TestRefresh_Events(t *testing.T) {
 		}
 	}
 
-	s2 := e.start(t, nil)
+	s2 := e.startSession(t, nil)
 	tokens = append(tokens, s2.AccessToken, s2.RefreshToken)
 	take()
-	if _, err := tc.Revoke(refreshBearer(s2.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+	if _, err := tc.Revoke(bearerCtx(s2.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	evs = take()
@@ -897,43 +696,36 @@ func TestRefresh_StoreCheckedBeforeSigning(t *testing.T) {
 		name string
 		// tok returns the refresh token to present, after preparing the
 		// env.
-		tok       func(t *testing.T, e *refreshEnv, s Session) string
+		tok       func(t *testing.T, e *testEnv, s Session) string
 		want      Reason // noReason: success
 		wantSigns int64
 	}{
-		{"valid", func(_ *testing.T, _ *refreshEnv, s Session) string { return s.RefreshToken }, noReason, 2},
-		{"revoked by RevokeSession", func(t *testing.T, e *refreshEnv, s Session) string {
+		{"valid", func(_ *testing.T, _ *testEnv, s Session) string { return s.RefreshToken }, noReason, 2},
+		{"revoked by RevokeSession", func(t *testing.T, e *testEnv, s Session) string {
 			if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
 				t.Fatal(err)
 			}
 			return s.RefreshToken
 		}, ReasonSessionRevoked, 0},
-		{"revoked by logout", func(t *testing.T, e *refreshEnv, s Session) string {
+		{"revoked by logout", func(t *testing.T, e *testEnv, s Session) string {
 			_, tokc := e.clients(t)
-			if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+			if _, err := tokc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 				t.Fatal(err)
 			}
 			return s.RefreshToken
 		}, ReasonSessionRevoked, 0},
-		{"session unknown to the store", func(t *testing.T, e *refreshEnv, _ Session) string {
+		{"session unknown to the store", func(t *testing.T, e *testEnv, _ Session) string {
 			// Same keys, another store: the record is missing here, as
 			// after a store that lost its data.
-			other, err := NewServer(e.keys, WithClock(e.clock.Now), WithSessionStore(&memstore.SessionStore{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := other.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s.RefreshToken
+			// A session of another server with the same keys and its own store.
+			return newEnv(t, withMemStore(), withStart(e.clock.Now()), withKeys(e.keys)).startSession(t, nil).RefreshToken
 		}, ReasonSessionRevoked, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := refreshNewEnv(t, refreshEnvConfig{})
+			e := newEnv(t, withMemStore())
 			var signs atomic.Int64
 			e.server.signHook = func() { signs.Add(1) }
-			s := e.start(t, nil)
+			s := e.startSession(t, nil)
 			_, tokc := e.clients(t)
 			e.clock.Advance(time.Hour)
 			rt := tc.tok(t, e, s)
@@ -1049,7 +841,7 @@ func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
 		parts := strings.Split(tok, ".")
 		secrets[name+" payload"] = []byte(parts[1])
 		secrets[name+" signature"] = []byte(parts[2])
-		jti := refreshJTI(t, tok)
+		jti := decodeToken(t, tok).claims.ID
 		secrets[name+" jti"] = []byte(jti)
 		if raw, err := base64.RawURLEncoding.DecodeString(jti); err == nil {
 			secrets[name+" jti bytes"] = raw
@@ -1068,12 +860,12 @@ func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
 
 	// The stored successor is the sealed pair, for the presented token's
 	// id and this session only.
-	presentedJTI := refreshJTI(t, s.RefreshToken)
+	presentedJTI := decodeToken(t, s.RefreshToken).claims.ID
 	pair, err := openSuccessor(successors[0], presentedJTI, s.SessionID)
 	if err != nil || !proto.Equal(pair, next.TokenPair()) {
 		t.Fatalf("stored successor opens to %v (err %v), want the successor pair", pair, err)
 	}
-	if _, err := openSuccessor(successors[0], refreshJTI(t, next.RefreshToken), s.SessionID); err == nil {
+	if _, err := openSuccessor(successors[0], decodeToken(t, next.RefreshToken).claims.ID, s.SessionID); err == nil {
 		t.Fatal("stored successor opens with another refresh token's id")
 	}
 	if _, err := openSuccessor(successors[0], presentedJTI, "another-session"); err == nil {
@@ -1084,15 +876,15 @@ func TestRefresh_StoreSeesNoBearerToken(t *testing.T) {
 // TestRefresh_RevokeResponseCarriesNoRenewal: a logout's response carries
 // no renewed token of the session it ends, even when a renewal is due.
 func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
-	e := refreshNewEnv(t, refreshEnvConfig{})
-	s := e.start(t, nil)
-	other := e.start(t, nil)
+	e := newEnv(t, withMemStore())
+	s := e.startSession(t, nil)
+	other := e.startSession(t, nil)
 	tsc, tokc := e.clients(t)
 	e.clock.Advance(13 * time.Hour) // 11 h left: below RenewBefore (12 h)
 
 	// A renewal is due: an ordinary call gets one.
 	var tr metadata.MD
-	if _, err := tsc.UnaryCall(refreshBearer(other.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&tr)); err != nil {
+	if _, err := tsc.UnaryCall(bearerCtx(other.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&tr)); err != nil {
 		t.Fatal(err)
 	}
 	if len(tr.Get(DefaultRenewalHeader)) != 1 {
@@ -1101,16 +893,16 @@ func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
 
 	var hdr metadata.MD
 	tr = nil
-	if _, err := tokc.Revoke(refreshBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
+	if _, err := tokc.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
 	if h, tt := hdr.Get(DefaultRenewalHeader), tr.Get(DefaultRenewalHeader); len(h)+len(tt) != 0 {
 		t.Fatalf("Revoke response carries %d renewals in the header and %d in the trailer, want none", len(h), len(tt))
 	}
-	if n := e.log.count(EventRenewed, revokeMethod); n != 0 {
+	if n := e.events.count(EventRenewed, revokeMethod); n != 0 {
 		t.Fatalf("%d %v events for Revoke, want 0", n, EventRenewed)
 	}
-	if n := e.log.count(EventAuthenticated, revokeMethod); n != 1 {
+	if n := e.events.count(EventAuthenticated, revokeMethod); n != 1 {
 		t.Fatalf("%d %v events for Revoke, want 1", n, EventAuthenticated)
 	}
 }

@@ -65,7 +65,7 @@ func TestRevocation_RevokedSession(t *testing.T) {
 	for _, kind := range revocationKinds {
 		t.Run(kind, func(t *testing.T) {
 			list := &memstore.RevocationList{}
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(list)}})
+			e := newEnv(t, withServerOptions(WithRevocationList(list)))
 			revoked := e.startSession(t, nil)
 			other := e.startSession(t, nil)
 			revokedClient, _ := e.holderClient(t, revoked.AccessToken)
@@ -110,7 +110,7 @@ func TestRevocation_StoreError(t *testing.T) {
 				mu.Unlock()
 				return false, errors.New(secret)
 			})
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(store)}})
+			e := newEnv(t, withServerOptions(WithRevocationList(store)))
 			s := e.startSession(t, nil)
 			client, _ := e.holderClient(t, s.AccessToken)
 			err := revocationStream(context.Background(), client, kind)
@@ -146,7 +146,7 @@ func TestRevocation_NotRevokedByStore(t *testing.T) {
 		mu.Unlock()
 		return false, nil
 	})
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(store)}})
+	e := newEnv(t, withServerOptions(WithRevocationList(store)))
 	s := e.startSession(t, nil)
 	client, _ := e.holderClient(t, s.AccessToken)
 	if _, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{}); err != nil {
@@ -165,7 +165,7 @@ func TestRevocation_NotRevokedByStore(t *testing.T) {
 // into the sid field by encoding/json's case-insensitive matching.
 func TestRevocation_CustomClaimCannotShadowSid(t *testing.T) {
 	list := &memstore.RevocationList{}
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(list)}})
+	e := newEnv(t, withServerOptions(WithRevocationList(list)))
 	s, err := e.server.StartSession(context.Background(), "alice", map[string]any{"SID": "legacy-session-42"})
 	if errors.Is(err, ErrReservedClaim) {
 		return // refused: nothing to shadow
@@ -187,7 +187,7 @@ func TestRevocation_CustomClaimCannotShadowSid(t *testing.T) {
 // Pruning must not re-admit a revoked session during the leeway.
 func TestRevocation_EntryOutlivesLeeway(t *testing.T) {
 	list := &memstore.RevocationList{}
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithRevocationList(list)}})
+	e := newEnv(t, withServerOptions(WithRevocationList(list)))
 	capT := e.server.Policy().SessionEnd(t0)
 	tok := policyMint(t, e, t0, capT.Add(-24*time.Hour), capT) // renewed up to the cap
 	var sid string
@@ -197,12 +197,12 @@ func TestRevocation_EntryOutlivesLeeway(t *testing.T) {
 	_ = list.Revoke(context.Background(), sid, e.clock.Now(), capT.Add(DefaultLeeway)) // as documented: the session's end plus the leeway
 	p := newPolicyCaller(t, e)
 	e.clock.Set(capT.Add(-time.Second))
-	_, err := p.unary(tok)
+	_, err := unaryCall(t, p.client, tok)
 	wantReason(t, err, ReasonSessionRevoked)
 
 	e.clock.Set(capT.Add(10 * time.Second)) // within the leeway of exp and of the cap
 	_ = list.Revoke(context.Background(), "another-session", e.clock.Now(), capT.Add(time.Hour))
-	_, err = p.unary(tok)
+	_, err = unaryCall(t, p.client, tok)
 	if err == nil {
 		t.Fatal("revoked session accepted at cap+10s: its entry was pruned at the cap, but its token is accepted until cap+leeway")
 	}

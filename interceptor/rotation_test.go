@@ -25,7 +25,7 @@ func rotKey(t testing.TB, kid string) *Key {
 // rotKid returns the kid header of tok.
 func rotKid(t testing.TB, tok string) string {
 	t.Helper()
-	kid, _ := keysHeader(t, tok)["kid"].(string)
+	kid, _ := decodeToken(t, tok).header["kid"].(string)
 	return kid
 }
 
@@ -37,7 +37,6 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 	for _, kind := range []string{"unary", streamServer} {
 		t.Run(kind, func(t *testing.T) {
 			a, b := keysSet(t, rotKey(t, "a1")), keysSet(t, rotKey(t, "b1"))
-			clock := newFakeClock(t0)
 			var srv *Server
 			var rotate atomic.Bool
 			rotated := make(chan error, 1)
@@ -49,24 +48,16 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 				}
 				return false, nil
 			})
-			var err error
-			if srv, err = NewServer(a, WithClock(clock.Now), WithRevocationList(list)); err != nil {
-				t.Fatal(err)
-			}
-			svc := &testService{}
-			lis := streamServe(t, nil, svc,
-				grpc.ChainUnaryInterceptor(srv.UnaryServerInterceptor()),
-				grpc.ChainStreamInterceptor(srv.StreamServerInterceptor()))
-			client := testpb.NewTestServiceClient(dialBufconn(t, lis))
-			s, err := srv.StartSession(context.Background(), "alice", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			e := newEnv(t, withKeys(a), withServerOptions(WithRevocationList(list)))
+			srv, svc, clock := e.server, e.svc, e.clock
+			client := srvClient(t, e)
+			s := e.startSession(t, nil)
 			clock.Advance(srvDueAfter)
 			rotate.Store(true)
 
 			var hdr, tr metadata.MD
-			ctx := srvBearer(s.AccessToken)
+			var err error
+			ctx := bearerCtx(s.AccessToken)
 			if kind == "unary" {
 				_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&tr))
 			} else {
@@ -92,8 +83,8 @@ func TestRotation_RenewalSignedBySetThatVerified(t *testing.T) {
 			if n := svc.calls.Load(); n != 1 {
 				t.Fatalf("handler ran %d times, want 1", n)
 			}
-			renewed := srvRenewed(t, tr)
-			if kind != "unary" && srvRenewed(t, hdr) != renewed {
+			renewed := renewedToken(t, tr)
+			if kind != "unary" && renewedToken(t, hdr) != renewed {
 				t.Fatal("header and trailer carry different renewals")
 			}
 			if renewed == "" {
@@ -141,12 +132,10 @@ func TestRotation_TwoPhaseRolling(t *testing.T) {
 	// Renew on every call a minute or more after the last renewal.
 	policy := Policy{TTL: time.Hour, RenewBefore: time.Hour}
 	var replicas [2]*Server
+	var envs [2]*testEnv
 	for i := range replicas {
-		r, err := NewServer(phase0, WithClock(clock.Now), WithSessionStore(shared), WithPolicy(policy))
-		if err != nil {
-			t.Fatal(err)
-		}
-		replicas[i] = r
+		envs[i] = newEnv(t, withKeys(phase0), withClock(clock), withStore(shared), withServerOptions(WithPolicy(policy)))
+		replicas[i] = envs[i].server
 	}
 	sess, err := replicas[0].StartSession(context.Background(), "alice", nil)
 	if err != nil {
@@ -158,13 +147,9 @@ func TestRotation_TwoPhaseRolling(t *testing.T) {
 	}
 	var held, plain [2]testpb.TestServiceClient // through the holder; without it
 	var tokens [2]slidejwtv1.TokenServiceClient
-	for i, r := range replicas {
-		lis := streamServe(t, r, &testService{},
-			grpc.ChainUnaryInterceptor(r.UnaryServerInterceptor()),
-			grpc.ChainStreamInterceptor(r.StreamServerInterceptor()))
-		held[i] = testpb.NewTestServiceClient(dialBufconn(t, lis, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor())))
-		conn := dialBufconn(t, lis)
-		plain[i], tokens[i] = testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
+	for i, e := range envs {
+		held[i] = testpb.NewTestServiceClient(e.dial(t, grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor())))
+		plain[i], tokens[i] = e.clients(t)
 	}
 
 	for _, step := range []struct {
@@ -220,7 +205,7 @@ func TestRotation_TwoPhaseRolling(t *testing.T) {
 	// The successor, signed with the new key, works on both.
 	clock.Advance(time.Minute)
 	for i, c := range plain {
-		if err := refreshUnary(c, pair.GetAccessToken()); err != nil {
+		if _, err := unaryCall(t, c, pair.GetAccessToken()); err != nil {
 			t.Fatalf("replica %d refused the refreshed access token: %v", i, err)
 		}
 	}

@@ -41,30 +41,6 @@ func srvClient(t testing.TB, e *testEnv) testpb.TestServiceClient {
 	return testpb.NewTestServiceClient(e.dial(t))
 }
 
-// srvBearer returns a context whose outgoing metadata carries tok as a
-// bearer token; an empty tok carries no authorization at all.
-func srvBearer(tok string) context.Context {
-	if tok == "" {
-		return context.Background()
-	}
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-}
-
-// srvRenewed returns the renewed token in md, or "" when there is none. It
-// fails the test if md holds more than one.
-func srvRenewed(t testing.TB, md metadata.MD) string {
-	t.Helper()
-	switch v := md.Get(DefaultRenewalHeader); len(v) {
-	case 0:
-		return ""
-	case 1:
-		return v[0]
-	default:
-		t.Fatalf("%d renewed tokens in %v, want at most 1", len(v), md.Len())
-		return ""
-	}
-}
-
 // srvCheckRenewed verifies tok with the env's server at its current time and
 // checks that it renews session s with exp wantExp.
 func srvCheckRenewed(t testing.TB, e *testEnv, s Session, tok string, wantExp time.Time) {
@@ -103,16 +79,15 @@ func srvCheckClaims(t testing.TB, e *testEnv, s Session) {
 }
 
 func TestUnary_RenewedTokenInTrailer(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, map[string]any{"role": "admin"})
 	client := srvClient(t, e)
 
 	e.clock.Advance(srvDueAfter)
-	var trailer metadata.MD
-	if _, err := client.UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&trailer)); err != nil {
+	renewed, err := unaryCall(t, client, s.AccessToken)
+	if err != nil {
 		t.Fatal(err)
 	}
-	renewed := srvRenewed(t, trailer)
 	srvCheckRenewed(t, e, s, renewed, t0.Add(srvDueAfter+DefaultTTL))
 
 	// The custom claim survives the renewal.
@@ -125,9 +100,9 @@ func TestUnary_RenewedTokenInTrailer(t *testing.T) {
 	// After the original token's idle window (and leeway) it is expired;
 	// the renewed one still works and carries the custom claim.
 	e.clock.Advance(DefaultTTL - srvDueAfter + DefaultLeeway)
-	_, err := client.UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{})
+	_, err = client.UnaryCall(bearerCtx(s.AccessToken), &testpb.SimpleRequest{})
 	wantReason(t, err, ReasonTokenExpired)
-	if _, err := client.UnaryCall(srvBearer(renewed), &testpb.SimpleRequest{}); err != nil {
+	if _, err := client.UnaryCall(bearerCtx(renewed), &testpb.SimpleRequest{}); err != nil {
 		t.Fatalf("call with renewed token: %v", err)
 	}
 	role = ""
@@ -137,26 +112,26 @@ func TestUnary_RenewedTokenInTrailer(t *testing.T) {
 
 	// A gap longer than the renewed token's idle window ends the session.
 	e.clock.Advance(DefaultTTL)
-	_, err = client.UnaryCall(srvBearer(renewed), &testpb.SimpleRequest{})
+	_, err = client.UnaryCall(bearerCtx(renewed), &testpb.SimpleRequest{})
 	wantReason(t, err, ReasonTokenExpired)
 }
 
 func TestUnary_RenewedTokenInTrailerOnHandlerError(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, nil)
 	client := srvClient(t, e)
 
 	e.clock.Advance(srvDueAfter)
 	var trailer metadata.MD
 	req := &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.NotFound), Message: "no such order"}}
-	_, err := client.UnaryCall(srvBearer(s.AccessToken), req, grpc.Trailer(&trailer))
+	_, err := client.UnaryCall(bearerCtx(s.AccessToken), req, grpc.Trailer(&trailer))
 	if got := status.Code(err); got != codes.NotFound {
 		t.Fatalf("code = %v (err %v), want %v", got, err, codes.NotFound)
 	}
 	if got := e.svc.calls.Load(); got != 1 {
 		t.Errorf("handler calls = %d, want 1", got)
 	}
-	srvCheckRenewed(t, e, s, srvRenewed(t, trailer), t0.Add(srvDueAfter+DefaultTTL))
+	srvCheckRenewed(t, e, s, renewedToken(t, trailer), t0.Add(srvDueAfter+DefaultTTL))
 }
 
 // TestUnary_RenewalThreshold checks the default RenewBefore (TTL/2) at the
@@ -172,18 +147,18 @@ func TestUnary_RenewalThreshold(t *testing.T) {
 		{12*time.Hour + time.Second, true},
 	} {
 		t.Run(tc.after.String(), func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			e.clock.Advance(tc.after)
 			var header, trailer metadata.MD
-			_, err := srvClient(t, e).UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer))
+			_, err := srvClient(t, e).UnaryCall(bearerCtx(s.AccessToken), &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := srvRenewed(t, header); got != "" {
+			if got := renewedToken(t, header); got != "" {
 				t.Errorf("unary header carries a renewed token, want none there")
 			}
-			got := srvRenewed(t, trailer)
+			got := renewedToken(t, trailer)
 			if !tc.renew {
 				if got != "" {
 					t.Errorf("renewed token sent %v after login, want none", tc.after)
@@ -196,9 +171,9 @@ func TestUnary_RenewalThreshold(t *testing.T) {
 }
 
 func TestUnary_HandlerSeesClaims(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	s := e.startSession(t, map[string]any{"tenant": "acme"})
-	if _, err := srvClient(t, e).UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}); err != nil {
+	if _, err := srvClient(t, e).UnaryCall(bearerCtx(s.AccessToken), &testpb.SimpleRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	srvCheckClaims(t, e, s)
@@ -238,7 +213,7 @@ func srvRejections(t testing.TB, e *testEnv) []srvRejection {
 }
 
 func TestUnary_RejectedHandlerNotRun(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := srvClient(t, e)
 	for _, tc := range srvRejections(t, e) {
 		t.Run(tc.name, func(t *testing.T) {
@@ -253,7 +228,7 @@ func TestUnary_RejectedHandlerNotRun(t *testing.T) {
 			if got := e.svc.calls.Load(); got != 0 {
 				t.Errorf("handler calls = %d, want 0", got)
 			}
-			if got := srvRenewed(t, trailer); got != "" {
+			if got := renewedToken(t, trailer); got != "" {
 				t.Error("rejected call carries a renewed token")
 			}
 		})
@@ -357,15 +332,15 @@ var srvStreamKinds = []srvStreamKind{
 func TestStream_RenewedTokenInHeaderAndTrailer(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			e.clock.Advance(srvDueAfter)
-			header, trailer, err := k.call(srvBearer(s.AccessToken), srvClient(t, e))
+			header, trailer, err := k.call(bearerCtx(s.AccessToken), srvClient(t, e))
 			if err != nil {
 				t.Fatal(err)
 			}
 			want := t0.Add(srvDueAfter + DefaultTTL)
-			inHeader, inTrailer := srvRenewed(t, header), srvRenewed(t, trailer)
+			inHeader, inTrailer := renewedToken(t, header), renewedToken(t, trailer)
 			srvCheckRenewed(t, e, s, inHeader, want)
 			srvCheckRenewed(t, e, s, inTrailer, want)
 			if inHeader != inTrailer {
@@ -379,14 +354,14 @@ func TestStream_RenewedTokenInHeaderAndTrailer(t *testing.T) {
 func TestStream_NoRenewalWhenNotDue(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			s := e.startSession(t, nil)
 			e.clock.Advance(12 * time.Hour) // remaining 12 h = RenewBefore: not below it
-			header, trailer, err := k.call(srvBearer(s.AccessToken), srvClient(t, e))
+			header, trailer, err := k.call(bearerCtx(s.AccessToken), srvClient(t, e))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if srvRenewed(t, header) != "" || srvRenewed(t, trailer) != "" {
+			if renewedToken(t, header) != "" || renewedToken(t, trailer) != "" {
 				t.Error("renewed token sent, want none")
 			}
 			srvCheckClaims(t, e, s)
@@ -397,7 +372,7 @@ func TestStream_NoRenewalWhenNotDue(t *testing.T) {
 func TestStream_RejectedHandlerNotRun(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t)
 			client := srvClient(t, e)
 			for _, tc := range srvRejections(t, e) {
 				t.Run(tc.name, func(t *testing.T) {
@@ -411,7 +386,7 @@ func TestStream_RejectedHandlerNotRun(t *testing.T) {
 					if got := e.svc.calls.Load(); got != 0 {
 						t.Errorf("handler calls = %d, want 0", got)
 					}
-					if srvRenewed(t, trailer) != "" {
+					if renewedToken(t, trailer) != "" {
 						t.Error("rejected call carries a renewed token")
 					}
 				})
@@ -421,13 +396,13 @@ func TestStream_RejectedHandlerNotRun(t *testing.T) {
 }
 
 func TestUnary_ExemptMethodOption(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithExemptMethods(srvEmptyMethod)}})
+	e := newEnv(t, withServerOptions(WithExemptMethods(srvEmptyMethod)))
 	s := e.startSession(t, nil)
 	client := srvClient(t, e)
 
 	// Without a token, and with one: the handler runs and sees no claims.
 	for _, tok := range []string{"", s.AccessToken} {
-		if _, err := client.EmptyCall(srvBearer(tok), &testpb.Empty{}); err != nil {
+		if _, err := client.EmptyCall(bearerCtx(tok), &testpb.Empty{}); err != nil {
 			t.Fatalf("exempt call (token %v): %v", tok != "", err)
 		}
 	}
@@ -491,7 +466,7 @@ func srvSelectorEnv(t testing.TB, log *srvChainLog) *testEnv {
 		m := cm.FullMethod()
 		return m != srvEmptyMethod && m != srvOutputMethod
 	})
-	return newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+	return newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 		return []grpc.ServerOption{
 			grpc.ChainUnaryInterceptor(
 				recovery.UnaryServerInterceptor(),
@@ -506,7 +481,7 @@ func srvSelectorEnv(t testing.TB, log *srvChainLog) *testEnv {
 				log.stream("after"),
 			),
 		}
-	}})
+	}))
 }
 
 func TestUnary_SelectorExemptionChained(t *testing.T) {
@@ -517,11 +492,11 @@ func TestUnary_SelectorExemptionChained(t *testing.T) {
 
 	// Authenticated and renewed through the chain.
 	e.clock.Advance(srvDueAfter)
-	var trailer metadata.MD
-	if _, err := client.UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}, grpc.Trailer(&trailer)); err != nil {
+	renewed, err := unaryCall(t, client, s.AccessToken)
+	if err != nil {
 		t.Fatal(err)
 	}
-	srvCheckRenewed(t, e, s, srvRenewed(t, trailer), t0.Add(srvDueAfter+DefaultTTL))
+	srvCheckRenewed(t, e, s, renewed, t0.Add(srvDueAfter+DefaultTTL))
 	srvCheckClaims(t, e, s)
 	want := []string{"before " + srvUnaryMethod + " claims=false", "after " + srvUnaryMethod + " claims=true"}
 	if got := log.take(); !slices.Equal(got, want) {
@@ -543,7 +518,7 @@ func TestUnary_SelectorExemptionChained(t *testing.T) {
 
 	// Rejected: the interceptor after ours and the handler do not run.
 	calls := e.svc.calls.Load()
-	_, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{})
+	_, err = client.UnaryCall(context.Background(), &testpb.SimpleRequest{})
 	wantReason(t, err, ReasonTokenMissing)
 	want = []string{"before " + srvUnaryMethod + " claims=false"}
 	if got := log.take(); !slices.Equal(got, want) {
@@ -571,12 +546,12 @@ func TestStream_SelectorExemptionChained(t *testing.T) {
 
 	// Authenticated and renewed through the chain.
 	e.clock.Advance(srvDueAfter)
-	header, trailer, err := kind(srvDuplexMethod).call(srvBearer(s.AccessToken), client)
+	header, trailer, err := kind(srvDuplexMethod).call(bearerCtx(s.AccessToken), client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvCheckRenewed(t, e, s, srvRenewed(t, header), t0.Add(srvDueAfter+DefaultTTL))
-	srvCheckRenewed(t, e, s, srvRenewed(t, trailer), t0.Add(srvDueAfter+DefaultTTL))
+	srvCheckRenewed(t, e, s, renewedToken(t, header), t0.Add(srvDueAfter+DefaultTTL))
+	srvCheckRenewed(t, e, s, renewedToken(t, trailer), t0.Add(srvDueAfter+DefaultTTL))
 	srvCheckClaims(t, e, s)
 	want := []string{"before " + srvDuplexMethod + " claims=false", "after " + srvDuplexMethod + " claims=true"}
 	if got := log.take(); !slices.Equal(got, want) {
@@ -612,15 +587,12 @@ func TestStream_SelectorExemptionChained(t *testing.T) {
 // srvAuthFuncEnv wires the Server through go-grpc-middleware's auth
 // interceptors, with EmptyCall exempt by option.
 func srvAuthFuncEnv(t testing.TB) *testEnv {
-	return newEnv(t, envConfig{
-		serverOpts: []ServerOption{WithExemptMethods(srvEmptyMethod)},
-		grpcOpts: func(s *Server) []grpc.ServerOption {
-			return []grpc.ServerOption{
-				grpc.ChainUnaryInterceptor(auth.UnaryServerInterceptor(s.AuthFunc())),
-				grpc.ChainStreamInterceptor(auth.StreamServerInterceptor(s.AuthFunc())),
-			}
-		},
-	})
+	return newEnv(t, withServerOptions(WithExemptMethods(srvEmptyMethod)), withGRPC(func(s *Server) []grpc.ServerOption {
+		return []grpc.ServerOption{
+			grpc.ChainUnaryInterceptor(auth.UnaryServerInterceptor(s.AuthFunc())),
+			grpc.ChainStreamInterceptor(auth.StreamServerInterceptor(s.AuthFunc())),
+		}
+	}))
 }
 
 func TestUnary_AuthFunc(t *testing.T) {
@@ -630,23 +602,23 @@ func TestUnary_AuthFunc(t *testing.T) {
 
 	// Authenticated, not due.
 	var header, trailer metadata.MD
-	if _, err := client.UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+	if _, err := client.UnaryCall(bearerCtx(s.AccessToken), &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
 		t.Fatal(err)
 	}
 	srvCheckClaims(t, e, s)
-	if srvRenewed(t, header) != "" || srvRenewed(t, trailer) != "" {
+	if renewedToken(t, header) != "" || renewedToken(t, trailer) != "" {
 		t.Error("renewed token sent before it was due")
 	}
 
 	// Due: renewed in both header and trailer, since an AuthFunc cannot tell
 	// a unary call from a stream.
 	e.clock.Advance(srvDueAfter)
-	if _, err := client.UnaryCall(srvBearer(s.AccessToken), &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+	if _, err := client.UnaryCall(bearerCtx(s.AccessToken), &testpb.SimpleRequest{}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
 		t.Fatal(err)
 	}
 	want := t0.Add(srvDueAfter + DefaultTTL)
-	srvCheckRenewed(t, e, s, srvRenewed(t, header), want)
-	srvCheckRenewed(t, e, s, srvRenewed(t, trailer), want)
+	srvCheckRenewed(t, e, s, renewedToken(t, header), want)
+	srvCheckRenewed(t, e, s, renewedToken(t, trailer), want)
 
 	// Exempt method passes without a token.
 	e.svc.lastClaims.Store(nil)
@@ -683,17 +655,17 @@ func TestStream_AuthFunc(t *testing.T) {
 			client := srvClient(t, e)
 
 			e.clock.Advance(srvDueAfter)
-			header, trailer, err := k.call(srvBearer(s.AccessToken), client)
+			header, trailer, err := k.call(bearerCtx(s.AccessToken), client)
 			if err != nil {
 				t.Fatal(err)
 			}
 			want := t0.Add(srvDueAfter + DefaultTTL)
-			srvCheckRenewed(t, e, s, srvRenewed(t, header), want)
-			srvCheckRenewed(t, e, s, srvRenewed(t, trailer), want)
+			srvCheckRenewed(t, e, s, renewedToken(t, header), want)
+			srvCheckRenewed(t, e, s, renewedToken(t, trailer), want)
 			srvCheckClaims(t, e, s)
 
 			calls := e.svc.calls.Load()
-			_, _, err = k.call(srvBearer("garbage"), client)
+			_, _, err = k.call(bearerCtx("garbage"), client)
 			wantReason(t, err, ReasonTokenInvalid)
 			_, _, err = k.call(context.Background(), client)
 			wantReason(t, err, ReasonTokenMissing)
@@ -702,27 +674,6 @@ func TestStream_AuthFunc(t *testing.T) {
 			}
 		})
 	}
-}
-
-// srvEventLog collects the events of a Server.
-type srvEventLog struct {
-	mu     sync.Mutex
-	events []Event
-}
-
-func (l *srvEventLog) hook(_ context.Context, ev Event) {
-	l.mu.Lock()
-	l.events = append(l.events, ev)
-	l.mu.Unlock()
-}
-
-// take returns the events since the last take.
-func (l *srvEventLog) take() []Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	got := l.events
-	l.events = nil
-	return got
 }
 
 // srvCheckNoToken fails if any field of ev holds a token or one of its
@@ -769,8 +720,8 @@ func srvWantEvent(t testing.TB, evs []Event, kind EventKind, method string, reas
 }
 
 func TestUnary_EventHook(t *testing.T) {
-	log := new(srvEventLog)
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(log.hook), WithExemptMethods(srvEmptyMethod)}})
+	e := newEnv(t, withServerOptions(WithExemptMethods(srvEmptyMethod)))
+	log := e.events
 	s := e.startSession(t, nil)
 	client := srvClient(t, e)
 	if evs := log.take(); len(evs) != 1 || evs[0].Kind != EventSessionStarted || evs[0].SessionID != s.SessionID {
@@ -780,7 +731,7 @@ func TestUnary_EventHook(t *testing.T) {
 	var trailer metadata.MD
 	call := func(tok string) error {
 		trailer = nil
-		_, err := client.UnaryCall(srvBearer(tok), &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+		_, err := client.UnaryCall(bearerCtx(tok), &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
 		return err
 	}
 	if err := call(s.AccessToken); err != nil {
@@ -794,7 +745,7 @@ func TestUnary_EventHook(t *testing.T) {
 	if err := call(s.AccessToken); err != nil {
 		t.Fatal(err)
 	}
-	renewed := srvRenewed(t, trailer)
+	renewed := renewedToken(t, trailer)
 	evs = log.take()
 	srvWantEvent(t, evs, EventRenewed, srvUnaryMethod, noReason, &s, t0.Add(srvDueAfter+DefaultTTL))
 	srvCheckNoToken(t, evs[0], s.AccessToken, renewed)
@@ -825,13 +776,13 @@ func TestUnary_EventHook(t *testing.T) {
 func TestStream_EventHook(t *testing.T) {
 	for _, k := range srvStreamKinds {
 		t.Run(k.name, func(t *testing.T) {
-			log := new(srvEventLog)
-			e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(log.hook)}})
+			e := newEnv(t)
+			log := e.events
 			s := e.startSession(t, nil)
 			client := srvClient(t, e)
 			log.take()
 
-			if _, _, err := k.call(srvBearer(s.AccessToken), client); err != nil {
+			if _, _, err := k.call(bearerCtx(s.AccessToken), client); err != nil {
 				t.Fatal(err)
 			}
 			evs := log.take()
@@ -839,13 +790,13 @@ func TestStream_EventHook(t *testing.T) {
 			srvCheckNoToken(t, evs[0], s.AccessToken)
 
 			e.clock.Advance(srvDueAfter)
-			header, _, err := k.call(srvBearer(s.AccessToken), client)
+			header, _, err := k.call(bearerCtx(s.AccessToken), client)
 			if err != nil {
 				t.Fatal(err)
 			}
 			evs = log.take()
 			srvWantEvent(t, evs, EventRenewed, k.method, noReason, &s, t0.Add(srvDueAfter+DefaultTTL))
-			srvCheckNoToken(t, evs[0], s.AccessToken, srvRenewed(t, header))
+			srvCheckNoToken(t, evs[0], s.AccessToken, renewedToken(t, header))
 
 			_, _, err = k.call(context.Background(), client)
 			wantReason(t, err, ReasonTokenMissing)
@@ -867,16 +818,16 @@ func TestStream_RenewalInTrailerWhenHeaderSent(t *testing.T) {
 				}
 				return handler(srv, ss)
 			}
-			e := newEnv(t, envConfig{grpcOpts: func(s *Server) []grpc.ServerOption {
+			e := newEnv(t, withGRPC(func(s *Server) []grpc.ServerOption {
 				return []grpc.ServerOption{
 					grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()),
 					grpc.ChainStreamInterceptor(requestID, s.StreamServerInterceptor()),
 				}
-			}})
+			}))
 			s := e.startSession(t, nil)
 			client := srvClient(t, e)
 			e.clock.Advance(srvDueAfter)
-			ctx := srvBearer(s.AccessToken)
+			ctx := bearerCtx(s.AccessToken)
 
 			const n = 2
 			var got int
@@ -929,10 +880,10 @@ func TestStream_RenewalInTrailerWhenHeaderSent(t *testing.T) {
 			if v := hdr.Get("x-request-id"); len(v) != 1 || v[0] != "r1" {
 				t.Errorf("header x-request-id = %v, want [r1]", v)
 			}
-			if v := srvRenewed(t, hdr); v != "" {
+			if v := renewedToken(t, hdr); v != "" {
 				t.Error("renewal in a header that was sent before slidejwt ran")
 			}
-			srvCheckRenewed(t, e, s, srvRenewed(t, tr), e.clock.Now().Add(DefaultTTL))
+			srvCheckRenewed(t, e, s, renewedToken(t, tr), e.clock.Now().Add(DefaultTTL))
 		})
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
@@ -205,70 +204,23 @@ func (s *streamStore) waitChecks(t testing.TB, n int) {
 	}
 }
 
-// streamServe serves svc, and the TokenService of s unless s is nil, on a
-// bufconn listener with opts. It is stopped when the test ends.
-func streamServe(t testing.TB, s *Server, svc testpb.TestServiceServer, opts ...grpc.ServerOption) *bufconn.Listener {
-	t.Helper()
-	srv := grpc.NewServer(opts...)
-	testpb.RegisterTestServiceServer(srv, svc)
-	if s != nil {
-		slidejwtv1.RegisterTokenServiceServer(srv, s.TokenService())
-	}
-	lis := bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return lis
-}
-
-// streamEnv is a streamSvc behind a Server with a streamStore.
+// streamEnv is the test env serving a streamSvc, with a streamStore and
+// plain clients (the test sets the token).
 type streamEnv struct {
-	clock  *fakeClock // nil with streamEnvConfig.realClock
-	server *Server
+	*testEnv
 	store  *streamStore
 	svc    *streamSvc
-	events *srvEventLog
-	lis    *bufconn.Listener
-	client testpb.TestServiceClient // plain: the test sets the token
+	client testpb.TestServiceClient
 	tokens slidejwtv1.TokenServiceClient
 }
 
-type streamEnvConfig struct {
-	interval  time.Duration // WithStreamCheckInterval; 0 keeps the default
-	policy    Policy
-	realClock bool                           // no WithClock
-	before    []grpc.StreamServerInterceptor // chained before slidejwt's
-}
-
-func newStreamEnv(t testing.TB, cfg streamEnvConfig) *streamEnv {
+// newStreamEnv is newEnv with a streamSvc and a streamStore, and opts.
+func newStreamEnv(t testing.TB, opts ...envOption) *streamEnv {
 	t.Helper()
-	e := &streamEnv{store: &streamStore{SessionStore: &memstore.SessionStore{}}, svc: newStreamSvc(), events: &srvEventLog{}}
-	opts := []ServerOption{WithSessionStore(e.store), WithEventHook(e.events.hook), WithPolicy(cfg.policy)}
-	if !cfg.realClock {
-		e.clock = newFakeClock(t0)
-		opts = append(opts, WithClock(e.clock.Now))
-	}
-	if cfg.interval != 0 {
-		opts = append(opts, WithStreamCheckInterval(cfg.interval))
-	}
-	var err error
-	if e.server, err = NewServer(testKeySet(t), opts...); err != nil {
-		t.Fatal(err)
-	}
-	e.lis = streamServe(t, e.server, e.svc,
-		grpc.ChainUnaryInterceptor(e.server.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(append(cfg.before, e.server.StreamServerInterceptor())...))
-	conn := dialBufconn(t, e.lis)
-	e.client, e.tokens = testpb.NewTestServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
+	e := &streamEnv{store: &streamStore{SessionStore: &memstore.SessionStore{}}, svc: newStreamSvc()}
+	e.testEnv = newEnv(t, append([]envOption{withStore(e.store), withService(e.svc)}, opts...)...)
+	e.client, e.tokens = e.clients(t)
 	return e
-}
-
-func (e *streamEnv) start(t testing.TB) Session {
-	t.Helper()
-	s, err := e.server.StartSession(context.Background(), "alice", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // ended returns the EventStreamEnded events so far.
@@ -469,14 +421,14 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 		{"client-stream, silent", streamClient, streamFast, true, func(c *streamCall) error { return c.end(streamWait) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newStreamEnv(t, streamEnvConfig{interval: tc.interval})
-			s := e.start(t)
-			other := e.start(t)
-			sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, tc.kind)
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(tc.interval)))
+			s := e.startSession(t, nil)
+			other := e.startSession(t, nil)
+			sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, tc.kind)
 			sc.ping("before the revocation")
 
 			if tc.logout {
-				if _, err := e.tokens.Revoke(srvBearer(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
+				if _, err := e.tokens.Revoke(bearerCtx(s.AccessToken), &slidejwtv1.RevokeRequest{}); err != nil {
 					t.Fatalf("Revoke: %v", err)
 				}
 			} else if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
@@ -494,7 +446,7 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 
 			// The other session's streams are untouched.
 			e.svc.calls.Store(0)
-			streamOpen(t, srvBearer(other.AccessToken), e.client, e.svc, tc.kind).ping("other session")
+			streamOpen(t, bearerCtx(other.AccessToken), e.client, e.svc, tc.kind).ping("other session")
 		})
 	}
 }
@@ -504,12 +456,12 @@ func TestStream_RevokedSessionEnds(t *testing.T) {
 // one interval.
 func TestStream_SilentRevokedWithinDefaultInterval(t *testing.T) {
 	const bound = 1500 * time.Millisecond
-	e := newStreamEnv(t, streamEnvConfig{})
+	e := newStreamEnv(t)
 	if got := e.server.cfg.streamCheck; got != DefaultStreamCheckInterval {
 		t.Fatalf("stream check interval = %v, want the default %v", got, DefaultStreamCheckInterval)
 	}
-	s := e.start(t)
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	s := e.startSession(t, nil)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("before the revocation")
 	if err := e.server.RevokeSession(context.Background(), s.SessionID); err != nil {
 		t.Fatal(err)
@@ -538,13 +490,13 @@ func TestStream_EndsAtSessionEnd(t *testing.T) {
 				if silent {
 					interval = streamFast
 				}
-				e := newStreamEnv(t, streamEnvConfig{interval: interval, policy: policy})
-				s := e.start(t)
+				e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(interval), WithPolicy(policy)))
+				s := e.startSession(t, nil)
 				until := e.server.Policy().AcceptUntil(s.AuthTime)
 				if want := t0.Add(2*time.Hour + DefaultLeeway); !until.Equal(want) {
 					t.Fatalf("AcceptUntil = %v, want %v", until, want)
 				}
-				sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, kind)
+				sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, kind)
 				sc.ping("at login")
 
 				e.clock.Set(until.Add(-time.Nanosecond))
@@ -593,8 +545,8 @@ func TestStream_EndedStreamNotReplayed(t *testing.T) {
 		}, ReasonSessionExpired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newStreamEnv(t, streamEnvConfig{interval: streamNever})
-			s := e.start(t)
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)))
+			s := e.startSession(t, nil)
 			var refreshes atomic.Int64
 			next := TokenServiceRefresher(e.tokens)
 			h, err := NewTokenHolder(s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now),
@@ -636,9 +588,9 @@ func TestStream_StoreFailureEndsStream(t *testing.T) {
 			if silent {
 				interval = streamFast
 			}
-			e := newStreamEnv(t, streamEnvConfig{interval: interval})
-			s := e.start(t)
-			sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(interval)))
+			s := e.startSession(t, nil)
+			sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 			sc.ping("before the store failed")
 
 			e.store.fail.Store(true)
@@ -665,9 +617,9 @@ func TestStream_StoreFailureEndsStream(t *testing.T) {
 // TestStream_OutlivesAccessTokenExpiry: the idle expiry of the token that
 // opened a stream does not end it; only the session's end does.
 func TestStream_OutlivesAccessTokenExpiry(t *testing.T) {
-	e := newStreamEnv(t, streamEnvConfig{interval: streamFast})
-	s := e.start(t)
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamFast)))
+	s := e.startSession(t, nil)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("at login")
 
 	e.clock.Set(s.Expiry.Add(DefaultLeeway + time.Hour))
@@ -695,9 +647,9 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 		recovered <- p
 		return status.Error(codes.Internal, "recovered")
 	}))
-	e := newStreamEnv(t, streamEnvConfig{interval: streamNever, before: []grpc.StreamServerInterceptor{rec}})
-	s := e.start(t)
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)), withBefore(nil, rec))
+	s := e.startSession(t, nil)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("before the panic")
 
 	err := sc.clientMsg("panic")
@@ -712,7 +664,7 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 	default:
 		t.Fatal("recovery handler not called")
 	}
-	streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi).ping("after the panic")
+	streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi).ping("after the panic")
 }
 
 // TestStream_TimerEndsStreamAtSessionEnd: with the real clock a timer ends
@@ -721,16 +673,14 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 // two seconds.
 func TestStream_TimerEndsStreamAtSessionEnd(t *testing.T) {
 	const slack = 1500 * time.Millisecond
-	e := newStreamEnv(t, streamEnvConfig{
-		realClock: true,
-		interval:  streamNever,
-		policy:    Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1},
-	})
-	s := e.start(t)
+	e := newStreamEnv(t, withRealClock(), withServerOptions(
+		WithStreamCheckInterval(streamNever),
+		WithPolicy(Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1})))
+	s := e.startSession(t, nil)
 	if got := e.server.Policy().AcceptUntil(s.AuthTime); !got.Equal(s.End) {
 		t.Fatalf("AcceptUntil = %v, want the session end %v (no leeway)", got, s.End)
 	}
-	sc := streamOpen(t, srvBearer(s.AccessToken), e.client, e.svc, streamBidi)
+	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
 	sc.ping("after login")
 
 	err := sc.end(time.Until(s.End) + slack)

@@ -10,7 +10,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -145,8 +144,6 @@ func (f verifyForger) padded(n int) string {
 	return ""
 }
 
-func verifyBearer(tok string) metadata.MD { return metadata.Pairs("authorization", "Bearer "+tok) }
-
 // verifySplit returns the three segments of tok.
 func verifySplit(t testing.TB, tok string) (h, p, s string) {
 	t.Helper()
@@ -247,7 +244,7 @@ type verifyCase struct {
 }
 
 func verifyTok(build func(f verifyForger) string) func(verifyForger) metadata.MD {
-	return func(f verifyForger) metadata.MD { return verifyBearer(build(f)) }
+	return func(f verifyForger) metadata.MD { return bearerMD(build(f)) }
 }
 
 func verifyCases() []verifyCase {
@@ -519,7 +516,7 @@ func mustJSON(t testing.TB, v any) []byte {
 // over bufconn with raw metadata to a server that requires an issuer and an
 // audience.
 func TestVerify_HostileUnary(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithIssuer(verifyIss), WithAudience(verifyAud)}})
+	e := newEnv(t, withServerOptions(WithIssuer(verifyIss), WithAudience(verifyAud)))
 	secret, _ := e.keys.Active().signKey.([]byte)
 	f := verifyForger{t: t, secret: secret, now: e.clock.Now()}
 	client := testpb.NewTestServiceClient(e.dial(t))
@@ -561,23 +558,8 @@ func TestVerify_HostileUnary(t *testing.T) {
 // token before any decoding. The status detail is the library's fixed
 // phrase for the cap, not the parser's "malformed".
 func TestVerify_TooLongBeforeParsing(t *testing.T) {
-	var (
-		mu     sync.Mutex
-		events []Event
-	)
-	hook := func(_ context.Context, ev Event) {
-		mu.Lock()
-		events = append(events, ev)
-		mu.Unlock()
-	}
-	take := func() []Event {
-		mu.Lock()
-		defer mu.Unlock()
-		out := events
-		events = nil
-		return out
-	}
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithEventHook(hook)}})
+	e := newEnv(t)
+	take := e.events.take
 	client := testpb.NewTestServiceClient(e.dial(t))
 	for _, tc := range []struct {
 		name string
@@ -589,7 +571,7 @@ func TestVerify_TooLongBeforeParsing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			take()
-			md := verifyBearer(tc.tok)
+			md := bearerMD(tc.tok)
 			verifyRejectedCall(t, e, client, md, ReasonTokenInvalid)
 			events := take()
 			if len(events) != 1 || events[0].Kind != EventRejected {
@@ -602,7 +584,7 @@ func TestVerify_TooLongBeforeParsing(t *testing.T) {
 	}
 	// At the cap, the token reaches the parser (and fails there).
 	take()
-	verifyRejectedCall(t, e, client, verifyBearer(strings.Repeat("A", DefaultMaxTokenSize)), ReasonTokenInvalid)
+	verifyRejectedCall(t, e, client, bearerMD(strings.Repeat("A", DefaultMaxTokenSize)), ReasonTokenInvalid)
 	if events := take(); len(events) != 1 || strings.Contains(events[0].Err.Error(), "too long") {
 		t.Errorf("a token of exactly the cap was refused by the cap: %v", events)
 	}
@@ -636,7 +618,7 @@ func TestVerify_RSAKeyConfusion(t *testing.T) {
 		{"RS256 and HS256", keysSet(t, rs, hs)},
 	} {
 		t.Run(set.name, func(t *testing.T) {
-			e := keysEnv(t, set.ks)
+			e := newEnv(t, withKeys(set.ks))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			f := verifyForger{t: t, now: e.clock.Now()}
 			claims := f.claims(map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{}})
@@ -644,30 +626,30 @@ func TestVerify_RSAKeyConfusion(t *testing.T) {
 
 			// Control: the server's own RS256 token is accepted.
 			s := e.startSession(t, nil)
-			if _, err := keysCall(t, client, s.AccessToken); err != nil {
+			if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 				t.Fatalf("control: %v", err)
 			}
 			for name, b := range pubBytes {
 				t.Run("HS256 keyed with "+name, func(t *testing.T) {
 					tok := verifyToken(t, hdr("HS256", "rsa1"), claims, jwt.SigningMethodHS256, b)
-					verifyRejectedCall(t, e, client, verifyBearer(tok), ReasonTokenInvalid)
+					verifyRejectedCall(t, e, client, bearerMD(tok), ReasonTokenInvalid)
 				})
 			}
 			t.Run("HS256 with the real HS secret under the RSA kid", func(t *testing.T) {
 				tok := verifyToken(t, hdr("HS256", "rsa1"), claims, jwt.SigningMethodHS256, hsSecret)
-				verifyRejectedCall(t, e, client, verifyBearer(tok), ReasonTokenInvalid)
+				verifyRejectedCall(t, e, client, bearerMD(tok), ReasonTokenInvalid)
 			})
 			t.Run("RS256 signed by the RSA key under the HS kid", func(t *testing.T) {
 				tok := verifyToken(t, hdr("RS256", "hs1"), claims, jwt.SigningMethodRS256, rsaKey)
-				verifyRejectedCall(t, e, client, verifyBearer(tok), ReasonTokenInvalid)
+				verifyRejectedCall(t, e, client, bearerMD(tok), ReasonTokenInvalid)
 			})
 			t.Run("PS256 signed by the RSA key under the RS256 kid", func(t *testing.T) {
 				tok := verifyToken(t, hdr("PS256", "rsa1"), claims, jwt.SigningMethodPS256, rsaKey)
-				verifyRejectedCall(t, e, client, verifyBearer(tok), ReasonTokenInvalid)
+				verifyRejectedCall(t, e, client, bearerMD(tok), ReasonTokenInvalid)
 			})
 			t.Run("alg none under the RS256 kid", func(t *testing.T) {
 				tok := verifyToken(t, hdr("none", "rsa1"), claims, nil, nil)
-				verifyRejectedCall(t, e, client, verifyBearer(tok), ReasonTokenInvalid)
+				verifyRejectedCall(t, e, client, bearerMD(tok), ReasonTokenInvalid)
 			})
 			if got := e.svc.calls.Load(); got != 1 {
 				t.Errorf("handler calls = %d, want 1 (the control)", got)
@@ -714,7 +696,7 @@ func TestVerify_AlgPinnedPerKey(t *testing.T) {
 			}},
 	} {
 		t.Run(set.name, func(t *testing.T) {
-			e := keysEnv(t, set.ks)
+			e := newEnv(t, withKeys(set.ks))
 			client := testpb.NewTestServiceClient(e.dial(t))
 			f := verifyForger{t: t, now: e.clock.Now()}
 			claims := f.claims(map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{}})
@@ -723,10 +705,10 @@ func TestVerify_AlgPinnedPerKey(t *testing.T) {
 					hdr := map[string]any{"alg": tc.alg.Alg(), "typ": "at+jwt", "kid": tc.kid}
 					tok := verifyToken(t, hdr, claims, tc.alg, tc.key)
 					if !tc.ok {
-						verifyRejectedCall(t, e, client, verifyBearer(tok), ReasonTokenInvalid)
+						verifyRejectedCall(t, e, client, bearerMD(tok), ReasonTokenInvalid)
 						return
 					}
-					if _, err := keysCall(t, client, tok); err != nil {
+					if _, err := unaryCall(t, client, tok); err != nil {
 						t.Fatalf("control rejected: %v", err)
 					}
 				})
@@ -739,7 +721,7 @@ func TestVerify_AlgPinnedPerKey(t *testing.T) {
 // absolute end of their session, including a token minted under a longer
 // policy whose exp lies beyond this server's cap.
 func TestVerify_SessionEnd(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	client := testpb.NewTestServiceClient(e.dial(t))
 	long, err := NewServer(e.keys, WithClock(e.clock.Now), WithPolicy(Policy{TTL: 30 * 24 * time.Hour, MaxLifetime: 30 * 24 * time.Hour}))
 	if err != nil {
@@ -769,10 +751,10 @@ func TestVerify_SessionEnd(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e.clock.Set(t0.Add(tc.at))
 			if tc.want != noReason {
-				verifyRejectedCall(t, e, client, verifyBearer(tc.tok), tc.want)
+				verifyRejectedCall(t, e, client, bearerMD(tc.tok), tc.want)
 				return
 			}
-			renewed, err := keysCall(t, client, tc.tok)
+			renewed, err := unaryCall(t, client, tc.tok)
 			if err != nil {
 				t.Fatalf("call: %v", err)
 			}
@@ -787,7 +769,7 @@ func TestVerify_SessionEnd(t *testing.T) {
 // streaming and bidi calls; the handler never runs and no renewed token
 // arrives in the header or trailer.
 func TestVerify_HostileStream(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	secret, _ := e.keys.Active().signKey.([]byte)
 	f := verifyForger{t: t, secret: secret, now: e.clock.Now()}
 	client := testpb.NewTestServiceClient(e.dial(t))
@@ -799,13 +781,13 @@ func TestVerify_HostileStream(t *testing.T) {
 	}{
 		{"missing", metadata.MD{}, ReasonTokenMissing},
 		{"Basic scheme", metadata.Pairs("authorization", "Basic YWxpY2U6c2VjcmV0"), ReasonTokenMissing},
-		{"alg none", verifyBearer(verifyToken(t, f.header(map[string]any{"alg": "none"}), f.claims(noIssAud), nil, nil)), ReasonTokenInvalid},
-		{"tampered", verifyBearer(func() string {
+		{"alg none", bearerMD(verifyToken(t, f.header(map[string]any{"alg": "none"}), f.claims(noIssAud), nil, nil)), ReasonTokenInvalid},
+		{"tampered", bearerMD(func() string {
 			h, _, s := verifySplit(t, f.hs256(nil, noIssAud))
 			return h + "." + verifySeg(t, f.claims(map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{}, "sub": "mallory"})) + "." + s
 		}()), ReasonTokenInvalid},
 		{"two values", metadata.Pairs("authorization", "Bearer "+f.hs256(nil, noIssAud), "authorization", "Bearer "+f.hs256(nil, noIssAud)), ReasonTokenInvalid},
-		{"expired", verifyBearer(f.hs256(nil, map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{},
+		{"expired", bearerMD(f.hs256(nil, map[string]any{"iss": verifyDrop{}, "aud": verifyDrop{},
 			"exp": f.unix(-time.Hour), "iat": f.unix(-2 * time.Hour), "auth_time": f.unix(-2 * time.Hour)})), ReasonTokenExpired},
 	} {
 		for _, call := range []struct {
@@ -952,7 +934,7 @@ func FuzzServerVerify(f *testing.F) {
 	minted[fg.hs256(nil, nil)] = true
 
 	f.Fuzz(func(t *testing.T, tok string) {
-		ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
+		ctx := metadata.NewIncomingContext(context.Background(), bearerMD(tok))
 		hctx, _, rn, err := srv.authenticate(ctx, "/grpc.testing.TestService/UnaryCall")
 		renewed := rn.token()
 		if err == nil {
@@ -1060,20 +1042,20 @@ const verifyDupPhrase = "duplicate member name"
 // from it (the last value wins). The unchanged token, signed the same
 // way, is accepted.
 func TestVerify_DuplicateNamesAccess(t *testing.T) {
-	e := newEnv(t, envConfig{})
+	e := newEnv(t)
 	secret, _ := e.keys.Active().signKey.([]byte)
 	client := testpb.NewTestServiceClient(e.dial(t))
 	tok := e.startSession(t, verifyDupCustom).AccessToken
 
 	for _, seg := range []int{0, 1} {
 		control := verifyResign(t, tok, secret, seg, func(s string) string { return s })
-		if _, err := client.UnaryCall(metadata.NewOutgoingContext(context.Background(), verifyBearer(control)), &testpb.SimpleRequest{}); err != nil {
+		if _, err := client.UnaryCall(metadata.NewOutgoingContext(context.Background(), bearerMD(control)), &testpb.SimpleRequest{}); err != nil {
 			t.Fatalf("control token (segment %d re-signed unchanged): %v, want accepted", seg, err)
 		}
 	}
 	for _, tc := range verifyDupCases(accessTokenType) {
 		t.Run(tc.name, func(t *testing.T) {
-			md := verifyBearer(verifyResign(t, tok, secret, tc.seg, tc.edit))
+			md := bearerMD(verifyResign(t, tok, secret, tc.seg, tc.edit))
 			verifyRejectedCall(t, e, client, md, ReasonTokenInvalid)
 			_, err := client.UnaryCall(metadata.NewOutgoingContext(context.Background(), md), &testpb.SimpleRequest{})
 			if msg := status.Convert(err).Message(); !strings.HasSuffix(msg, ": "+verifyDupPhrase) {
@@ -1094,7 +1076,7 @@ func TestVerify_DuplicateNamesAccess(t *testing.T) {
 // (verifier.verifyRefresh through Server.Refresh). Unchecked, each would
 // be verified and rotated.
 func TestVerify_DuplicateNamesRefresh(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []ServerOption{WithSessionStore(&memstore.SessionStore{})}})
+	e := newEnv(t, withServerOptions(WithSessionStore(&memstore.SessionStore{})))
 	secret, _ := e.keys.Active().signKey.([]byte)
 	ctx := context.Background()
 
@@ -1117,7 +1099,7 @@ func TestVerify_DuplicateNamesRefresh(t *testing.T) {
 			if got.AccessToken != "" || got.RefreshToken != "" {
 				t.Error("rejected refresh returned tokens")
 			}
-			verifyNoLeak(t, err, metadata.Pairs("authorization", "Bearer "+tampered))
+			verifyNoLeak(t, err, bearerMD(tampered))
 			// The session itself is untouched: its real refresh token works.
 			if _, err := e.server.Refresh(ctx, s.RefreshToken); err != nil {
 				t.Errorf("the session's own refresh token after the rejection: %v", err)

@@ -66,7 +66,7 @@ func TestParseFlags_Errors(t *testing.T) {
 	}
 }
 
-// TestParseFlags_Defaults checks the defaults, including
+// TestParseFlags_Defaults checks the flags' defaults, including
 // --renew-before = half of --ttl, and the key file's newline handling.
 func TestParseFlags_Defaults(t *testing.T) {
 	cfg, err := parseFlags(nil, io.Discard)

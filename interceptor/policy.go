@@ -215,13 +215,9 @@ func (p Policy) CanRefresh(now, authTime time.Time) bool {
 // now.
 func (p Policy) GraceUntil(now time.Time) time.Time { return now.Add(p.norm().grace()) }
 
-// AcceptsExpiry reports whether a token with expiry exp is still accepted
-// at now: before exp plus the leeway. The verifier applies the same rule
-// through golang-jwt; caches use it to drop an entry in time.
-func (p Policy) AcceptsExpiry(now, exp time.Time) bool { return now.Before(p.AcceptExpiryUntil(exp)) }
-
 // AcceptExpiryUntil is the first instant at which a token with expiry exp
-// is no longer accepted: exp plus the leeway.
+// is no longer accepted: exp plus the leeway. The verifier applies the same
+// rule through golang-jwt; the caches drop an entry then.
 func (p Policy) AcceptExpiryUntil(exp time.Time) time.Time { return exp.Add(p.norm().leeway()) }
 
 // capAt returns t, but no later than end, at JWT time resolution.

@@ -652,3 +652,100 @@ func TestPolicy_FirstTokenSizeLimit(t *testing.T) {
 		t.Fatalf("EventSessionStarted %d times, want 1 (refused sessions must not be reported as started)", n)
 	}
 }
+
+// TestPolicy_TimeRules tests every time rule of Policy at its boundary and
+// one tick either side, for the default policy and one with its switches
+// off.
+func TestPolicy_TimeRules(t *testing.T) {
+	const tick = time.Nanosecond
+	def := Policy{}
+	off := Policy{TTL: time.Hour, MaxLifetime: 2 * time.Hour, RefreshTTL: 90 * time.Minute, RefreshGrace: -1, Leeway: -1}
+	end := t0.Add(DefaultMaxLifetime)
+	offEnd := t0.Add(2 * time.Hour)
+
+	t.Run("SessionEnd and AcceptUntil", func(t *testing.T) {
+		for _, tc := range []struct {
+			p          Policy
+			end, until time.Time
+		}{
+			{def, end, end.Add(DefaultLeeway)},
+			{off, offEnd, offEnd},
+		} {
+			if got := tc.p.SessionEnd(t0); !got.Equal(tc.end) {
+				t.Errorf("%+v.SessionEnd = t0%s, want t0%s", tc.p, policyRel(t0, got), policyRel(t0, tc.end))
+			}
+			if got := tc.p.AcceptUntil(t0); !got.Equal(tc.until) {
+				t.Errorf("%+v.AcceptUntil = t0%s, want t0%s", tc.p, policyRel(t0, got), policyRel(t0, tc.until))
+			}
+			if got := tc.p.KeepUntil(t0); !got.Equal(tc.until) {
+				t.Errorf("%+v.KeepUntil = t0%s, want t0%s", tc.p, policyRel(t0, got), policyRel(t0, tc.until))
+			}
+		}
+	})
+
+	t.Run("SessionEnded and CanRefresh", func(t *testing.T) {
+		for _, tc := range []struct {
+			name       string
+			p          Policy
+			now        time.Time
+			ended, can bool
+		}{
+			{"default: end-1ns", def, end.Add(-tick), false, true},
+			{"default: end", def, end, false, false},
+			{"default: end+leeway-1ns", def, end.Add(DefaultLeeway - tick), false, false},
+			{"default: end+leeway", def, end.Add(DefaultLeeway), true, false},
+			{"no leeway: end-1ns", off, offEnd.Add(-tick), false, true},
+			{"no leeway: end", off, offEnd, true, false},
+		} {
+			if got := tc.p.SessionEnded(tc.now, t0); got != tc.ended {
+				t.Errorf("%s: SessionEnded = %v, want %v", tc.name, got, tc.ended)
+			}
+			if got := tc.p.CanRefresh(tc.now, t0); got != tc.can {
+				t.Errorf("%s: CanRefresh = %v, want %v", tc.name, got, tc.can)
+			}
+		}
+	})
+
+	t.Run("AccessExpiry and RefreshExpiry", func(t *testing.T) {
+		for _, tc := range []struct {
+			name            string
+			p               Policy
+			now             time.Time
+			access, refresh time.Time
+		}{
+			{"default: at login", def, t0, t0.Add(DefaultTTL), t0.Add(DefaultRefreshTTL)},
+			{"default: sub-second now truncates", def, t0.Add(time.Second - tick), t0.Add(DefaultTTL), t0.Add(DefaultRefreshTTL)},
+			{"default: one TTL before the end", def, end.Add(-DefaultTTL), end, end},
+			{"default: one TTL and a second before the end", def, end.Add(-DefaultTTL - time.Second), end.Add(-time.Second), end},
+			{"default: after the end", def, end.Add(time.Hour), end, end},
+			{"off: refresh capped by the end", off, t0.Add(time.Hour), offEnd, offEnd},
+			{"off: refresh one second short of the cap", off, t0.Add(30*time.Minute - time.Second), t0.Add(90*time.Minute - time.Second), t0.Add(2*time.Hour - time.Second)},
+		} {
+			if got := tc.p.AccessExpiry(tc.now, t0); !got.Equal(tc.access) {
+				t.Errorf("%s: AccessExpiry = t0%s, want t0%s", tc.name, policyRel(t0, got), policyRel(t0, tc.access))
+			}
+			if got := tc.p.RefreshExpiry(tc.now, t0); !got.Equal(tc.refresh) {
+				t.Errorf("%s: RefreshExpiry = t0%s, want t0%s", tc.name, policyRel(t0, got), policyRel(t0, tc.refresh))
+			}
+		}
+	})
+
+	t.Run("GraceUntil and AcceptExpiryUntil", func(t *testing.T) {
+		exp := t0.Add(time.Hour)
+		if got, want := def.GraceUntil(t0), t0.Add(DefaultRefreshGrace); !got.Equal(want) {
+			t.Errorf("default GraceUntil = t0%s, want t0%s", policyRel(t0, got), policyRel(t0, want))
+		}
+		if got := off.GraceUntil(t0); !got.Equal(t0) {
+			t.Errorf("GraceUntil with the grace off = t0%s, want t0", policyRel(t0, got))
+		}
+		if got := (Policy{RefreshTTL: 10 * time.Second}).GraceUntil(t0); !got.Equal(t0.Add(10 * time.Second)) {
+			t.Errorf("GraceUntil with a 10s refresh TTL = t0%s, want t0+10s (grace capped by the TTL)", policyRel(t0, got))
+		}
+		if got, want := def.AcceptExpiryUntil(exp), exp.Add(DefaultLeeway); !got.Equal(want) {
+			t.Errorf("default AcceptExpiryUntil = t0%s, want t0%s", policyRel(t0, got), policyRel(t0, want))
+		}
+		if got := off.AcceptExpiryUntil(exp); !got.Equal(exp) {
+			t.Errorf("AcceptExpiryUntil with no leeway = t0%s, want exp", policyRel(t0, got))
+		}
+	})
+}

@@ -34,7 +34,6 @@ type SessionStore struct {
 type sessionRecord struct {
 	current    store.Digest
 	previous   store.Digest
-	hasPrev    bool
 	successor  []byte
 	graceUntil time.Time
 	revoked    bool
@@ -64,7 +63,7 @@ func (m *SessionStore) Rotate(_ context.Context, r store.Rotation) (store.Result
 	case rec.revoked:
 		return store.Result{Outcome: store.Revoked}, nil
 	case r.Presented == rec.current:
-		rec.previous, rec.hasPrev, rec.current = rec.current, true, r.Next
+		rec.previous, rec.current = rec.current, r.Next
 		// Keep a copy, and hand out copies: the caller may reuse its
 		// buffer, and a replaying caller may open the successor in place.
 		rec.successor, rec.graceUntil = bytes.Clone(r.Successor), r.GraceUntil
@@ -73,7 +72,8 @@ func (m *SessionStore) Rotate(_ context.Context, r store.Rotation) (store.Result
 			m.queue.add(r.SessionID, r.KeepUntil)
 		}
 		return store.Result{Outcome: store.OK, Successor: r.Successor}, nil
-	case rec.hasPrev && r.Presented == rec.previous && r.Now.Before(rec.graceUntil):
+	case r.Presented == rec.previous && r.Now.Before(rec.graceUntil):
+		// A record never rotated has a zero graceUntil: no replay.
 		return store.Result{Outcome: store.Replay, Successor: bytes.Clone(rec.successor)}, nil
 	default:
 		rec.revoked, rec.successor = true, nil // forget the tokens of a stolen session

@@ -1,12 +1,10 @@
 package interceptor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 
@@ -35,14 +33,6 @@ type Claims struct {
 	Custom map[string]json.RawMessage `json:"-"`
 }
 
-// registered is Claims without its custom JSON methods.
-type registered struct {
-	jwt.RegisteredClaims
-	SessionID string           `json:"sid,omitempty"`
-	AuthTime  *jwt.NumericDate `json:"auth_time,omitempty"`
-	Fresh     bool             `json:"fresh,omitempty"`
-}
-
 // reservedClaims are the names the session model owns. A custom claim may
 // not use them, and they are never copied into Claims.Custom.
 var reservedClaims = map[string]bool{
@@ -63,75 +53,6 @@ func isReservedClaim(name string) bool {
 		}
 	}
 	return false
-}
-
-// MarshalJSON encodes the registered claims followed by the custom claims
-// in name order.
-func (c Claims) MarshalJSON() ([]byte, error) {
-	base, err := json.Marshal(registered{c.RegisteredClaims, c.SessionID, c.AuthTime, c.Fresh})
-	if err != nil || len(c.Custom) == 0 {
-		return base, err
-	}
-	var buf bytes.Buffer
-	buf.Write(base[:len(base)-1]) // drop the closing brace
-	first := len(base) == 2       // "{}"
-	for _, name := range slices.Sorted(maps.Keys(c.Custom)) {
-		if isReservedClaim(name) {
-			return nil, fmt.Errorf("%w: %q", ErrReservedClaim, name)
-		}
-		if !first {
-			buf.WriteByte(',')
-		}
-		first = false
-		k, _ := json.Marshal(name)
-		buf.Write(k)
-		buf.WriteByte(':')
-		if err := json.Compact(&buf, c.Custom[name]); err != nil {
-			return nil, fmt.Errorf("slidejwt: custom claim %q: %w", name, err)
-		}
-	}
-	buf.WriteByte('}')
-	return buf.Bytes(), nil
-}
-
-// UnmarshalJSON decodes the registered claims and keeps every other member
-// as a custom claim. It refuses an object, at any depth, that names a
-// member twice: encoding/json would keep the last value, another parser
-// the first.
-func (c *Claims) UnmarshalJSON(data []byte) error {
-	var all map[string]json.RawMessage
-	if err := json.Unmarshal(data, &all); err != nil {
-		return err
-	}
-	if err := checkUniqueNames(data); err != nil {
-		return err
-	}
-	// Refuse look-alikes of the session claims first: only then is it safe
-	// to let encoding/json, which folds case, fill the registered fields.
-	for name := range all {
-		if !reservedClaims[name] && isReservedClaim(name) {
-			return errShadowClaim
-		}
-	}
-	var r registered
-	if err := json.Unmarshal(data, &r); err != nil {
-		return err
-	}
-	// golang-jwt reads dates through json.Number, which also takes a quoted
-	// number; RFC 7519 says a NumericDate is a JSON number.
-	for _, name := range [...]string{"exp", "iat", "nbf", "auth_time"} {
-		if v, ok := all[name]; ok && !isJSONNumber(v) {
-			return errDateNotNumber
-		}
-	}
-	for name := range reservedClaims {
-		delete(all, name)
-	}
-	if len(all) == 0 {
-		all = nil
-	}
-	*c = Claims{RegisteredClaims: r.RegisteredClaims, SessionID: r.SessionID, AuthTime: r.AuthTime, Fresh: r.Fresh, Custom: all}
-	return nil
 }
 
 // Validate implements [jwt.ClaimsValidator]: it enforces the claims every
@@ -156,17 +77,13 @@ func (c *Claims) Validate() error {
 	return nil
 }
 
-// isJSONNumber reports whether raw (a JSON value) is a number.
-func isJSONNumber(raw json.RawMessage) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9')
-}
-
 var (
 	errDateNotNumber = errors.New("a date claim is not a JSON number")
 	errShadowClaim   = errors.New("a claim name differs from a session claim only in case")
 	errClaimMissing  = errors.New("a session claim is missing")
 	errClaimRange    = errors.New("a session claim is out of range")
+	errNotObject     = errors.New("the claims are not a JSON object")
+	errClaimType     = errors.New("a session claim has the wrong JSON type")
 )
 
 // Lookup decodes the custom claim name into v. It reports false, with a

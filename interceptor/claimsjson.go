@@ -2,6 +2,7 @@ package interceptor
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -588,4 +589,42 @@ func writeJSONString(buf *bytes.Buffer, s string) {
 	}
 	b, _ := json.Marshal(s) // a string always marshals
 	buf.Write(b)
+}
+
+// signCompact returns the compact JWS of c under k with the JOSE header
+// {"alg","kid","typ"}: the bytes golang-jwt's Token.SignedString makes of
+// the same header map and claims, written directly into one buffer.
+func signCompact(k *Key, c *Claims, typ string) (string, error) {
+	var hdr bytes.Buffer
+	hdr.Grow(64)
+	hdr.WriteString(`{"alg":`)
+	writeJSONString(&hdr, k.method.Alg())
+	hdr.WriteString(`,"kid":`)
+	writeJSONString(&hdr, k.id)
+	hdr.WriteString(`,"typ":`)
+	writeJSONString(&hdr, typ)
+	hdr.WriteByte('}')
+	payload, err := c.MarshalJSON()
+	if err != nil {
+		return "", err
+	}
+	// encoding/json, which golang-jwt encodes the claims with, escapes
+	// what a Marshaler returns for HTML.
+	if bytes.ContainsAny(payload, "<>&\u2028\u2029") {
+		var b bytes.Buffer
+		json.HTMLEscape(&b, payload)
+		payload = b.Bytes()
+	}
+	enc := base64.RawURLEncoding
+	buf := make([]byte, 0, enc.EncodedLen(hdr.Len())+enc.EncodedLen(len(payload))+enc.EncodedLen(132)+2)
+	buf = enc.AppendEncode(buf, hdr.Bytes())
+	buf = append(buf, '.')
+	buf = enc.AppendEncode(buf, payload)
+	sig, err := k.method.Sign(string(buf), k.signKey)
+	if err != nil {
+		return "", err
+	}
+	buf = append(buf, '.')
+	buf = enc.AppendEncode(buf, sig)
+	return string(buf), nil
 }

@@ -290,3 +290,44 @@ func FuzzClaimsUnmarshalJSON(f *testing.F) {
 		}
 	})
 }
+
+// oracleClaims encodes as Claims did before the one-pass encoder.
+type oracleClaims struct{ *Claims }
+
+func (o oracleClaims) MarshalJSON() ([]byte, error) { return oracleMarshal(*o.Claims) }
+
+// TestSignCompact holds the direct signer to golang-jwt's
+// Token.SignedString of the same header and the old claims encoding: the
+// same header and payload bytes, and a signature golang-jwt verifies.
+func TestSignCompact(t *testing.T) {
+	d := jwt.NewNumericDate(t0)
+	c := &Claims{
+		RegisteredClaims: jwt.RegisteredClaims{Issuer: "iss<&>", Subject: "s\u2028", Audience: jwt.ClaimStrings{"a"}, ExpiresAt: d, IssuedAt: d, ID: "j"},
+		SessionID:        "sid", AuthTime: d,
+		Custom: map[string]json.RawMessage{"html": json.RawMessage(`"<b>&amp;\u2028</b>"`), "n": json.RawMessage(` { "x" : 1 } `)},
+	}
+	for _, a := range benchAlgs {
+		t.Run(a.name, func(t *testing.T) {
+			sign, verify := a.key(t)
+			k := keysMust(t, "k<1>", a.method, sign)
+			got, err := signCompact(k, c, accessTokenType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := jwt.NewWithClaims(a.method, oracleClaims{c})
+			old.Header["typ"] = accessTokenType
+			old.Header["kid"] = k.id
+			want, err := old.SignedString(sign)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, w := got[:strings.LastIndexByte(got, '.')], want[:strings.LastIndexByte(want, '.')]; g != w {
+				t.Errorf("signing input\n got %s\nwant %s", g, w)
+			}
+			var back Claims
+			if _, err := jwt.NewParser(jwt.WithoutClaimsValidation()).ParseWithClaims(got, &back, func(*jwt.Token) (any, error) { return verify, nil }); err != nil {
+				t.Fatalf("golang-jwt does not verify the token: %v", err)
+			}
+		})
+	}
+}

@@ -187,10 +187,7 @@ func (s *Server) sign(v *verifier, c *Claims, typ string) (string, error) {
 		s.signHook()
 	}
 	k := v.keys.active
-	t := jwt.NewWithClaims(k.method, c)
-	t.Header["typ"] = typ
-	t.Header["kid"] = k.id
-	tok, err := t.SignedString(k.signKey)
+	tok, err := signCompact(k, c, typ)
 	if err != nil {
 		return "", fmt.Errorf("slidejwt: sign token: %w", err)
 	}

@@ -201,6 +201,10 @@ type wireClaims struct {
 type audience []string
 
 func (a *audience) UnmarshalJSON(b []byte) error {
+	if aud, ok := plainStrings(b); ok {
+		*a = aud
+		return nil
+	}
 	if len(b) > 0 && b[0] == '"' {
 		var s string
 		if err := json.Unmarshal(b, &s); err != nil {
@@ -210,6 +214,45 @@ func (a *audience) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	return json.Unmarshal(b, (*[]string)(a))
+}
+
+// plainStrings decodes b, a JSON array of strings without escapes, as the
+// usual audience is. It reports false for anything else.
+func plainStrings(b []byte) ([]string, bool) {
+	i, c := jsonNext(b, 0)
+	if c != '[' {
+		return nil, false
+	}
+	var out []string
+	if i, c = jsonNext(b, i+1); c == ']' {
+		i++
+	} else {
+		for {
+			if c != '"' {
+				return nil, false
+			}
+			end, plain, ok := scanString(b, i)
+			if !ok || !plain {
+				return nil, false
+			}
+			out = append(out, string(b[i+1:end-1]))
+			if i, c = jsonNext(b, end); c == ']' {
+				i++
+				break
+			}
+			if c != ',' {
+				return nil, false
+			}
+			i, c = jsonNext(b, i+1)
+		}
+	}
+	if _, c = jsonNext(b, i); c != dupEOF {
+		return nil, false
+	}
+	if out == nil {
+		out = []string{}
+	}
+	return out, true
 }
 
 // maxNumericDate is the latest date the holder decodes: 9999-12-31T23:59:59Z.
@@ -249,8 +292,13 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	enc := base64.RawURLEncoding.Strict()
 	buf := make([]byte, enc.DecodedLen(len(hdr))+enc.DecodedLen(len(payload)))
 	hb, pb := buf[:enc.DecodedLen(len(hdr))], buf[enc.DecodedLen(len(hdr)):]
-	var h wireHeader
-	if err := decodeSegment(hb, src[:len(hdr)], &h); err != nil {
+	// One allocation for both, which escape into encoding/json.
+	d := new(struct {
+		h wireHeader
+		w wireClaims
+	})
+	h, w := &d.h, &d.w
+	if err := decodeSegment(hb, src[:len(hdr)], h); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
 	if h.Alg == "" || strings.EqualFold(h.Alg, "none") {
@@ -259,8 +307,7 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if !isType(h.Typ, typ) {
 		return sessionClaims{}, errWrongTokenTyp
 	}
-	var w wireClaims
-	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], &w); err != nil {
+	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], w); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
 	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) {

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	mathrand "math/rand/v2"
 	"net"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -1495,5 +1496,45 @@ func TestUnary_NoFallbackWithoutMarker(t *testing.T) {
 			}
 			cliWantSwaps(t, swaps, r1)
 		})
+	}
+}
+
+// TestDecodeSession_Allocs bounds the holder's decode of a renewed token:
+// it reads only what it checks.
+func TestDecodeSession_Allocs(t *testing.T) {
+	bs := newBenchServer(t, benchAlgs[0])
+	got := testing.AllocsPerRun(100, func() {
+		if _, err := decodeSession(bs.tok, accessTokenType, DefaultMaxTokenSize); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if got > 20 {
+		t.Errorf("decodeSession allocates %v times, want at most 20", got)
+	}
+}
+
+// TestAudience_UnmarshalJSON holds the fast path for arrays of plain
+// strings to encoding/json's decoding.
+func TestAudience_UnmarshalJSON(t *testing.T) {
+	old := func(b []byte) (audience, error) {
+		if len(b) > 0 && b[0] == '"' {
+			var s string
+			err := json.Unmarshal(b, &s)
+			return audience{s}, err
+		}
+		var a []string
+		err := json.Unmarshal(b, &a)
+		return a, err
+	}
+	for _, in := range []string{
+		`"a"`, `["a"]`, `[ "a" , "b" ]`, `[]`, ` [ ] `, `null`, `["a\u0041"]`, "[\"\xff\"]", `["a",1]`, `[1]`,
+		`["a",]`, `["a"`, `["a"] x`, `{"a":1}`, `[null]`, "[\"a\nb\"]",
+	} {
+		var got audience
+		err := got.UnmarshalJSON([]byte(in))
+		want, werr := old([]byte(in))
+		if (err == nil) != (werr == nil) || err == nil && !reflect.DeepEqual(got, want) {
+			t.Errorf("%q: got %#v, %v; want %#v, %v", in, got, err, want, werr)
+		}
 	}
 }

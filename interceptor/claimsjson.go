@@ -96,9 +96,8 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 	name := func(k int) string {
 		if n := names[k]; n.unescaped {
 			return string(arena[n.start:n.end])
-		} else {
-			return str[n.start:n.end]
 		}
+		return str[names[k].start:names[k].end]
 	}
 	// Refuse look-alikes of the session claims before anything else.
 	customs, customSize := 0, 0
@@ -279,8 +278,9 @@ func decodeClaimString(dst *string, v []byte, m claimsMember, str string) error 
 	return nil
 }
 
-// maxExactSeconds is the most digits of an integer that a float64 holds
-// exactly.
+// maxExactDigits is a number of decimal digits that a float64 holds
+// exactly, so that reading such an integer directly gives what
+// golang-jwt's float conversion gives.
 const maxExactDigits = 15
 
 // decodeNumericDate decodes v, a JSON value, into d as golang-jwt does,

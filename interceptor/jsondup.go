@@ -16,9 +16,10 @@ import (
 // read different claims from one signed token, so it is rejected.
 var errDuplicateName = errors.New("duplicate member name")
 
-// errJSONSyntax is returned by checkUniqueNames for input that is not one
-// JSON value. Its callers only pass bytes that encoding/json has already
-// accepted, so it means a bug rather than hostile input.
+// errJSONSyntax is returned for input that is not one JSON value: by
+// Claims.UnmarshalJSON, which validates the payload itself, and by
+// checkUniqueNames, whose callers only pass bytes that encoding/json has
+// already accepted (there it means a bug rather than hostile input).
 var errJSONSyntax = errors.New("malformed JSON")
 
 // checkHeaderNames is checkUniqueNames for the JOSE header of the compact

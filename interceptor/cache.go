@@ -1,73 +1,87 @@
 package interceptor
 
 import (
-	"hash/maphash"
-	"sync"
+	"crypto/sha256"
 	"time"
+
+	"github.com/maypok86/otter/v2"
 )
 
-// boundedCache is a concurrent map from string keys to values that expire,
-// holding at most about capacity entries. It is split into shards, each
-// locked on its own; a shard keeps two generations of entries and, when the
-// young one is full, drops the old one and ages the young one, so both
-// insertion and lookup cost O(1) and the entries held never exceed
-// capacity (or 32, one per generation and shard, if that is more).
-// Entries that are used survive an ageing by moving to the young
-// generation.
-//
-// It is only ever a cache: a miss costs the caller the work it saves, so
-// dropping any entry at any time is safe.
-type boundedCache[V any] struct {
-	seed   maphash.Seed
-	shards []cacheShard[V]
+// tokenKey is the SHA-256 digest of a token as presented, byte for byte.
+// The caches key on it rather than on the token: it is a tenth of the
+// size, and a tampered or re-encoded copy of a token has another digest,
+// so it misses and is verified on its own.
+type tokenKey [sha256.Size]byte
+
+// keyOf returns the cache key of the token raw.
+func keyOf(raw string) tokenKey { return sha256.Sum256([]byte(raw)) }
+
+// tokenCache is a concurrent map from token digests to values that
+// expire, holding at most about its capacity of entries. It is only ever a
+// cache: a miss costs the caller the work it saves, so dropping any entry
+// at any time is safe. All methods are safe for concurrent use.
+type tokenCache[V any] interface {
+	// get returns the value for k if it is there and alive at now; an
+	// entry is alive until the instant it was put with, excluded.
+	get(k tokenKey, now time.Time) (V, bool)
+	// put stores v under k until the instant until.
+	put(k tokenKey, v V, until time.Time)
+	// getOrPut returns the live value for k, or stores and returns the
+	// one made by mk. mk may run under a lock: it must be cheap.
+	getOrPut(k tokenKey, now time.Time, mk func() (V, time.Time)) V
+	// len returns the number of entries held, dead or alive, for tests.
+	len() int
 }
 
-type cacheShard[V any] struct {
-	mu     sync.Mutex
-	young  map[string]cacheEntry[V]
-	old    map[string]cacheEntry[V]
-	perGen int // capacity of one generation
+// newTokenCache returns an empty cache of about capacity entries on the
+// clock now.
+func newTokenCache[V any](capacity int, now func() time.Time) tokenCache[V] {
+	return newOtterCache[V](capacity, now)
 }
 
-type cacheEntry[V any] struct {
+// timed is a value with the instant it dies, in Unix nanoseconds.
+type timed[V any] struct {
 	val   V
-	until time.Time // the entry is dead from this instant on
+	until int64
 }
 
-// cacheShards is the number of shards; a power of two.
-const cacheShards = 16
-
-func newBoundedCache[V any](capacity int) *boundedCache[V] {
-	perGen := max(1, capacity/(2*cacheShards))
-	c := &boundedCache[V]{seed: maphash.MakeSeed(), shards: make([]cacheShard[V], cacheShards)}
-	for i := range c.shards {
-		c.shards[i].perGen = perGen
-		c.shards[i].young = make(map[string]cacheEntry[V])
-	}
-	return c
+// otterCache is a tokenCache on otter's adaptive W-TinyLFU cache: past its
+// capacity, it admits a new key only if the key is used more often than the
+// entry it would evict, so that many sessions in turn keep a stable part of
+// them cached instead of evicting each other.
+//
+// Expiry is decided here, on the server's clock, from the instant stored
+// with each value; otter only uses it to drop dead entries early.
+type otterCache[V any] struct {
+	c *otter.Cache[tokenKey, timed[V]]
 }
 
-func (c *boundedCache[V]) shard(key string) *cacheShard[V] {
-	return &c.shards[maphash.String(c.seed, key)&(cacheShards-1)]
+func newOtterCache[V any](capacity int, now func() time.Time) *otterCache[V] {
+	clock := noTicks{now}
+	return &otterCache[V]{c: otter.Must(&otter.Options[tokenKey, timed[V]]{
+		MaximumSize: capacity,
+		ExpiryCalculator: otter.ExpiryCreatingFunc(func(e otter.Entry[tokenKey, timed[V]]) time.Duration {
+			return time.Duration(e.Value.until - clock.NowNano())
+		}),
+		// No periodic clean-up, hence no goroutine per cache: a cache is
+		// dropped with its key set, and a dead entry costs only its room.
+		Clock:    clock,
+		Executor: func(fn func()) { fn() },
+	})}
 }
 
-// get returns the value for key if it is there and alive at now.
-func (c *boundedCache[V]) get(key string, now time.Time) (V, bool) {
-	s := c.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.young[key]
-	if !ok {
-		if e, ok = s.old[key]; ok {
-			delete(s.old, key)
-			if now.Before(e.until) {
-				s.putLocked(key, e)
-			}
-		}
-	}
-	if !ok || !now.Before(e.until) {
+// noTicks is the server's clock for otter, without the ticks that drive
+// its clean-up goroutine.
+type noTicks struct{ now func() time.Time }
+
+func (c noTicks) NowNano() int64                    { return c.now().UnixNano() }
+func (noTicks) Tick(time.Duration) <-chan time.Time { return nil }
+
+func (c *otterCache[V]) get(k tokenKey, now time.Time) (V, bool) {
+	e, ok := c.c.GetIfPresent(k)
+	if !ok || now.UnixNano() >= e.until {
 		if ok {
-			delete(s.young, key)
+			c.c.Invalidate(k)
 		}
 		var zero V
 		return zero, false
@@ -75,48 +89,20 @@ func (c *boundedCache[V]) get(key string, now time.Time) (V, bool) {
 	return e.val, true
 }
 
-// put stores val under key until the instant until.
-func (c *boundedCache[V]) put(key string, val V, until time.Time) {
-	s := c.shard(key)
-	s.mu.Lock()
-	s.putLocked(key, cacheEntry[V]{val: val, until: until})
-	s.mu.Unlock()
+func (c *otterCache[V]) put(k tokenKey, v V, until time.Time) {
+	c.c.Set(k, timed[V]{val: v, until: until.UnixNano()})
 }
 
-// getOrPut returns the live value for key, or stores and returns the one
-// made by mk. mk runs under the shard's lock: it must be cheap.
-func (c *boundedCache[V]) getOrPut(key string, now time.Time, mk func() (V, time.Time)) V {
-	s := c.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.young[key]; ok && now.Before(e.until) {
-		return e.val
-	}
-	if e, ok := s.old[key]; ok && now.Before(e.until) {
-		delete(s.old, key)
-		s.putLocked(key, e)
-		return e.val
-	}
-	v, until := mk()
-	s.putLocked(key, cacheEntry[V]{val: v, until: until})
-	return v
+func (c *otterCache[V]) getOrPut(k tokenKey, now time.Time, mk func() (V, time.Time)) V {
+	n := now.UnixNano()
+	e, _ := c.c.Compute(k, func(old timed[V], found bool) (timed[V], otter.ComputeOp) {
+		if found && n < old.until {
+			return old, otter.CancelOp
+		}
+		v, until := mk()
+		return timed[V]{val: v, until: until.UnixNano()}, otter.WriteOp
+	})
+	return e.val
 }
 
-func (s *cacheShard[V]) putLocked(key string, e cacheEntry[V]) {
-	if _, ok := s.young[key]; !ok && len(s.young) >= s.perGen {
-		s.old, s.young = s.young, make(map[string]cacheEntry[V], s.perGen)
-	}
-	s.young[key] = e
-}
-
-// len returns the number of entries held, dead or alive, for tests.
-func (c *boundedCache[V]) len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += len(s.young) + len(s.old)
-		s.mu.Unlock()
-	}
-	return n
-}
+func (c *otterCache[V]) len() int { return c.c.EstimatedSize() }

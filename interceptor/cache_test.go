@@ -25,25 +25,21 @@ import (
 // a cache: a million, far more than any capacity under test.
 const cacheMillion = 1_000_000
 
-// cacheMaxLen is the most entries a boundedCache of capacity n can hold:
-// two generations of max(1, n/32) entries in each of the 16 shards. It is
-// n or less for n ≥ 32.
-func cacheMaxLen(n int) int { return 2 * cacheShards * max(1, n/(2*cacheShards)) }
+// ck is the cache key of the string s.
+func ck(s string) tokenKey { return keyOf(s) }
 
-// cacheKeysInShard returns n distinct keys that c puts into the same shard
-// as first, first included.
-func cacheKeysInShard[V any](c *boundedCache[V], first string, n int) []string {
-	s := c.shard(first)
-	keys := []string{first}
-	for i := 0; len(keys) < n; i++ {
-		if k := "k" + strconv.Itoa(i); k != first && c.shard(k) == s {
-			keys = append(keys, k)
-		}
+// cacheEach runs f once per tokenCache implementation, with a constructor
+// of that implementation.
+func cacheEach[V any](t *testing.T, f func(t *testing.T, mk func(capacity int) tokenCache[V])) {
+	now := func() time.Time { return t0 }
+	for _, kind := range []string{"otter"} {
+		t.Run(kind, func(t *testing.T) {
+			f(t, func(n int) tokenCache[V] { return newOtterCache[V](n, now) })
+		})
 	}
-	return keys
 }
 
-func TestBoundedCache_ExpiryBoundary(t *testing.T) {
+func TestTokenCache_ExpiryBoundary(t *testing.T) {
 	until := t0.Add(time.Hour)
 	tests := []struct {
 		name string
@@ -55,270 +51,307 @@ func TestBoundedCache_ExpiryBoundary(t *testing.T) {
 		{"exactly until", until, false},
 		{"1ns after until", until.Add(time.Nanosecond), false},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := newBoundedCache[int](1000)
-			c.put("a", 7, until)
-			v, ok := c.get("a", tt.at)
-			if ok != tt.want || (ok && v != 7) {
-				t.Fatalf("get at until%+v = %d, %v; want 7, %v", tt.at.Sub(until), v, ok, tt.want)
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				c := newCache(1000)
+				c.put(ck("a"), 7, until)
+				v, ok := c.get(ck("a"), tt.at)
+				if ok != tt.want || (ok && v != 7) {
+					t.Fatalf("get at until%+v = %d, %v; want 7, %v", tt.at.Sub(until), v, ok, tt.want)
+				}
+				// A dead entry is dropped by the lookup that finds it dead.
+				if got, want := c.len(), map[bool]int{true: 1, false: 0}[tt.want]; got != want {
+					t.Errorf("len() after get = %d, want %d", got, want)
+				}
+				// getOrPut, on a cache that still holds the entry, sees the
+				// same boundary.
+				c = newCache(1000)
+				c.put(ck("a"), 7, until)
+				made := false
+				v = c.getOrPut(ck("a"), tt.at, func() (int, time.Time) { made = true; return 8, until.Add(time.Hour) })
+				if made == tt.want {
+					t.Errorf("getOrPut at until%+v ran mk = %v, want %v", tt.at.Sub(until), made, !tt.want)
+				}
+				if want := map[bool]int{true: 7, false: 8}[tt.want]; v != want {
+					t.Errorf("getOrPut = %d, want %d", v, want)
+				}
+			})
+		}
+	})
+}
+
+func TestTokenCache_PutReplaces(t *testing.T) {
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+		c := newCache(1000)
+		c.put(ck("a"), 1, t0.Add(time.Second))
+		c.put(ck("a"), 2, t0.Add(time.Hour))
+		if v, ok := c.get(ck("a"), t0.Add(time.Minute)); !ok || v != 2 {
+			t.Fatalf("get = %d, %v; want 2, true", v, ok)
+		}
+		if got := c.len(); got != 1 {
+			t.Fatalf("len() = %d, want 1", got)
+		}
+		if _, ok := c.get(ck("b"), t0); ok {
+			t.Fatal("get of a key never put: hit, want miss")
+		}
+	})
+}
+
+func TestTokenCache_GetOrPutRunsMkOncePerKey(t *testing.T) {
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[*int]) {
+		c := newCache(1000)
+		runs := map[string]int{}
+		mk := func(key string, until time.Time) func() (*int, time.Time) {
+			return func() (*int, time.Time) {
+				runs[key]++
+				return new(int), until
 			}
-			// A dead entry is dropped by the lookup that finds it dead.
-			if got, want := c.len(), map[bool]int{true: 1, false: 0}[tt.want]; got != want {
-				t.Errorf("len() after get = %d, want %d", got, want)
-			}
-			// getOrPut, on a cache that still holds the entry, sees the
-			// same boundary.
-			c = newBoundedCache[int](1000)
-			c.put("a", 7, until)
-			made := false
-			v = c.getOrPut("a", tt.at, func() (int, time.Time) { made = true; return 8, until.Add(time.Hour) })
-			if made == tt.want {
-				t.Errorf("getOrPut at until%+v ran mk = %v, want %v", tt.at.Sub(until), made, !tt.want)
-			}
-			if want := map[bool]int{true: 7, false: 8}[tt.want]; v != want {
-				t.Errorf("getOrPut = %d, want %d", v, want)
-			}
+		}
+		until := t0.Add(time.Minute)
+		a1 := c.getOrPut(ck("a"), t0, mk("a", until))
+		a2 := c.getOrPut(ck("a"), t0.Add(time.Second), mk("a", until))
+		b := c.getOrPut(ck("b"), t0, mk("b", until))
+		if a1 != a2 {
+			t.Error("second getOrPut of a live key returned a new value")
+		}
+		if a1 == b {
+			t.Error("two keys share one value")
+		}
+		if runs["a"] != 1 || runs["b"] != 1 {
+			t.Fatalf("mk runs = %v, want one per key", runs)
+		}
+		// The value put by getOrPut is what get finds.
+		if v, ok := c.get(ck("a"), t0); !ok || v != a1 {
+			t.Errorf("get after getOrPut = %p, %v; want %p, true", v, ok, a1)
+		}
+		// Once dead, the key gets a new value.
+		a3 := c.getOrPut(ck("a"), until, mk("a", until.Add(time.Minute)))
+		if a3 == a1 || runs["a"] != 2 {
+			t.Errorf("getOrPut at the entry's end: same value = %v, mk runs = %d; want a new value, 2 runs", a3 == a1, runs["a"])
+		}
+	})
+}
+
+// TestTokenCache_ManySessionsInTurn is the case that defeated the
+// two-generation cache: more sessions than the capacity, presented in
+// turn. The cache must keep a good share of them: at 1.2 times its
+// capacity at least half the lookups hit (the old cache hit none), and at
+// 10 times its capacity some still do.
+func TestTokenCache_ManySessionsInTurn(t *testing.T) {
+	const capacity = 1000
+	for _, tt := range []struct {
+		sessions int
+		minHit   float64
+	}{{capacity / 2, 0.99}, {capacity * 6 / 5, 0.5}, {capacity * 10, 0.02}} {
+		t.Run(strconv.Itoa(tt.sessions), func(t *testing.T) {
+			cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+				c := newCache(capacity)
+				keys := make([]tokenKey, tt.sessions)
+				for i := range keys {
+					keys[i] = ck(strconv.Itoa(i))
+				}
+				until := t0.Add(time.Hour)
+				const rounds = 20
+				hits, lookups := 0, 0
+				for r := range rounds {
+					for i, k := range keys {
+						_, ok := c.get(k, t0)
+						if !ok {
+							c.put(k, i, until)
+						}
+						if r >= rounds/2 { // steady state
+							lookups++
+							if ok {
+								hits++
+							}
+						}
+					}
+				}
+				if got := float64(hits) / float64(lookups); got < tt.minHit {
+					t.Errorf("hit rate %.3f with %d sessions in turn, capacity %d; want ≥ %.2f", got, tt.sessions, capacity, tt.minHit)
+				}
+				if n := c.len(); n > capacity {
+					t.Errorf("len() = %d, want ≤ %d", n, capacity)
+				}
+			})
 		})
 	}
 }
 
-func TestBoundedCache_PutReplaces(t *testing.T) {
-	c := newBoundedCache[int](1000)
-	c.put("a", 1, t0.Add(time.Second))
-	c.put("a", 2, t0.Add(time.Hour))
-	if v, ok := c.get("a", t0.Add(time.Minute)); !ok || v != 2 {
-		t.Fatalf("get = %d, %v; want 2, true", v, ok)
-	}
-	if got := c.len(); got != 1 {
-		t.Fatalf("len() = %d, want 1", got)
-	}
-	if _, ok := c.get("b", t0); ok {
-		t.Fatal("get of a key never put: hit, want miss")
-	}
-}
-
-func TestBoundedCache_GetOrPutRunsMkOncePerKey(t *testing.T) {
-	c := newBoundedCache[*int](1000)
-	runs := map[string]int{}
-	mk := func(key string, until time.Time) func() (*int, time.Time) {
-		return func() (*int, time.Time) {
-			runs[key]++
-			return new(int), until
-		}
-	}
-	until := t0.Add(time.Minute)
-	a1 := c.getOrPut("a", t0, mk("a", until))
-	a2 := c.getOrPut("a", t0.Add(time.Second), mk("a", until))
-	b := c.getOrPut("b", t0, mk("b", until))
-	if a1 != a2 {
-		t.Error("second getOrPut of a live key returned a new value")
-	}
-	if a1 == b {
-		t.Error("two keys share one value")
-	}
-	if runs["a"] != 1 || runs["b"] != 1 {
-		t.Fatalf("mk runs = %v, want one per key", runs)
-	}
-	// The value put by getOrPut is what get finds.
-	if v, ok := c.get("a", t0); !ok || v != a1 {
-		t.Errorf("get after getOrPut = %p, %v; want %p, true", v, ok, a1)
-	}
-	// Once dead, the key gets a new value.
-	a3 := c.getOrPut("a", until, mk("a", until.Add(time.Minute)))
-	if a3 == a1 || runs["a"] != 2 {
-		t.Errorf("getOrPut at the entry's end: same value = %v, mk runs = %d; want a new value, 2 runs", a3 == a1, runs["a"])
-	}
-}
-
-// TestBoundedCache_PromotionFromOld: an entry that is used while in the old
-// generation moves to the young one and survives the next ageing; an
-// unused neighbour does not.
-func TestBoundedCache_PromotionFromOld(t *testing.T) {
-	for _, via := range []string{"get", "getOrPut"} {
-		t.Run(via, func(t *testing.T) {
-			c := newBoundedCache[int](64) // 2 entries per generation per shard
-			per := c.shards[0].perGen
-			if per != 2 {
-				t.Fatalf("perGen = %d, want 2", per)
-			}
-			keys := cacheKeysInShard(c, "used", 6)
-			used, unused, fill := keys[0], keys[1], keys[2:]
-			s := c.shard(used)
-			far := t0.Add(time.Hour)
-
-			c.put(used, 1, far)
-			c.put(unused, 2, far)
-			c.put(fill[0], 0, far) // young was full: {used, unused} ages
-			if _, ok := s.old[used]; !ok {
-				t.Fatalf("after ageing, %q is not in the old generation", used)
-			}
-			lookup := func(k string) (int, bool) { return c.get(k, t0) }
-			if via == "getOrPut" {
-				lookup = func(k string) (int, bool) {
-					made := false
-					v := c.getOrPut(k, t0, func() (int, time.Time) { made = true; return -1, far })
-					return v, !made
+// TestTokenCache_UsedEntrySurvives: an entry that is used survives a
+// stream of keys used once; the cache is bounded by evicting those.
+func TestTokenCache_UsedEntrySurvives(t *testing.T) {
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+		c := newCache(64)
+		far := t0.Add(time.Hour)
+		c.put(ck("used"), 1, far)
+		kept := 0
+		const rounds = 200
+		for i := range rounds {
+			for j := range 8 {
+				k := ck(fmt.Sprintf("once-%d-%d", i, j))
+				if _, ok := c.get(k, t0); !ok {
+					c.put(k, 0, far)
 				}
 			}
-			if v, ok := lookup(used); !ok || v != 1 {
-				t.Fatalf("%s(%q) from the old generation = %d, %v; want 1, true", via, used, v, ok)
+			if v, ok := c.get(ck("used"), t0); ok && v == 1 {
+				kept++
+			} else {
+				c.put(ck("used"), 1, far)
 			}
-			if _, inYoung := s.young[used]; !inYoung {
-				t.Fatalf("%q was not promoted to the young generation", used)
-			}
-			if _, inOld := s.old[used]; inOld {
-				t.Errorf("%q is still in the old generation after promotion", used)
-			}
-			// Young is {fill0, used}: one more key ages it, dropping the
-			// old generation and the unused entry with it.
-			c.put(fill[1], 0, far)
-			if v, ok := c.get(used, t0); !ok || v != 1 {
-				t.Errorf("promoted entry after the next ageing: %d, %v; want 1, true", v, ok)
-			}
-			if _, ok := c.get(unused, t0); ok {
-				t.Errorf("unused entry survived two ageings")
-			}
-		})
-	}
+		}
+		// An admission policy keeps it: the keys used once are not worth
+		// its room.
+		if kept < rounds/2 {
+			t.Errorf("the used entry was there in %d of %d rounds, want most", kept, rounds)
+		}
+		if n := c.len(); n > 64 {
+			t.Errorf("len() = %d, want ≤ 64", n)
+		}
+	})
 }
 
-// TestBoundedCache_DeadOldEntryNotPromoted: a dead entry found in the old
-// generation is dropped, not moved.
-func TestBoundedCache_DeadOldEntryNotPromoted(t *testing.T) {
-	c := newBoundedCache[int](64)
-	keys := cacheKeysInShard(c, "dead", 3)
-	s := c.shard(keys[0])
-	c.put(keys[0], 1, t0.Add(time.Second))
-	c.put(keys[1], 0, t0.Add(time.Hour))
-	c.put(keys[2], 0, t0.Add(time.Hour)) // ages {dead, keys[1]}
-	if _, ok := c.get(keys[0], t0.Add(time.Second)); ok {
-		t.Fatal("dead entry from the old generation: hit, want miss")
-	}
-	_, inYoung := s.young[keys[0]]
-	_, inOld := s.old[keys[0]]
-	if inYoung || inOld {
-		t.Fatalf("dead entry still held: young %v, old %v", inYoung, inOld)
-	}
+// TestTokenCache_DeadEntryDropped: a dead entry is dropped by the lookup
+// that finds it dead, and a dead entry is no obstacle to a new one.
+func TestTokenCache_DeadEntryDropped(t *testing.T) {
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+		c := newCache(64)
+		c.put(ck("dead"), 1, t0.Add(time.Second))
+		c.put(ck("live"), 0, t0.Add(time.Hour))
+		if _, ok := c.get(ck("dead"), t0.Add(time.Second)); ok {
+			t.Fatal("dead entry: hit, want miss")
+		}
+		if got := c.len(); got != 1 {
+			t.Fatalf("len() = %d after the dead entry's lookup, want 1", got)
+		}
+		if _, ok := c.get(ck("live"), t0.Add(time.Second)); !ok {
+			t.Fatal("live entry: miss, want hit")
+		}
+	})
 }
 
-// TestBoundedCache_MillionKeysStayBounded pushes one million distinct keys
+// TestTokenCache_MillionKeysStayBounded pushes one million distinct keys
 // through put and through getOrPut, checking the bound all along, and that
-// the cache still holds recent keys (it is bounded by ageing, not by
-// forgetting everything).
-func TestBoundedCache_MillionKeysStayBounded(t *testing.T) {
+// the cache still holds keys (it is bounded by evicting, not by forgetting
+// everything).
+func TestTokenCache_MillionKeysStayBounded(t *testing.T) {
 	for _, capacity := range []int{DefaultCacheSize, 100} {
 		for _, via := range []string{"put", "getOrPut"} {
 			t.Run(fmt.Sprintf("%d/%s", capacity, via), func(t *testing.T) {
-				c := newBoundedCache[int](capacity)
-				until := t0.Add(time.Hour)
-				peak := 0
-				for i := range cacheMillion {
-					k := strconv.Itoa(i)
-					if via == "put" {
-						c.put(k, i, until)
-					} else {
-						c.getOrPut(k, t0, func() (int, time.Time) { return i, until })
+				cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+					c := newCache(capacity)
+					until := t0.Add(time.Hour)
+					peak := 0
+					for i := range cacheMillion {
+						k := ck(strconv.Itoa(i))
+						if via == "put" {
+							c.put(k, i, until)
+						} else {
+							c.getOrPut(k, t0, func() (int, time.Time) { return i, until })
+						}
+						if i%4096 == 0 {
+							peak = max(peak, c.len())
+						}
 					}
-					if i%4096 == 0 {
-						peak = max(peak, c.len())
+					n := c.len()
+					peak = max(peak, n)
+					if peak > capacity {
+						t.Fatalf("len() reached %d after %d distinct keys, want ≤ %d", peak, cacheMillion, capacity)
 					}
-				}
-				n := c.len()
-				peak = max(peak, n)
-				if peak > capacity {
-					t.Fatalf("len() reached %d after %d distinct keys, want ≤ %d", peak, cacheMillion, capacity)
-				}
-				if n < capacity/3 {
-					t.Errorf("len() = %d after %d keys, want it to use its capacity %d (≥ %d)", n, cacheMillion, capacity, capacity/3)
-				}
-				last := cacheMillion - 1
-				if v, ok := c.get(strconv.Itoa(last), t0); !ok || v != last {
-					t.Errorf("the last key put: %d, %v; want %d, true", v, ok, last)
-				}
+					if n < capacity/3 {
+						t.Errorf("len() = %d after %d keys, want it to use its capacity %d (≥ %d)", n, cacheMillion, capacity, capacity/3)
+					}
+				})
 			})
 		}
 	}
 }
 
-// TestBoundedCache_TinyCapacity documents the floor of the bound: a
-// capacity below 32 still holds up to 32 entries (one per generation per
-// shard).
-func TestBoundedCache_TinyCapacity(t *testing.T) {
-	for _, capacity := range []int{1, 31} {
-		c := newBoundedCache[int](capacity)
-		for i := range 10_000 {
-			c.put(strconv.Itoa(i), i, t0.Add(time.Hour))
+// TestTokenCache_TinyCapacity documents the floor of the bound: a
+// capacity of 1 holds about one entry.
+func TestTokenCache_TinyCapacity(t *testing.T) {
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+		for _, capacity := range []int{1, 31} {
+			c := newCache(capacity)
+			for i := range 10_000 {
+				c.put(ck(strconv.Itoa(i)), i, t0.Add(time.Hour))
+			}
+			bound := capacity
+			if got := c.len(); got > bound {
+				t.Errorf("capacity %d: len() = %d; want ≤ %d", capacity, got, bound)
+			}
 		}
-		if got, bound := c.len(), cacheMaxLen(capacity); got > bound || bound != 2*cacheShards {
-			t.Errorf("capacity %d: len() = %d, bound %d; want ≤ %d", capacity, got, bound, 2*cacheShards)
-		}
-	}
+	})
 }
 
-// TestBoundedCache_Concurrent runs get, put and getOrPut from many
+// TestTokenCache_Concurrent runs get, put and getOrPut from many
 // goroutines (run with -race). With room for every key, concurrent
 // getOrPut calls on a key all get the value of the one mk that ran.
-func TestBoundedCache_Concurrent(t *testing.T) {
+func TestTokenCache_Concurrent(t *testing.T) {
 	const workers, ops, keys = 8, 4000, 300
 	until := t0.Add(time.Hour)
 
 	t.Run("no eviction", func(t *testing.T) {
-		c := newBoundedCache[*int](100_000)
-		var mkRuns atomic.Int64
-		var first sync.Map // key → the value the first getOrPut saw
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := range workers {
-			wg.Go(func() {
-				for i := range ops {
-					n := (i*7 + w*13) % keys
-					gk, pk := "g"+strconv.Itoa(n), "p"+strconv.Itoa(n)
-					v := c.getOrPut(gk, t0, func() (*int, time.Time) { mkRuns.Add(1); return new(int), until })
-					if prev, loaded := first.LoadOrStore(gk, v); loaded && prev != v {
-						errs <- fmt.Errorf("getOrPut(%q) returned two different values", gk)
-						return
+		cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[*int]) {
+			c := newCache(100_000)
+			var mkRuns atomic.Int64
+			var first sync.Map // key → the value the first getOrPut saw
+			var wg sync.WaitGroup
+			errs := make(chan error, workers)
+			for w := range workers {
+				wg.Go(func() {
+					for i := range ops {
+						n := (i*7 + w*13) % keys
+						gk, pk := ck("g"+strconv.Itoa(n)), ck("p"+strconv.Itoa(n))
+						v := c.getOrPut(gk, t0, func() (*int, time.Time) { mkRuns.Add(1); return new(int), until })
+						if prev, loaded := first.LoadOrStore(gk, v); loaded && prev != v {
+							errs <- fmt.Errorf("getOrPut(g%d) returned two different values", n)
+							return
+						}
+						c.put(pk, new(int), until)
+						if _, ok := c.get(pk, t0); !ok {
+							errs <- fmt.Errorf("get(p%d) right after put: miss", n)
+							return
+						}
+						c.get(gk, t0)
 					}
-					c.put(pk, new(int), until)
-					if _, ok := c.get(pk, t0); !ok {
-						errs <- fmt.Errorf("get(%q) right after put: miss", pk)
-						return
-					}
-					c.get(gk, t0)
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-		if got := mkRuns.Load(); got != keys {
-			t.Errorf("mk ran %d times for %d keys, want once per key", got, keys)
-		}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if got := mkRuns.Load(); got != keys {
+				t.Errorf("mk ran %d times for %d keys, want once per key", got, keys)
+			}
+		})
 	})
 
 	t.Run("evicting", func(t *testing.T) {
-		const capacity = 64
-		c := newBoundedCache[int](capacity)
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Go(func() {
-				for i := range ops {
-					k := strconv.Itoa(w*ops + i)
-					c.put(k, i, until)
-					c.getOrPut(k+"x", t0, func() (int, time.Time) { return i, until })
-					c.get(strconv.Itoa(w*ops+i/2), t0)
-					if i%512 == 0 {
-						c.len()
+		cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+			const capacity = 64
+			c := newCache(capacity)
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Go(func() {
+					for i := range ops {
+						k := strconv.Itoa(w*ops + i)
+						c.put(ck(k), i, until)
+						c.getOrPut(ck(k+"x"), t0, func() (int, time.Time) { return i, until })
+						c.get(ck(strconv.Itoa(w*ops+i/2)), t0)
+						if i%512 == 0 {
+							c.len()
+						}
 					}
-				}
-			})
-		}
-		wg.Wait()
-		if got := c.len(); got > capacity {
-			t.Errorf("len() = %d, want ≤ %d", got, capacity)
-		}
+				})
+			}
+			wg.Wait()
+			if got := c.len(); got > capacity {
+				t.Errorf("len() = %d, want ≤ %d", got, capacity)
+			}
+		})
 	})
 }
 
@@ -835,8 +868,8 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 		var peakV, peakR int
 		for i := range cacheMillion {
 			jti := strconv.Itoa(i)
-			v.verified.put("token."+jti, claims, until)
-			v.renewals.getOrPut(jti, t0, func() (*renewal, time.Time) { return new(renewal), until })
+			v.verified.put(ck("token."+jti), claims, until)
+			v.renewals.getOrPut(ck(jti), t0, func() (*renewal, time.Time) { return new(renewal), until })
 			if i%8192 == 0 {
 				peakV, peakR = max(peakV, v.verified.len()), max(peakR, v.renewals.len())
 			}

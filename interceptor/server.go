@@ -314,7 +314,7 @@ var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revoca
 //
 // Requests presenting the same token while its renewal is due share one
 // renewed token: one signature per token per renewal, not one per request.
-// They are matched on the token as presented, byte for byte, never on a
+// They are matched on the token as presented (its digest), never on a
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
 func (s *Server) renew(v *verifier, c *Claims, raw string, now time.Time) *renewal {
@@ -343,7 +343,7 @@ func (s *Server) renew(v *verifier, c *Claims, raw string, now time.Time) *renew
 	// shorter than the leeway), so a renewal handed out is never already
 	// expired. Whoever runs the Once mints at a time no earlier than the
 	// entry's creation, so the token's exp is no earlier than d.Expiry.
-	r := v.renewals.getOrPut(raw, now, func() (*renewal, time.Time) {
+	r := v.renewals.getOrPut(keyOf(raw), now, func() (*renewal, time.Time) {
 		until := s.cfg.policy.AcceptExpiryUntil(c.ExpiresAt.Time)
 		if d.Expiry.Before(until) {
 			until = d.Expiry

@@ -54,13 +54,14 @@ type verifier struct {
 	refreshKey jwt.Keyfunc
 	policy     Policy // the server's, normalized
 
-	// verified maps a token, byte for byte, to its verified claims. Keyed
-	// on the exact string, a re-encoded or malleated copy is a miss and is
-	// verified on its own. Failures are never stored. nil when disabled.
-	verified *boundedCache[*Claims]
-	// renewals maps a presented token, byte for byte, to its renewal;
-	// nil when disabled.
-	renewals *boundedCache[*renewal]
+	// verified maps a token's digest to its verified claims. Keyed on a
+	// digest of the exact bytes, a re-encoded or malleated copy is a miss
+	// and is verified on its own. Failures are never stored. nil when
+	// disabled.
+	verified tokenCache[*Claims]
+	// renewals maps a presented token's digest to its renewal; nil when
+	// disabled.
+	renewals tokenCache[*renewal]
 }
 
 func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
@@ -86,8 +87,8 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		policy:     cfg.policy,
 	}
 	if cfg.cacheSize > 0 {
-		v.verified = newBoundedCache[*Claims](cfg.cacheSize)
-		v.renewals = newBoundedCache[*renewal](cfg.cacheSize)
+		v.verified = newTokenCache[*Claims](cfg.cacheSize, cfg.now)
+		v.renewals = newTokenCache[*renewal](cfg.cacheSize, cfg.now)
 	}
 	return v
 }
@@ -109,13 +110,14 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*Claims, *authError)
 	if v.verified == nil {
 		return v.verify(raw)
 	}
-	if c, ok := v.verified.get(raw, now); ok && !now.Before(c.IssuedAt.Add(-v.policy.leeway())) {
+	k := keyOf(raw)
+	if c, ok := v.verified.get(k, now); ok && !now.Before(c.IssuedAt.Add(-v.policy.leeway())) {
 		return c, nil
 	}
 	c, err := v.verify(raw)
 	if err == nil {
 		// jwt accepts while now < exp + leeway; the entry dies then.
-		v.verified.put(raw, c, v.policy.AcceptExpiryUntil(c.ExpiresAt.Time))
+		v.verified.put(k, c, v.policy.AcceptExpiryUntil(c.ExpiresAt.Time))
 	}
 	return c, err
 }

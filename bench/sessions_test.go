@@ -1,0 +1,216 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
+	"github.com/slidejwt/slidejwt/interceptor"
+)
+
+// The sessions sweep: BenchmarkSessions/<alg>/<n>/<load>/<case>, n
+// distinct live sessions each presenting its own token on unary Echo
+// calls. load is the order of the sessions, rr (round-robin) or rand
+// (uniformly at random), on one goroutine or, with -par32, on 32
+// goroutines sharing one connection. case is floor, middleware-verify,
+// steady (a cache of n entries) or steady-default (the default size).
+var (
+	sessionCounts = []int{1_000, 10_000, 100_000}
+	sessionLoads  = []string{"rr", "rand", "rr-par32", "rand-par32"}
+	sessionCases  = []string{caseFloor, caseMiddleware, caseSteady, caseSteadyDefault}
+)
+
+const (
+	caseSteadyDefault = "steady-default"
+	// sessionGoroutines is the number of goroutines of the -par32 loads.
+	sessionGoroutines = 32
+)
+
+// verifications counts the signature verifications of the whole test
+// binary: sessionsCountVerify puts a counting wrapper in golang-jwt's
+// registry in place of each algorithm's method, which is what the
+// parsers of both slidejwt and middleware-verify look up. A case's hit
+// rate is 1 − verifications per call during its timed loop.
+var verifications atomic.Int64
+
+type countingMethod struct{ jwt.SigningMethod }
+
+func (m countingMethod) Verify(signingString string, sig []byte, key any) error {
+	verifications.Add(1)
+	return m.SigningMethod.Verify(signingString, sig, key)
+}
+
+// sessionsCountVerify installs the counting methods, once, after the keys
+// exist (interceptor.NewKey accepts only golang-jwt's own method values).
+var sessionsCountVerify = sync.OnceFunc(func() {
+	for _, alg := range algs {
+		m := jwt.GetSigningMethod(alg)
+		jwt.RegisterSigningMethod(alg, func() jwt.SigningMethod { return countingMethod{m} })
+	}
+})
+
+func BenchmarkSessions(b *testing.B) {
+	keys := mustKeys(b)
+	sessionsCountVerify()
+	for _, alg := range algs {
+		b.Run(alg, func(b *testing.B) {
+			for _, n := range sessionCounts {
+				b.Run(strconv.Itoa(n), func(b *testing.B) {
+					sw := newSweep(b, keys[alg], n)
+					for _, load := range sessionLoads {
+						b.Run(load, func(b *testing.B) {
+							for _, c := range sessionCases {
+								b.Run(c, func(b *testing.B) { sw.run(b, c, load) })
+							}
+						})
+					}
+				})
+			}
+		})
+	}
+}
+
+// sweep is one alg and session count: the sessions' call contexts and
+// one server per case, each set up on first use and kept for every load,
+// the caches warm.
+type sweep struct {
+	tb    testing.TB
+	k     *algKeys
+	ctxs  []context.Context // one per session, carrying its token
+	demos map[string]demov1.DemoServiceClient
+	// pos is each case's round-robin position, kept across loads so that
+	// round-robin goes on where the last load left off.
+	pos map[string]*atomic.Int64
+}
+
+func newSweep(tb testing.TB, k *algKeys, n int) *sweep {
+	minter, err := interceptor.NewServer(k.set)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sw := &sweep{tb: tb, k: k, ctxs: make([]context.Context, n), demos: map[string]demov1.DemoServiceClient{}, pos: map[string]*atomic.Int64{}}
+	for i := range sw.ctxs {
+		s, err := minter.StartSession(context.Background(), benchSubject, nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		sw.ctxs[i] = metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+s.AccessToken))
+	}
+	return sw
+}
+
+// client returns case c's client, starting its server and presenting
+// every session once (concurrently) on first use.
+func (sw *sweep) client(c string) demov1.DemoServiceClient {
+	if d, ok := sw.demos[c]; ok {
+		return d
+	}
+	var (
+		svc     demoService
+		srvOpts []grpc.ServerOption
+	)
+	ours := func(opts ...interceptor.ServerOption) {
+		s, err := interceptor.NewServer(sw.k.set, opts...)
+		if err != nil {
+			sw.tb.Fatal(err)
+		}
+		srvOpts = []grpc.ServerOption{grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor())}
+	}
+	switch c {
+	case caseFloor:
+		svc.anonymous = benchSubject
+	case caseMiddleware:
+		srvOpts = []grpc.ServerOption{grpc.ChainUnaryInterceptor(auth.UnaryServerInterceptor(middlewareAuth(sw.k)))}
+	case caseSteady:
+		ours(interceptor.WithCacheSize(len(sw.ctxs)))
+	case caseSteadyDefault:
+		ours()
+	default:
+		sw.tb.Fatalf("unknown case %q", c)
+	}
+	addr := serve(sw.tb, srvOpts, svc, func(*grpc.Server) {})
+	d := demov1.NewDemoServiceClient(dial(sw.tb, addr))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, sessionGoroutines)
+	for range sessionGoroutines {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(sw.ctxs); i = int(next.Add(1) - 1) {
+				if err := sw.call(d, i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		sw.tb.Fatalf("%s: warming up: %v", c, err)
+	}
+	sw.demos[c] = d
+	sw.pos[c] = new(atomic.Int64)
+	return d
+}
+
+func (sw *sweep) call(d demov1.DemoServiceClient, i int) error {
+	resp, err := d.Echo(sw.ctxs[i], &demov1.EchoRequest{Message: echoMessage})
+	if err == nil && resp.GetSubject() != benchSubject {
+		err = fmt.Errorf("subject %q, want %q", resp.GetSubject(), benchSubject)
+	}
+	return err
+}
+
+// run is one timed case: Echo calls presenting the sessions in load's
+// order. It reports the share of calls that verified no signature.
+func (sw *sweep) run(b *testing.B, c, load string) {
+	d := sw.client(c)
+	n := len(sw.ctxs)
+	random := load == "rand" || load == "rand-par32"
+	b.ReportAllocs()
+	before := verifications.Load()
+	calls := sw.pos[c] // shared by the goroutines
+	pick := func(r *rand.Rand) int {
+		if random {
+			return r.IntN(n)
+		}
+		return int((calls.Add(1) - 1) % int64(n))
+	}
+	b.ResetTimer()
+	if load == "rr" || load == "rand" {
+		r := rand.New(rand.NewPCG(1, 2))
+		for b.Loop() {
+			if err := sw.call(d, pick(r)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	} else {
+		b.SetParallelism(max(1, sessionGoroutines/runtime.GOMAXPROCS(0)))
+		var seed atomic.Uint64
+		b.RunParallel(func(pb *testing.PB) {
+			r := rand.New(rand.NewPCG(seed.Add(1), 2))
+			for pb.Next() {
+				if err := sw.call(d, pick(r)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.StopTimer()
+	if c == caseSteady || c == caseSteadyDefault {
+		v := verifications.Load() - before
+		b.ReportMetric(100*(1-float64(v)/float64(b.N)), "hit%")
+	}
+}

@@ -400,12 +400,12 @@ func TestServerCache_HitIsNotReverified(t *testing.T) {
 				if err := call(client, tok); err != nil {
 					t.Fatalf("first call: %v", err)
 				}
-				first := e.svc.lastClaims.Load()
+				first := e.svc.lastShared.Load()
 				e.clock.Advance(time.Minute)
 				if err := call(client, tok); err != nil {
 					t.Fatalf("second call: %v", err)
 				}
-				if same := e.svc.lastClaims.Load() == first; same != tt.wantSame {
+				if same := e.svc.lastShared.Load() == first; same != tt.wantSame {
 					t.Errorf("second call got the first call's claims = %v, want %v", same, tt.wantSame)
 				}
 				if tt.size > 0 {
@@ -510,14 +510,14 @@ func TestServerCache_ExpiryBoundary(t *testing.T) {
 	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatal(err)
 	}
-	cached := e.svc.lastClaims.Load()
+	cached := e.svc.lastShared.Load()
 	dead := s.Expiry.Add(DefaultLeeway)
 
 	e.clock.Set(dead.Add(-time.Nanosecond))
 	if _, err := unaryCall(t, client, s.AccessToken); err != nil {
 		t.Fatalf("1ns before exp+leeway: %v, want accepted", err)
 	}
-	if e.svc.lastClaims.Load() != cached {
+	if e.svc.lastShared.Load() != cached {
 		t.Error("1ns before exp+leeway: the token was verified again, want a cache hit")
 	}
 	e.clock.Set(dead)
@@ -691,7 +691,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	if _, err := unaryCall(t, client, tok); err != nil {
 		t.Fatal(err)
 	}
-	orig := e.svc.lastClaims.Load()
+	orig := e.svc.lastShared.Load()
 	if got := cacheVerifiedLen(e); got != 1 {
 		t.Fatalf("verified cache len() = %d, want 1", got)
 	}
@@ -713,7 +713,7 @@ func TestServerCache_ES256MalleatedCopy(t *testing.T) {
 	if got := cacheVerifiedLen(e); got != 2 {
 		t.Errorf("after (r, n−s): verified cache len() = %d, want 2 (verified on its own)", got)
 	}
-	if e.svc.lastClaims.Load() == orig {
+	if e.svc.lastShared.Load() == orig {
 		t.Error("(r, n−s) got the original's cached claims, want its own verification")
 	}
 
@@ -867,7 +867,7 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 		}
 		v := s.ver.Load()
 		until := t0.Add(time.Hour)
-		claims := &Claims{}
+		claims := &verifiedClaims{}
 		var peakV, peakR int
 		for i := range cacheMillion {
 			jti := strconv.Itoa(i)

@@ -2,11 +2,13 @@ package interceptor
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -113,68 +115,136 @@ type claimsKey struct{}
 // outside an authenticated call.
 //
 // The result is a deep copy, new on every call, which the caller owns and
-// may modify; the interceptor keeps its own claims, from which it mints
-// renewals and which its verified-token cache hands to later calls.
-// Copying on read, rather than once per call, costs the calls whose
-// handler never asks nothing; a handler that does pays one allocation for
-// the usual claims (one audience, no custom claims) and two or three more
-// with custom claims. Call it once per call and keep the result.
+// may modify; the interceptor keeps its own compact form of the claims,
+// from which it mints renewals and which its verified-token cache hands to
+// later calls. Building the Claims on read, rather than once per call,
+// costs the calls whose handler never asks nothing; a handler that does
+// pays one allocation for the usual claims (one audience, no custom
+// claims) and two or three more with custom claims. Call it once per call
+// and keep the result.
 func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 	c := sharedClaims(ctx)
 	if c == nil {
 		return nil, false
 	}
-	return c.clone(), true
+	return c.claims(), true
 }
 
 // sharedClaims returns the interceptor's own claims from ctx, or nil. The
 // caller must not modify them, nor hand them out.
-func sharedClaims(ctx context.Context) *Claims {
-	c, _ := ctx.Value(claimsKey{}).(*Claims)
+func sharedClaims(ctx context.Context) *verifiedClaims {
+	c, _ := ctx.Value(claimsKey{}).(*verifiedClaims)
 	return c
 }
 
 // claimsCopy is a Claims together with the storage its pointers and a
-// one-element audience point into, so that clone allocates once for the
-// usual claims.
+// one-element audience point into, so that building one allocates once
+// for the usual claims.
 type claimsCopy struct {
 	c     Claims
 	dates [4]jwt.NumericDate
 	aud   [1]string
 }
 
-// clone returns a deep copy of c: no pointer, slice, map or byte of a
-// custom claim is shared with c.
-func (c *Claims) clone() *Claims {
-	cc := &claimsCopy{c: *c}
-	out := &cc.c
-	for i, d := range [...]**jwt.NumericDate{&out.ExpiresAt, &out.NotBefore, &out.IssuedAt, &out.AuthTime} {
-		if *d != nil {
-			cc.dates[i] = **d
-			*d = &cc.dates[i]
-		}
-	}
+// The dates of verifiedClaims, in the order of its arrays.
+const (
+	dateExp = iota
+	dateNbf
+	dateIat
+	dateAuthTime
+	numDates
+)
+
+// The shapes of an audience in verifiedClaims.
+const (
+	audNone = iota // nil
+	audOne         // one string, s[ends[3]:ends[4]]
+	audList        // any other, aud
+)
+
+// verifiedClaims is the server's own compact form of a verified token's
+// claims: what its verified-token cache holds and a call's context
+// carries, for every call presenting the token. It is never modified once
+// built, and never handed out: [ClaimsFromContext] builds a [Claims] from
+// it, and so does a renewal.
+//
+// It holds the same information as the Claims it is made from, in one
+// string and a small struct: a cached session costs a few hundred bytes
+// rather than the Claims' pointers, dates, payload copy and custom map.
+type verifiedClaims struct {
+	// s holds sub, sid, jti, iss and the audience back to back, each
+	// ending at ends[i], then the custom claims, each as the uvarint
+	// length of its name, the name, the uvarint length of its raw JSON
+	// value and the value.
+	s    string
+	ends [5]uint32
+	// Bit i of dates tells whether date i is present; sec and nsec hold
+	// their Unix seconds and nanoseconds.
+	dates   uint8
+	audKind uint8
+	fresh   bool
+	// aud is the audience when audKind is audList; its strings are in s.
+	aud  []string
+	sec  [numDates]int64
+	nsec [numDates]int32
+}
+
+// compactClaims returns the compact form of c, which it does not keep.
+func compactClaims(c *Claims) *verifiedClaims {
+	out := &verifiedClaims{fresh: c.Fresh}
+	size := len(c.Subject) + len(c.SessionID) + len(c.ID) + len(c.Issuer)
 	switch {
 	case c.Audience == nil:
-	case len(c.Audience) <= len(cc.aud):
-		n := copy(cc.aud[:], c.Audience)
-		out.Audience = cc.aud[:n:n]
+	case len(c.Audience) == 1:
+		out.audKind = audOne
+		size += len(c.Audience[0])
 	default:
-		out.Audience = slices.Clone(c.Audience)
-	}
-	if c.Custom != nil {
-		size := 0
-		for _, raw := range c.Custom {
-			size += len(raw)
+		out.audKind = audList
+		for _, a := range c.Audience {
+			size += len(a)
 		}
-		buf := make([]byte, 0, size)
-		out.Custom = make(map[string]json.RawMessage, len(c.Custom))
-		for name, raw := range c.Custom {
-			start := len(buf)
-			buf = append(buf, raw...)
-			// Capped, so that appending to one claim cannot write into the
-			// next one's bytes.
-			out.Custom[name] = buf[start:len(buf):len(buf)]
+	}
+	for name, raw := range c.Custom {
+		size += uvarintLen(len(name)) + len(name) + uvarintLen(len(raw)) + len(raw)
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for i, v := range [...]string{c.Subject, c.SessionID, c.ID, c.Issuer} {
+		b.WriteString(v)
+		out.ends[i] = uint32(b.Len())
+	}
+	var audEnds []int
+	switch out.audKind {
+	case audOne:
+		b.WriteString(c.Audience[0])
+	case audList:
+		audEnds = make([]int, len(c.Audience))
+		for i, a := range c.Audience {
+			b.WriteString(a)
+			audEnds[i] = b.Len()
+		}
+	}
+	out.ends[4] = uint32(b.Len())
+	var lenBuf [binary.MaxVarintLen64]byte
+	for name, raw := range c.Custom {
+		b.Write(binary.AppendUvarint(lenBuf[:0], uint64(len(name))))
+		b.WriteString(name)
+		b.Write(binary.AppendUvarint(lenBuf[:0], uint64(len(raw))))
+		b.Write(raw)
+	}
+	out.s = b.String()
+	if out.audKind == audList {
+		out.aud = make([]string, len(c.Audience))
+		start := int(out.ends[3])
+		for i, end := range audEnds {
+			out.aud[i] = out.s[start:end]
+			start = end
+		}
+	}
+	for i, d := range [...]*jwt.NumericDate{c.ExpiresAt, c.NotBefore, c.IssuedAt, c.AuthTime} {
+		if d != nil {
+			out.dates |= 1 << i
+			out.sec[i], out.nsec[i] = d.Unix(), int32(d.Nanosecond())
 		}
 	}
 	return out
@@ -190,8 +260,98 @@ func RequireFresh(ctx context.Context) error {
 	if c == nil {
 		return reject(ReasonTokenMissing, "no verified claims in context")
 	}
-	if !c.Fresh {
+	if !c.fresh {
 		return reject(ReasonFreshTokenRequired, "token was renewed since login")
 	}
 	return nil
+}
+
+func (c *verifiedClaims) sub() string { return c.s[:c.ends[0]] }
+func (c *verifiedClaims) sid() string { return c.s[c.ends[0]:c.ends[1]] }
+func (c *verifiedClaims) jti() string { return c.s[c.ends[1]:c.ends[2]] }
+func (c *verifiedClaims) iss() string { return c.s[c.ends[2]:c.ends[3]] }
+
+// date returns date i, which must be present.
+func (c *verifiedClaims) date(i int) time.Time { return time.Unix(c.sec[i], int64(c.nsec[i])) }
+
+func (c *verifiedClaims) exp() time.Time      { return c.date(dateExp) }
+func (c *verifiedClaims) iat() time.Time      { return c.date(dateIat) }
+func (c *verifiedClaims) authTime() time.Time { return c.date(dateAuthTime) }
+
+// claims returns a new Claims with c's claims: nothing but immutable
+// strings is shared with c, so that the caller may modify it.
+func (c *verifiedClaims) claims() *Claims {
+	cc := new(claimsCopy)
+	out := &cc.c
+	out.Subject, out.SessionID, out.ID, out.Issuer = c.sub(), c.sid(), c.jti(), c.iss()
+	out.Fresh = c.fresh
+	for i, d := range [...]**jwt.NumericDate{&out.ExpiresAt, &out.NotBefore, &out.IssuedAt, &out.AuthTime} {
+		if c.dates&(1<<i) != 0 {
+			cc.dates[i] = jwt.NumericDate{Time: c.date(i)}
+			*d = &cc.dates[i]
+		}
+	}
+	switch c.audKind {
+	case audOne:
+		cc.aud[0] = c.s[c.ends[3]:c.ends[4]]
+		out.Audience = cc.aud[:1:1]
+	case audList:
+		out.Audience = slices.Clone(c.aud)
+	}
+	custom := c.s[c.ends[4]:]
+	if custom == "" {
+		return out
+	}
+	n, size := 0, 0
+	for rest := custom; rest != ""; n++ {
+		var raw string
+		_, raw, rest = nextCustom(rest)
+		size += len(raw)
+	}
+	buf := make([]byte, 0, size)
+	out.Custom = make(map[string]json.RawMessage, n)
+	for rest := custom; rest != ""; {
+		var name, raw string
+		name, raw, rest = nextCustom(rest)
+		start := len(buf)
+		buf = append(buf, raw...)
+		// Capped, so that appending to one claim cannot write into the
+		// next one's bytes.
+		out.Custom[name] = buf[start:len(buf):len(buf)]
+	}
+	return out
+}
+
+// nextCustom splits the first custom claim off custom, the tail of a
+// verifiedClaims' s.
+func nextCustom(custom string) (name, raw, rest string) {
+	field := func(s string) (string, string) {
+		n, k := uvarintString(s)
+		return s[k : k+int(n)], s[k+int(n):]
+	}
+	name, rest = field(custom)
+	raw, rest = field(rest)
+	return name, raw, rest
+}
+
+// uvarintLen returns the length of n's uvarint encoding.
+func uvarintLen(n int) int {
+	k := 1
+	for ; n >= 0x80; n >>= 7 {
+		k++
+	}
+	return k
+}
+
+// uvarintString is binary.Uvarint on a string that holds a valid one.
+func uvarintString(s string) (uint64, int) {
+	var x uint64
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b < 0x80 {
+			return x | uint64(b)<<(7*i), i + 1
+		}
+		x |= uint64(b&0x7f) << (7 * i)
+	}
+	panic("slidejwt: corrupt custom claims")
 }

@@ -427,11 +427,12 @@ func TestClaims_RequireFreshDirect(t *testing.T) {
 		wantCode codes.Code
 		want     Reason
 	}{
-		{"fresh claims", context.WithValue(context.Background(), claimsKey{}, fresh), codes.OK, noReason},
-		{"renewed claims", context.WithValue(context.Background(), claimsKey{}, renewed), codes.PermissionDenied, ReasonFreshTokenRequired},
+		{"fresh claims", context.WithValue(context.Background(), claimsKey{}, compactClaims(fresh)), codes.OK, noReason},
+		{"renewed claims", context.WithValue(context.Background(), claimsKey{}, compactClaims(renewed)), codes.PermissionDenied, ReasonFreshTokenRequired},
 		{"no claims", context.Background(), codes.Unauthenticated, ReasonTokenMissing},
-		{"nil claims", context.WithValue(context.Background(), claimsKey{}, (*Claims)(nil)), codes.Unauthenticated, ReasonTokenMissing},
-		{"claims value, not pointer", context.WithValue(context.Background(), claimsKey{}, Claims{Fresh: true}), codes.Unauthenticated, ReasonTokenMissing},
+		{"nil claims", context.WithValue(context.Background(), claimsKey{}, (*verifiedClaims)(nil)), codes.Unauthenticated, ReasonTokenMissing},
+		{"claims value, not pointer", context.WithValue(context.Background(), claimsKey{}, *compactClaims(fresh)), codes.Unauthenticated, ReasonTokenMissing},
+		{"public claims, not the server's own", context.WithValue(context.Background(), claimsKey{}, fresh), codes.Unauthenticated, ReasonTokenMissing},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := RequireFresh(tc.ctx)
@@ -823,7 +824,7 @@ func TestClaims_CloneIsDeep(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx := context.WithValue(context.Background(), claimsKey{}, orig)
+		ctx := context.WithValue(context.Background(), claimsKey{}, compactClaims(orig))
 		c, ok := ClaimsFromContext(ctx)
 		if !ok || c == orig {
 			t.Fatalf("aud %q: ClaimsFromContext = %p, %v; want a copy of %p", aud, c, ok, orig)
@@ -845,6 +846,13 @@ func TestClaims_CloneIsDeep(t *testing.T) {
 		if got, _ := json.Marshal(orig); string(got) != string(want) {
 			t.Errorf("aud %q: after vandalizing the copy, original = %s, want %s", aud, got, want)
 		}
+		again, _ := ClaimsFromContext(ctx)
+		if got, _ := json.Marshal(again); string(got) != string(want) {
+			t.Errorf("aud %q: after vandalizing the copy, the context's claims = %s, want %s", aud, got, want)
+		}
+		if (again.Audience == nil) != (aud == nil) {
+			t.Errorf("aud %q: second copy's audience nil = %v, want %v", aud, again.Audience == nil, aud == nil)
+		}
 	}
 }
 
@@ -858,7 +866,7 @@ func TestClaims_ContextCost(t *testing.T) {
 		},
 		SessionID: "s", AuthTime: jwt.NewNumericDate(t0), Fresh: true,
 	}
-	ctx := context.WithValue(context.Background(), claimsKey{}, c)
+	ctx := context.WithValue(context.Background(), claimsKey{}, compactClaims(c))
 	for _, tc := range []struct {
 		name string
 		f    func()

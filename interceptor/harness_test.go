@@ -118,6 +118,10 @@ type testService struct {
 	testpb.UnimplementedTestServiceServer
 	calls      atomic.Int64
 	lastClaims atomic.Pointer[Claims]
+	// lastShared is the interceptor's own claims of the last call, of
+	// which lastClaims is a copy: the cache tests tell a hit by its
+	// pointer identity.
+	lastShared atomic.Pointer[verifiedClaims]
 	// delay, if set, is called at the start of every handler (for
 	// reordering responses in concurrency tests).
 	delay func()
@@ -128,7 +132,8 @@ func (s *testService) enter(ctx context.Context) {
 	// The interceptor's own claims, not the copy ClaimsFromContext hands
 	// out: the cache tests tell a hit by pointer identity. Read only.
 	if c := sharedClaims(ctx); c != nil {
-		s.lastClaims.Store(c)
+		s.lastShared.Store(c)
+		s.lastClaims.Store(c.claims())
 	}
 	if s.delay != nil {
 		s.delay()

@@ -191,7 +191,7 @@ func (t tokenService) Revoke(ctx context.Context, _ *slidejwtv1.RevokeRequest) (
 		// Revoke reached without the interceptor: refuse rather than guess.
 		return nil, reject(ReasonTokenMissing, "Revoke needs the caller's access token")
 	}
-	if err := t.s.revoke(ctx, c.SessionID, c.AuthTime.Time); err != nil {
+	if err := t.s.revoke(ctx, c.sid(), c.authTime()); err != nil {
 		return nil, err
 	}
 	return &slidejwtv1.RevokeResponse{}, nil

@@ -212,7 +212,7 @@ func randomID() string {
 //
 // One key set serves the whole call: the renewal is signed by the set that
 // verified the token, even while [Server.RotateKeys] replaces it.
-func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *Claims, *renewal, error) {
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *verifiedClaims, *renewal, error) {
 	now := s.cfg.now() // one reading of the clock for the whole decision
 	v := s.ver.Load()
 	c, raw, err := s.check(ctx, v, now)
@@ -223,13 +223,13 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			ae.beforeHandler = true
 		}
 		if c != nil {
-			ev.Subject, ev.SessionID = c.Subject, c.SessionID
+			ev.Subject, ev.SessionID = c.sub(), c.sid()
 		}
 		s.emit(ctx, ev)
 		return ctx, nil, nil, err
 	}
 	ctx = context.WithValue(ctx, claimsKey{}, c)
-	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.Subject, SessionID: c.SessionID, Expiry: c.ExpiresAt.Time}
+	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.sub(), SessionID: c.sid(), Expiry: c.exp()}
 	var r *renewal
 	if method != revokeMethod { // a logout gets no renewal of the session it ends
 		r = s.renew(v, c, raw, now)
@@ -251,7 +251,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 // check extracts and verifies the bearer token with v and applies the
 // session rules. It returns the claims and the token as presented. On
 // rejection it may return the verified claims (for events).
-func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*Claims, string, error) {
+func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifiedClaims, string, error) {
 	// One metadata lookup: auth.AuthFromMD reads only the first value, so
 	// it can neither see a second one nor save the copy made to count them.
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
@@ -272,14 +272,14 @@ func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*Claims
 		return nil, "", reject(ReasonTokenInvalid, "malformed token")
 	}
 	c, aerr := v.verifyCached(raw, now)
-	if c != nil && s.cfg.policy.SessionEnded(now, c.AuthTime.Time) {
+	if c != nil && s.cfg.policy.SessionEnded(now, c.authTime()) {
 		return c, raw, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
 	// claims are checked against the revocation list too, so that a client
 	// is told SESSION_REVOKED rather than invited to refresh.
 	if c != nil {
-		if err := s.checkLive(ctx, c.SessionID, now); err != nil {
+		if err := s.checkLive(ctx, c.sid(), now); err != nil {
 			return c, raw, err
 		}
 	}
@@ -317,19 +317,19 @@ var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revoca
 // They are matched on the token as presented (its digest), never on a
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
-func (s *Server) renew(v *verifier, c *Claims, raw string, now time.Time) *renewal {
-	d := s.cfg.policy.Decide(now, c.ExpiresAt.Time, c.AuthTime.Time)
+func (s *Server) renew(v *verifier, c *verifiedClaims, raw string, now time.Time) *renewal {
+	d := s.cfg.policy.Decide(now, c.exp(), c.authTime())
 	if !d.Renew {
 		return nil
 	}
 	mint := func(r *renewal) {
-		next := *c
+		next := c.claims()
 		next.ExpiresAt = jwt.NewNumericDate(d.Expiry)
 		next.IssuedAt = jwt.NewNumericDate(now)
 		next.ID = randomID()
 		next.Fresh = false
 		r.exp = d.Expiry
-		if r.tok, r.err = s.sign(v, &next, accessTokenType); r.err == nil {
+		if r.tok, r.err = s.sign(v, next, accessTokenType); r.err == nil {
 			r.md = metadata.Pairs(s.cfg.renewalHeader, r.tok)
 		}
 	}
@@ -344,7 +344,7 @@ func (s *Server) renew(v *verifier, c *Claims, raw string, now time.Time) *renew
 	// expired. Whoever runs the Once mints at a time no earlier than the
 	// entry's creation, so the token's exp is no earlier than d.Expiry.
 	r := v.renewals.getOrPut(keyOf(raw), now, func() (*renewal, time.Time) {
-		until := s.cfg.policy.AcceptExpiryUntil(c.ExpiresAt.Time)
+		until := s.cfg.policy.AcceptExpiryUntil(c.exp())
 		if d.Expiry.Before(until) {
 			until = d.Expiry
 		}

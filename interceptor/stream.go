@@ -35,7 +35,7 @@ import (
 // SendMsg or RecvMsg of the handler returns the rejection without touching
 // the stream. A panic in the handler is re-raised on the interceptor's
 // goroutine, where a recovery interceptor chained before this one sees it.
-func (s *Server) guardStream(ctx context.Context, c *Claims, srv any, ss grpc.ServerStream, method string, handler grpc.StreamHandler) error {
+func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss grpc.ServerStream, method string, handler grpc.StreamHandler) error {
 	hctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g := &guardedStream{
@@ -53,7 +53,7 @@ func (s *Server) guardStream(ctx context.Context, c *Claims, srv any, ss grpc.Se
 	// with WithClock (a simulation, a test) real time says nothing about
 	// the clock's time, so only the watcher's checks end the stream.
 	if !s.cfg.clockSet {
-		t := time.AfterFunc(max(0, s.cfg.policy.AcceptUntil(c.AuthTime.Time).Sub(s.cfg.now())), g.expire)
+		t := time.AfterFunc(max(0, s.cfg.policy.AcceptUntil(c.authTime()).Sub(s.cfg.now())), g.expire)
 		defer t.Stop()
 	}
 	s.watch.add(g, s)
@@ -150,7 +150,7 @@ type guardedStream struct {
 	grpc.ServerStream
 	ctx    context.Context
 	s      *Server
-	c      *Claims
+	c      *verifiedClaims
 	method string
 	cancel context.CancelCauseFunc
 
@@ -193,10 +193,10 @@ func (g *guardedStream) check() error {
 		return err
 	}
 	now := g.s.cfg.now()
-	if g.s.cfg.policy.SessionEnded(now, g.c.AuthTime.Time) {
+	if g.s.cfg.policy.SessionEnded(now, g.c.authTime()) {
 		return g.end(reject(ReasonSessionExpired, "stream outlived its session"))
 	}
-	if err := g.s.checkLive(g.ctx, g.c.SessionID, now); err != nil {
+	if err := g.s.checkLive(g.ctx, g.c.sid(), now); err != nil {
 		return g.end(err)
 	}
 	return nil
@@ -230,7 +230,7 @@ func (g *guardedStream) end(err error) error {
 	g.woken, g.err = true, err
 	g.mu.Unlock()
 
-	ev := Event{Kind: EventStreamEnded, Method: g.method, Subject: g.c.Subject, SessionID: g.c.SessionID, Err: err}
+	ev := Event{Kind: EventStreamEnded, Method: g.method, Subject: g.c.sub(), SessionID: g.c.sid(), Err: err}
 	if ae, ok := err.(*authError); ok {
 		ev.Reason = ae.reason
 	}

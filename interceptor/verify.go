@@ -58,7 +58,7 @@ type verifier struct {
 	// digest of the exact bytes, a re-encoded or malleated copy is a miss
 	// and is verified on its own. Failures are never stored. nil when
 	// disabled.
-	verified tokenCache[*Claims]
+	verified tokenCache[*verifiedClaims]
 	// renewals maps a presented token's digest to its renewal; nil when
 	// disabled.
 	renewals tokenCache[*renewal]
@@ -87,7 +87,7 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		policy:     cfg.policy,
 	}
 	if cfg.cacheSize > 0 {
-		v.verified = newTokenCache[*Claims](cfg.cacheSize, cfg.now)
+		v.verified = newTokenCache[*verifiedClaims](cfg.cacheSize, cfg.now)
 		v.renewals = newTokenCache[*renewal](cfg.cacheSize, cfg.now)
 	}
 	return v
@@ -106,18 +106,25 @@ func (v *verifier) verify(raw string) (*Claims, *authError) {
 // already passed every rule that does not depend on time, and the two that
 // do (exp, and iat not in the future) are checked again here. The caller
 // still applies the session end and the revocation list on every request.
-func (v *verifier) verifyCached(raw string, now time.Time) (*Claims, *authError) {
-	if v.verified == nil {
-		return v.verify(raw)
+//
+// It returns the claims in the compact form that the cache holds, also
+// without a cache, and for an expired token as verify does.
+func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, *authError) {
+	var k tokenKey
+	if v.verified != nil {
+		k = keyOf(raw)
+		if c, ok := v.verified.get(k, now); ok && !now.Before(c.iat().Add(-v.policy.leeway())) {
+			return c, nil
+		}
 	}
-	k := keyOf(raw)
-	if c, ok := v.verified.get(k, now); ok && !now.Before(c.IssuedAt.Add(-v.policy.leeway())) {
-		return c, nil
+	full, err := v.verify(raw)
+	if full == nil {
+		return nil, err
 	}
-	c, err := v.verify(raw)
-	if err == nil {
+	c := compactClaims(full)
+	if err == nil && v.verified != nil {
 		// jwt accepts while now < exp + leeway; the entry dies then.
-		v.verified.put(k, c, v.policy.AcceptExpiryUntil(c.ExpiresAt.Time))
+		v.verified.put(k, c, v.policy.AcceptExpiryUntil(c.exp()))
 	}
 	return c, err
 }

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +36,7 @@ import (
 // runs from different commits compare by name.
 var (
 	algs     = []string{"HS256", "ES256", "EdDSA"}
-	cases    = []string{caseFloor, caseMiddleware, caseSteady, caseRenew, caseRefreshRPC}
+	cases    = []string{caseFloor, caseMiddleware, caseSteady, caseRenew, caseRenewEvery, caseRefreshRPC}
 	families = []string{familyUnary, familyStreamOpen}
 )
 
@@ -43,6 +45,7 @@ const (
 	caseMiddleware = "middleware-verify"
 	caseSteady     = "steady"
 	caseRenew      = "renew"
+	caseRenewEvery = "renew-every"
 	caseRefreshRPC = "refresh-rpc"
 
 	familyUnary      = "Unary"
@@ -82,6 +85,10 @@ func benchFamily(b *testing.B, family string, op func(*fixture) error) {
 						if err := op(f); err != nil {
 							b.Fatal(err)
 						}
+					}
+					b.StopTimer()
+					if err := f.checkEvery(); err != nil {
+						b.Fatal(err)
 					}
 				})
 			}
@@ -226,6 +233,13 @@ type fixture struct {
 	presented   string // the access token the client starts with
 	wantRenewal bool   // whether every call gets a renewed token back
 
+	// renew-every only: the fake clock of server and client, advanced one
+	// second before every call; the calls made, the renewals the server
+	// reported and the tokens the holder swapped in.
+	clock           *benchClock
+	calls           int64
+	renewals, swaps atomic.Int64
+
 	echoReq  *demov1.EchoRequest
 	watchReq *demov1.WatchRequest
 }
@@ -285,6 +299,22 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 			interceptor.WithClock(func() time.Time { return time.Now().Add(-time.Minute) }))
 		srvOpts = ours(sessions)
 		f.wantRenewal = true
+	case caseRenewEvery:
+		// Both sides on one fake clock, one second later at every call:
+		// every renewal has a later exp than the token it renews, so the
+		// holder swaps it in and presents it on the next call, which
+		// misses the cache, verifies and renews again.
+		f.clock = newBenchClock()
+		sessions = mustServer(interceptor.WithPolicy(renewPolicy), interceptor.WithClock(f.clock.now),
+			interceptor.WithEventHook(func(_ context.Context, e interceptor.Event) {
+				if e.Kind == interceptor.EventRenewed {
+					f.renewals.Add(1)
+				}
+			}))
+		minter = sessions
+		srvOpts = ours(sessions)
+		fixed = false
+		f.wantRenewal = true
 	case caseRefreshRPC:
 		sessions = mustServer(interceptor.WithSessionStore(&memstore.SessionStore{}))
 		minter = sessions
@@ -299,8 +329,13 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 		tb.Fatal(err)
 	}
 	f.presented = sess.AccessToken
-	if c == caseSteady {
-		h, err := interceptor.NewTokenHolder(sess.AccessToken, interceptor.AllowInsecureTransport())
+	if c == caseSteady || c == caseRenewEvery {
+		opts := []interceptor.ClientOption{interceptor.AllowInsecureTransport()}
+		if f.clock != nil {
+			opts = append(opts, interceptor.WithClock(f.clock.now),
+				interceptor.OnSwap(func(string, time.Time) { f.swaps.Add(1) }))
+		}
+		h, err := interceptor.NewTokenHolder(sess.AccessToken, opts...)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -363,6 +398,10 @@ func dial(tb testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn 
 // first makes the refresh call, keeps the rotated refresh token, and puts
 // the new access token into the context.
 func (f *fixture) callContext() (context.Context, error) {
+	if f.clock != nil {
+		f.clock.advance(time.Second)
+		f.calls++
+	}
 	if f.tokens == nil {
 		return f.ctx, nil
 	}
@@ -435,6 +474,10 @@ func (f *fixture) check(family string) error {
 	var renewed string
 	for i := range 2 { // twice: refresh-rpc rotates, renew de-duplicates
 		before := f.refreshToken
+		presented := f.presented
+		if f.clock != nil {
+			presented = f.holder.Token()
+		}
 		var (
 			subject string
 			md      metadata.MD
@@ -471,9 +514,13 @@ func (f *fixture) check(family string) error {
 			return fmt.Errorf("%s: call %d got a renewed token (%d bytes), want none", f.name, i+1, len(got[0]))
 		case f.wantRenewal && len(got) != 1:
 			return fmt.Errorf("%s: call %d got %d distinct renewed tokens, want 1", f.name, i+1, len(got))
-		case f.wantRenewal && got[0] == f.presented:
+		case f.wantRenewal && got[0] == presented:
 			return fmt.Errorf("%s: call %d: the renewed token is the presented one", f.name, i+1)
-		case f.wantRenewal && i > 0 && got[0] != renewed:
+		case f.clock != nil && f.holder.Token() != got[0]:
+			return fmt.Errorf("%s: call %d: the holder did not swap in the renewed token", f.name, i+1)
+		case f.clock != nil && got[0] == renewed:
+			return fmt.Errorf("%s: call %d got the same renewed token as call 1 for another presented token", f.name, i+1)
+		case f.wantRenewal && f.clock == nil && i > 0 && got[0] != renewed:
 			return fmt.Errorf("%s: call %d got another renewed token than call 1 for the same presented token", f.name, i+1)
 		case f.wantRenewal:
 			renewed = got[0]
@@ -482,11 +529,45 @@ func (f *fixture) check(family string) error {
 			return fmt.Errorf("%s: call %d: the refresh did not rotate the refresh token", f.name, i+1)
 		}
 	}
-	if f.holder != nil && f.holder.Token() != f.presented {
+	if !f.wantRenewal && f.holder != nil && f.holder.Token() != f.presented {
 		return fmt.Errorf("%s: the holder swapped its token; steady must not renew", f.name)
+	}
+	return f.checkEvery()
+}
+
+// checkEvery reports, for renew-every, whether every call so far was
+// renewed by the server and its renewal swapped in by the holder; the
+// holder swaps only a token with a later exp, so each call presented a
+// token that no call had presented before. It is nil for the other cases.
+func (f *fixture) checkEvery() error {
+	if f.clock == nil {
+		return nil
+	}
+	if r, s := f.renewals.Load(), f.swaps.Load(); r != f.calls || s != f.calls {
+		return fmt.Errorf("%s: %d calls, %d renewed, %d swapped in; want every call renewed and swapped", f.name, f.calls, r, s)
 	}
 	return nil
 }
+
+// benchClock is the fake clock of renew-every, safe for concurrent use.
+// It starts at SLIDEJWT_TEST_EPOCH (RFC 3339) if set, else at the wall
+// clock's current second.
+type benchClock struct{ ns atomic.Int64 }
+
+func newBenchClock() *benchClock {
+	t := time.Now()
+	if v := os.Getenv("SLIDEJWT_TEST_EPOCH"); v != "" {
+		if e, err := time.Parse(time.RFC3339, v); err == nil {
+			t = e
+		}
+	}
+	c := new(benchClock)
+	c.ns.Store(t.Truncate(time.Second).UnixNano())
+	return c
+}
+
+func (c *benchClock) now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *benchClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // distinct returns vs without repeats (a stream sends a renewed token in
 // its header and its trailer).

@@ -690,3 +690,64 @@ func TestStream_TimerEndsStreamAtSessionEnd(t *testing.T) {
 	}
 	streamWantEnded(t, e, s, streamBidi, err, ReasonSessionExpired)
 }
+
+// TestStream_EachEndsAtItsSessionEnd: streams of sessions that end at
+// different times each end at their own session's end, whichever opened
+// first.
+func TestStream_EachEndsAtItsSessionEnd(t *testing.T) {
+	const slack = 1500 * time.Millisecond
+	e := newStreamEnv(t, withRealClock(), withServerOptions(
+		WithStreamCheckInterval(streamNever),
+		WithPolicy(Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1})))
+	early := e.startSession(t, nil)
+	time.Sleep(time.Until(early.AuthTime.Add(time.Second))) // the next login a second later
+	late := e.startSession(t, nil)
+	if !late.End.After(early.End) {
+		t.Fatalf("sessions end at %v and %v, want the second later", early.End, late.End)
+	}
+	// The later session's stream opens first.
+	lateStream := streamOpen(t, bearerCtx(late.AccessToken), e.client, e.svc, streamBidi)
+	lateStream.ping("late")
+	earlyStream := streamOpen(t, bearerCtx(early.AccessToken), e.client, e.svc, streamBidi)
+	earlyStream.ping("early")
+
+	err := earlyStream.end(time.Until(early.End) + slack)
+	if now := time.Now(); now.Before(early.End) || !now.Before(late.End) {
+		t.Errorf("first stream ended at end%+v, want in [its end, the other's end %+v)", now.Sub(early.End), late.End.Sub(early.End))
+	}
+	wantReason(t, err, ReasonSessionExpired)
+	lateStream.ping("still open after the other session ended")
+	err = lateStream.end(time.Until(late.End) + slack)
+	if now := time.Now(); now.Before(late.End) {
+		t.Errorf("second stream ended %v before its session's end", late.End.Sub(now))
+	}
+	wantReason(t, err, ReasonSessionExpired)
+}
+
+// TestStream_EndsOnTimeAfterAnIdleSpell: the server's stream watcher stops
+// at a check that finds no stream open; a stream opened after that still
+// ends at its session's end, not at the first check after it.
+func TestStream_EndsOnTimeAfterAnIdleSpell(t *testing.T) {
+	const (
+		interval = 500 * time.Millisecond
+		late     = 250 * time.Millisecond // less than the interval
+	)
+	e := newStreamEnv(t, withRealClock(), withServerOptions(
+		WithStreamCheckInterval(interval),
+		WithPolicy(Policy{TTL: 3 * time.Second, MaxLifetime: 3 * time.Second, Leeway: -1})))
+	s := e.startSession(t, nil)
+	ctx, cancel := context.WithCancel(bearerCtx(s.AccessToken))
+	first := streamOpen(t, ctx, e.client, e.svc, streamBidi)
+	first.ping("first")
+	cancel()                          // the first stream closes
+	time.Sleep(interval + interval/2) // a check finds no stream open: the watcher stops
+
+	second := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
+	second.ping("second")
+	err := second.end(time.Until(s.End) + 3*interval)
+	now := time.Now()
+	if now.Before(s.End) || now.After(s.End.Add(late)) {
+		t.Errorf("stream ended at end%+v, want within [0, %v] of its session's end", now.Sub(s.End), late)
+	}
+	wantReason(t, err, ReasonSessionExpired)
+}

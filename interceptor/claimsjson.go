@@ -215,26 +215,13 @@ func plainAudience(data []byte, m claimsMember, str string, storage func() *clai
 		buf [4]string
 		aud = buf[:0]
 	)
-	i, c := jsonNext(data, m.start+1)
-	if c == ']' {
-		return nil, true // as golang-jwt: an empty array is no audience
+	if _, ok := plainStringArray(data, m.start, func(start, end int) {
+		aud = append(aud, str[start:end])
+	}); !ok {
+		return nil, false
 	}
-	for {
-		if c != '"' {
-			return nil, false
-		}
-		end, plain, ok := scanString(data, i)
-		if !ok || !plain {
-			return nil, false
-		}
-		aud = append(aud, str[i+1:end-1])
-		if i, c = jsonNext(data, end); c == ']' {
-			break
-		}
-		if c != ',' {
-			return nil, false
-		}
-		i, c = jsonNext(data, i+1)
+	if len(aud) == 0 {
+		return nil, true // as golang-jwt: an empty array is no audience
 	}
 	if len(aud) == 1 {
 		s := storage()
@@ -242,6 +229,37 @@ func plainAudience(data []byte, m claimsMember, str string, storage func() *clai
 		return s.aud[:1:1], true
 	}
 	return slices.Clone(aud), true
+}
+
+// plainStringArray walks the JSON array that starts at data[i] ('['),
+// whose elements must be strings without escapes, and calls each with the
+// bounds of every string's contents, in order. It returns the index after
+// the closing ']', and false, having stopped, for anything else.
+func plainStringArray(data []byte, i int, each func(start, end int)) (int, bool) {
+	i, c := jsonNext(data, i)
+	if c != '[' {
+		return i, false
+	}
+	if i, c = jsonNext(data, i+1); c == ']' {
+		return i + 1, true
+	}
+	for {
+		if c != '"' {
+			return i, false
+		}
+		end, plain, ok := scanString(data, i)
+		if !ok || !plain {
+			return i, false
+		}
+		each(i+1, end-1)
+		if i, c = jsonNext(data, end); c == ']' {
+			return i + 1, true
+		}
+		if c != ',' {
+			return i, false
+		}
+		i, c = jsonNext(data, i+1)
+	}
 }
 
 // mayBeReserved reports whether name can fold to a session claim's name:

@@ -219,34 +219,14 @@ func (a *audience) UnmarshalJSON(b []byte) error {
 // plainStrings decodes b, a JSON array of strings without escapes, as the
 // usual audience is. It reports false for anything else.
 func plainStrings(b []byte) ([]string, bool) {
-	i, c := jsonNext(b, 0)
-	if c != '[' {
+	var out []string
+	i, ok := plainStringArray(b, 0, func(start, end int) {
+		out = append(out, string(b[start:end]))
+	})
+	if !ok {
 		return nil, false
 	}
-	var out []string
-	if i, c = jsonNext(b, i+1); c == ']' {
-		i++
-	} else {
-		for {
-			if c != '"' {
-				return nil, false
-			}
-			end, plain, ok := scanString(b, i)
-			if !ok || !plain {
-				return nil, false
-			}
-			out = append(out, string(b[i+1:end-1]))
-			if i, c = jsonNext(b, end); c == ']' {
-				i++
-				break
-			}
-			if c != ',' {
-				return nil, false
-			}
-			i, c = jsonNext(b, i+1)
-		}
-	}
-	if _, c = jsonNext(b, i); c != dupEOF {
+	if _, c := jsonNext(b, i); c != dupEOF {
 		return nil, false
 	}
 	if out == nil {

@@ -215,7 +215,7 @@ func randomID() string {
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *verifiedClaims, *renewal, error) {
 	now := s.cfg.now() // one reading of the clock for the whole decision
 	v := s.ver.Load()
-	c, raw, err := s.check(ctx, v, now)
+	c, key, err := s.check(ctx, v, now)
 	if err != nil {
 		ev := Event{Kind: EventRejected, Method: method, Err: err}
 		if ae, ok := err.(*authError); ok {
@@ -232,7 +232,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.sub(), SessionID: c.sid(), Expiry: c.exp()}
 	var r *renewal
 	if method != revokeMethod { // a logout gets no renewal of the session it ends
-		r = s.renew(v, c, raw, now)
+		r = s.renew(v, c, key, now)
 	}
 	switch {
 	case r == nil:
@@ -251,42 +251,42 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 // check extracts and verifies the bearer token with v and applies the
 // session rules. It returns the claims and the token as presented. On
 // rejection it may return the verified claims (for events).
-func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifiedClaims, string, error) {
+func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifiedClaims, tokenKey, error) {
 	// One metadata lookup: auth.AuthFromMD reads only the first value, so
 	// it can neither see a second one nor save the copy made to count them.
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	switch {
 	case len(vals) == 0:
-		return nil, "", reject(ReasonTokenMissing, "")
+		return nil, tokenKey{}, reject(ReasonTokenMissing, "")
 	case len(vals) > 1:
-		return nil, "", reject(ReasonTokenInvalid, "more than one authorization value")
+		return nil, tokenKey{}, reject(ReasonTokenInvalid, "more than one authorization value")
 	}
 	scheme, raw, _ := strings.Cut(vals[0], " ")
 	if !strings.EqualFold(scheme, "bearer") || raw == "" {
-		return nil, "", reject(ReasonTokenMissing, "authorization is not a bearer token")
+		return nil, tokenKey{}, reject(ReasonTokenMissing, "authorization is not a bearer token")
 	}
 	if len(raw) > s.cfg.maxTokenSize {
-		return nil, "", reject(ReasonTokenInvalid, "token too long")
+		return nil, tokenKey{}, reject(ReasonTokenInvalid, "token too long")
 	}
 	if !isCompactJWS(raw) {
-		return nil, "", reject(ReasonTokenInvalid, "malformed token")
+		return nil, tokenKey{}, reject(ReasonTokenInvalid, "malformed token")
 	}
-	c, aerr := v.verifyCached(raw, now)
+	c, key, aerr := v.verifyCached(raw, now)
 	if c != nil && s.cfg.policy.SessionEnded(now, c.authTime()) {
-		return c, raw, reject(ReasonSessionExpired, "")
+		return c, key, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
 	// claims are checked against the revocation list too, so that a client
 	// is told SESSION_REVOKED rather than invited to refresh.
 	if c != nil {
 		if err := s.checkLive(ctx, c.sid(), now); err != nil {
-			return c, raw, err
+			return c, key, err
 		}
 	}
 	if aerr != nil {
-		return c, raw, aerr
+		return c, key, aerr
 	}
-	return c, raw, nil
+	return c, key, nil
 }
 
 // checkLive asks the revocation list, if any, whether session sid may
@@ -309,7 +309,8 @@ func (s *Server) checkLive(ctx context.Context, sid string, now time.Time) error
 var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
 
 // renew mints, under v, the renewed token for the verified claims c of the
-// token raw when the policy says one is due; it returns nil otherwise.
+// token whose cache key is key when the policy says one is due; it returns
+// nil otherwise.
 // Everything but exp, iat, jti and the freshness marker is copied from c.
 //
 // Requests presenting the same token while its renewal is due share one
@@ -317,7 +318,7 @@ var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revoca
 // They are matched on the token as presented (its digest), never on a
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
-func (s *Server) renew(v *verifier, c *verifiedClaims, raw string, now time.Time) *renewal {
+func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Time) *renewal {
 	d := s.cfg.policy.Decide(now, c.exp(), c.authTime())
 	if !d.Renew {
 		return nil
@@ -343,7 +344,7 @@ func (s *Server) renew(v *verifier, c *verifiedClaims, raw string, now time.Time
 	// shorter than the leeway), so a renewal handed out is never already
 	// expired. Whoever runs the Once mints at a time no earlier than the
 	// entry's creation, so the token's exp is no earlier than d.Expiry.
-	r := v.renewals.getOrPut(keyOf(raw), now, func() (*renewal, time.Time) {
+	r := v.renewals.getOrPut(key, now, func() (*renewal, time.Time) {
 		until := s.cfg.policy.AcceptExpiryUntil(c.exp())
 		if d.Expiry.Before(until) {
 			until = d.Expiry

@@ -109,24 +109,27 @@ func (v *verifier) verify(raw string) (*Claims, *authError) {
 //
 // It returns the claims in the compact form that the cache holds, also
 // without a cache, and for an expired token as verify does.
-func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, *authError) {
+//
+// It also returns the token's cache key, computed once for the call (the
+// renewal de-duplication uses it too); zero when the caches are off.
+func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tokenKey, *authError) {
 	var k tokenKey
 	if v.verified != nil {
 		k = keyOf(raw)
 		if c, ok := v.verified.get(k, now); ok && !now.Before(c.iat().Add(-v.policy.leeway())) {
-			return c, nil
+			return c, k, nil
 		}
 	}
 	full, err := v.verify(raw)
 	if full == nil {
-		return nil, err
+		return nil, k, err
 	}
 	c := compactClaims(full)
 	if err == nil && v.verified != nil {
 		// jwt accepts while now < exp + leeway; the entry dies then.
 		v.verified.put(k, c, v.policy.AcceptExpiryUntil(c.exp()))
 	}
-	return c, err
+	return c, k, err
 }
 
 // verifyRefresh is verify for a refresh token.

@@ -59,4 +59,10 @@
 // not know (after a FLUSHALL, a restart without persistence, a failover to
 // a lagging replica) is refused, so lost data logs sessions out and never
 // revives a revoked one.
+//
+// How soon the error comes is the client's to set: rueidis retries
+// IsRevoked's read on network errors (Create, Rotate and Revoke are not
+// retried), by default for about four seconds with Redis down, or until
+// the call's context ends. Give calls a deadline, or set the client's
+// ClientOption.DisableRetry or RetryDelay, to fail faster.
 package redisstore

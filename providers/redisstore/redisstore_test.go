@@ -409,3 +409,53 @@ func TestStore_ConcurrentRotate(t *testing.T) {
 		t.Fatalf("Rotate of a losing candidate: outcome = %v, want %v", res.Outcome, store.Reused)
 	}
 }
+
+// TestStore_ConcurrentUse runs every method at once on two clients, for
+// the race detector: each goroutine's sessions still rotate, replay and
+// revoke as they would alone.
+func TestStore_ConcurrentUse(t *testing.T) {
+	const goroutines, perG = 8, 50
+	srv := startRedis(t)
+	replicas := []*Store{New(srv.client()), New(srv.client())}
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			ctx := context.Background()
+			for i := range perG {
+				s, other := replicas[(g+i)%2], replicas[(g+i+1)%2]
+				sid := fmt.Sprint(g, "-", i)
+				revoke := i%3 == 0
+				now := t0.Add(time.Duration(i) * time.Millisecond)
+				if err := s.Create(ctx, sid, digest("r0"), now, t0.Add(keep)); err != nil {
+					t.Errorf("Create(%s): %v", sid, err)
+					return
+				}
+				first, err1 := s.Rotate(ctx, rotation(sid, "r0", "r1", now))
+				second, err2 := other.Rotate(ctx, rotation(sid, "r0", "r2", now))
+				if err1 != nil || err2 != nil || first.Outcome != store.OK || second.Outcome != store.Replay || !bytes.Equal(second.Successor, sealed("r1")) {
+					t.Errorf("session %s: %v %v, %v %v %q; want OK, Replay of r1", sid, first.Outcome, err1, second.Outcome, err2, second.Successor)
+					return
+				}
+				if revoke {
+					if err := other.Revoke(ctx, sid, now, t0.Add(keep)); err != nil {
+						t.Errorf("Revoke(%s): %v", sid, err)
+						return
+					}
+				}
+				if got, err := other.IsRevoked(ctx, sid, now); err != nil || got != revoke {
+					t.Errorf("session %s: IsRevoked = %v, %v; want %v", sid, got, err, revoke)
+					return
+				}
+				want := store.OK
+				if revoke {
+					want = store.Revoked
+				}
+				if res, err := s.Rotate(ctx, rotation(sid, "r1", "r3", now)); err != nil || res.Outcome != want {
+					t.Errorf("session %s: last Rotate = %v, %v; want %v", sid, res.Outcome, err, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

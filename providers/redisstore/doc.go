@@ -47,8 +47,10 @@
 // answer behind. An entry also expires after the cache TTL
 // ([WithCacheTTL], default [DefaultCacheTTL]): that is the documented
 // bound on how long a replica may still let a revoked session through,
-// should an invalidation be lost without the connection dropping.
-// Normally a revocation is seen within the time an invalidation message
+// should an invalidation be lost without the connection dropping, and on
+// how long cached answers may still come after Redis became unreachable
+// (a closed connection is seen at once; a silent network partition only
+// when the client's next write or ping fails). Normally a revocation is seen within the time an invalidation message
 // takes to arrive.
 //
 // # Failing closed

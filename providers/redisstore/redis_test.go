@@ -150,7 +150,7 @@ func TestStore_FailsClosed(t *testing.T) {
 		t.Fatal("IsRevoked = true, want false")
 	}
 
-	srv.stop()
+	srv.Stop()
 	// The client drops its cache when it sees the connection close, which
 	// happens shortly after the kill, not at once: until then the cached
 	// answer, right when it was cached, may still come.
@@ -192,7 +192,7 @@ func TestStore_FailsClosed(t *testing.T) {
 	})
 	call("Revoke", func(ctx context.Context) error { return s.Revoke(ctx, "s", t0, t0.Add(keep)) })
 
-	srv.start()
+	srv.Start()
 	deadline = time.Now().Add(10 * time.Second)
 	for {
 		err := s.Create(context.Background(), "s2", digest("r1"), t0, t0.Add(keep))

@@ -37,6 +37,8 @@ type Server struct {
 	signHook func()
 	// watch checks the open streams (see guardStream).
 	watch streamWatch
+	// handlers runs guarded stream handlers on reused goroutines.
+	handlers handlerWorkers
 }
 
 // NewServer returns a Server that trusts keys. It fails on an invalid

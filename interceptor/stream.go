@@ -47,7 +47,7 @@ func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss
 		cancel:       cancel,
 		wake:         make(chan struct{}),
 	}
-	go g.run(srv, handler)
+	s.handlers.run(handlerJob{g, srv, handler})
 
 	// The timer ends the stream at the session's end. Under a clock given
 	// with WithClock (a simulation, a test) real time says nothing about
@@ -83,6 +83,61 @@ func (g *guardedStream) run(srv any, handler grpc.StreamHandler) {
 	}()
 	res.err = handler(srv, g)
 	res.panicked = false
+}
+
+// handlerWorkers runs guarded handlers on goroutines that it keeps for
+// reuse, as grpc-go's NumStreamWorkers does for its own. A new goroutine
+// starts with a small stack and grows it, by copying, on the first deep
+// call (gRPC's send path is one): per stream that cost as much as the rest
+// of the guard together. A reused goroutine has grown already. An idle
+// worker exits after workerIdle, and every worker after workerJobs
+// handlers, so that a stack grown by one deep handler is given back.
+type handlerWorkers struct {
+	jobs chan handlerJob // unbuffered: a send succeeds only to an idle worker
+	once sync.Once
+}
+
+// handlerJob is one guarded handler to run.
+type handlerJob struct {
+	g       *guardedStream
+	srv     any
+	handler grpc.StreamHandler
+}
+
+const (
+	workerIdle = 10 * time.Second
+	workerJobs = 1 << 16
+)
+
+// run runs j on an idle worker, or on a new one.
+func (w *handlerWorkers) run(j handlerJob) {
+	w.once.Do(func() { w.jobs = make(chan handlerJob) })
+	select {
+	case w.jobs <- j:
+	default:
+		go w.work(j)
+	}
+}
+
+// work runs j, then the jobs it receives while it is not idle too long.
+func (w *handlerWorkers) work(j handlerJob) {
+	var idle *time.Timer
+	for n := 1; ; n++ {
+		j.g.run(j.srv, j.handler)
+		if n == workerJobs {
+			return
+		}
+		if idle == nil {
+			idle = time.NewTimer(workerIdle)
+		} else {
+			idle.Reset(workerIdle)
+		}
+		select {
+		case j = <-w.jobs:
+		case <-idle.C:
+			return
+		}
+	}
 }
 
 type handlerResult struct {

@@ -1107,3 +1107,20 @@ func TestVerify_DuplicateNamesRefresh(t *testing.T) {
 		})
 	}
 }
+
+// TestIsCompactJWS_EveryByte: a token may hold base64url's alphabet and
+// dots, and no other byte (CR and LF included, which Go's base64 decoders
+// would skip).
+func TestIsCompactJWS_EveryByte(t *testing.T) {
+	const allowed = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+	for c := range 256 {
+		raw := "eyJ" + string([]byte{byte(c)}) + ".e30.sig"
+		want := strings.IndexByte(allowed, byte(c)) >= 0
+		if got := isCompactJWS(raw); got != want {
+			t.Errorf("isCompactJWS with byte %#02x = %v, want %v", c, got, want)
+		}
+	}
+	if !isCompactJWS("") {
+		t.Error(`isCompactJWS("") = false; the empty token is refused elsewhere, not here`)
+	}
+}

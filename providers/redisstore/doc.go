@@ -59,12 +59,31 @@
 // then fails the call with codes.Unavailable: nothing is let through
 // because a lookup failed. The store is an allow-list: a session Redis does
 // not know (after a FLUSHALL, a restart without persistence, a failover to
-// a lagging replica) is refused, so lost data logs sessions out and never
-// revives a revoked one.
+// a replica that never received it) is refused, so lost data logs sessions
+// out and never revives a revoked one. The one exception is a revocation
+// lost on its own: Redis replicates asynchronously, so a failover right
+// after a Revoke, to a replica that has the session but not yet the
+// revocation, makes the session live again.
 //
-// How soon the error comes is the client's to set: rueidis retries
-// IsRevoked's read on network errors (Create, Rotate and Revoke are not
-// retried), by default for about four seconds with Redis down, or until
-// the call's context ends. Give calls a deadline, or set the client's
-// ClientOption.DisableRetry or RetryDelay, to fail faster.
+// Every call is bounded by the store's timeout ([WithTimeout], default
+// [DefaultTimeout]: one second), or by the call's context when that ends
+// sooner: with Redis killed, or hung (a stopped process, a silent
+// partition) so that nothing answers, each method returns an error within
+// the timeout, IsRevoked with revoked = true, and the RPC fails with
+// codes.Unavailable. Without the bound a call would wait out rueidis's
+// read retries (about four seconds) or, on a hung Redis, as long as it
+// hangs. IsRevoked may still answer from the cache for up to the cache TTL
+// after Redis stopped answering (see above): for a hung Redis that is
+// still its last word, but across a silent partition that only this
+// replica suffers, a revocation made meanwhile by another replica is seen
+// when that TTL ends. When Redis answers again the same store works
+// again, without a restart of the replicas.
+//
+// A call that timed out may still take effect, if Redis received it and
+// answers late (a paused server that resumes): a Revoke then revokes, a
+// Create records a session nobody holds (it expires at its keep-until),
+// and a Rotate whose answer was lost makes the presented refresh token the
+// previous one, which the client may present again within the grace period
+// and get the same successor; after the grace period that is reuse, and
+// revokes the session.
 package redisstore

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +35,27 @@ func Binary(t testing.TB, name, install string) string {
 	return ""
 }
 
+// OptionalBinary is [Binary] for a program that CI does not install: without
+// it the test is skipped, also when CI is set, with why in the message.
+func OptionalBinary(t testing.TB, name, why string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s is not on PATH: skipping this test, also under CI (%s)", name, why)
+	}
+	return bin
+}
+
+// StartValkey is [Start] with valkey-server. Without it on PATH the test
+// is skipped, even when CI is set: CI runs on Debian 12, which has no
+// valkey package, so failing there would leave nothing to fix; the tests
+// run wherever valkey-server is installed.
+func StartValkey(t testing.TB, args ...string) *Server {
+	t.Helper()
+	bin := OptionalBinary(t, "valkey-server", "Debian 12 has no valkey package; install Valkey 7.2+ to run these tests")
+	return StartBinary(t, bin, args...)
+}
+
 // A Server is one redis-server process started by a test.
 type Server struct {
 	t    testing.TB
@@ -41,7 +63,11 @@ type Server struct {
 	addr string
 	dir  string
 	args []string
-	cmd  *exec.Cmd
+	// conf, if set, is a config file passed first on the command line
+	// (Sentinel needs one it can rewrite).
+	conf   string
+	cmd    *exec.Cmd
+	paused bool
 }
 
 // Start starts redis-server on a free loopback port, without persistence,
@@ -57,7 +83,20 @@ func Start(t testing.TB, args ...string) *Server {
 // line, such as valkey-server.
 func StartBinary(t testing.TB, bin string, args ...string) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: bin, addr: FreeAddr(t), dir: t.TempDir(), args: args}
+	return start(t, bin, FreeAddr(t), "", args)
+}
+
+// start starts bin on addr, in a new directory, with the config file
+// conf (if not "") written there first, and stops it when the test ends.
+func start(t testing.TB, bin, addr, conf string, args []string) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: bin, addr: addr, dir: t.TempDir(), args: args}
+	if conf != "" {
+		s.conf = filepath.Join(s.dir, "redis.conf")
+		if err := os.WriteFile(s.conf, []byte(conf), 0o600); err != nil {
+			t.Fatalf("writing %s: %v", s.conf, err)
+		}
+	}
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
@@ -67,12 +106,23 @@ func StartBinary(t testing.TB, bin string, args ...string) *Server {
 // ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+	return FreeAddrs(t, 1)[0]
+}
+
+// FreeAddrs returns n loopback addresses with distinct ports that were free
+// a moment ago.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		defer l.Close() // held until all are found, so that they differ
+		addrs[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // Addr is the server's host:port.
@@ -95,11 +145,15 @@ func (s *Server) Start() {
 	if s.cmd != nil {
 		return
 	}
-	args := []string{
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf)
+	}
+	args = append(args,
 		"--bind", "127.0.0.1", "--port", s.Port(), "--dir", s.dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
 		"--loglevel", "warning", "--logfile", "",
-	}
+	)
 	s.cmd = exec.Command(s.bin, append(args, s.args...)...)
 	setProcAttr(s.cmd)
 	if err := s.cmd.Start(); err != nil {
@@ -122,9 +176,37 @@ func (s *Server) Stop() {
 	if s.cmd == nil {
 		return
 	}
-	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Process.Kill() // SIGKILL ends a paused process too
 	_ = s.cmd.Wait()
-	s.cmd = nil
+	s.cmd, s.paused = nil, false
+}
+
+// Pause stops the server's process (SIGSTOP) without closing its
+// connections or its listening socket: clients connect and write, and
+// nothing answers, as with a hung server or a silent network partition.
+// The test is skipped where there is no SIGSTOP.
+func (s *Server) Pause() {
+	s.t.Helper()
+	if s.cmd == nil || s.paused {
+		return
+	}
+	if err := stopProcess(s.cmd.Process); err != nil {
+		s.t.Skipf("pausing %s: %v", s.bin, err)
+	}
+	s.paused = true
+}
+
+// Resume continues a paused server (SIGCONT): it answers whatever it was
+// sent meanwhile.
+func (s *Server) Resume() {
+	s.t.Helper()
+	if s.cmd == nil || !s.paused {
+		return
+	}
+	if err := continueProcess(s.cmd.Process); err != nil {
+		s.t.Fatalf("resuming %s: %v", s.bin, err)
+	}
+	s.paused = false
 }
 
 // Ping reports whether a server answers PING at addr within a second.

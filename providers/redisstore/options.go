@@ -10,6 +10,19 @@ import (
 // It bounds the staleness of a revocation whose invalidation was lost.
 const DefaultCacheTTL = time.Second
 
+// DefaultTimeout bounds every store operation, unless [WithTimeout] says
+// otherwise. A healthy Redis answers each of the store's one-key scripts in
+// well under a millisecond, and a reconnect or a Cluster redirect adds a
+// few; one second leaves three orders of magnitude for a loaded server,
+// yet turns a Redis that is down or hung into codes.Unavailable within a
+// second. Without a bound, a call waits out rueidis's read retries (about
+// four seconds) with Redis down, and with Redis hung as long as it hangs
+// (each new connection's handshake waits for the client's write timeout,
+// ten seconds, and reads are retried). It equals [DefaultCacheTTL], so a
+// replica stops answering from a hung Redis's cache within about two
+// seconds at worst.
+const DefaultTimeout = time.Second
+
 // DefaultKeyPrefix starts the name of every key the store writes, unless
 // [WithKeyPrefix] says otherwise.
 const DefaultKeyPrefix = "slidejwt"
@@ -19,11 +32,12 @@ type Option func(*options)
 
 type options struct {
 	cacheTTL  time.Duration
+	timeout   time.Duration
 	keyPrefix string
 }
 
 func defaultOptions() options {
-	return options{cacheTTL: DefaultCacheTTL, keyPrefix: DefaultKeyPrefix}
+	return options{cacheTTL: DefaultCacheTTL, timeout: DefaultTimeout, keyPrefix: DefaultKeyPrefix}
 }
 
 // WithCacheTTL sets how long IsRevoked may answer a session's liveness from
@@ -34,6 +48,22 @@ func WithCacheTTL(ttl time.Duration) Option {
 	return func(o *options) {
 		if ttl > 0 {
 			o.cacheTTL = ttl
+		}
+	}
+}
+
+// WithTimeout bounds each call of a store method (default
+// [DefaultTimeout]): when Redis does not answer within d, the call returns
+// an error (IsRevoked with revoked = true), and the server fails the RPC
+// with codes.Unavailable. The call's own context still applies when it
+// ends sooner. A call that timed out may still take effect if Redis
+// answers later (see the package doc). A timeout of zero or less keeps the
+// default: there is no unbounded mode, since a call stuck on a hung Redis
+// holds its RPC until the client gives up.
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.timeout = d
 		}
 	}
 }

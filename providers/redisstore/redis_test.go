@@ -5,16 +5,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
-// TestStore_KeysExpireAtKeepUntil: a session is one hash in the session
+// testKeysExpireAtKeepUntil: a session is one hash in the session
 // id's hash slot, and it carries a TTL that ends at the keep-until the
 // server gave, moved later (never earlier) by rotations and revocations.
 // Redis expires keys by its own clock, so this test takes keep-until from
 // the wall clock.
-func TestStore_KeysExpireAtKeepUntil(t *testing.T) {
-	srv := startRedis(t)
+func testKeysExpireAtKeepUntil(t *testing.T, start starter) {
+	srv := start(t)
 	c := srv.client()
 	s := New(c)
 	now := time.Now()
@@ -77,10 +81,10 @@ func TestStore_KeyPrefix(t *testing.T) {
 	}
 }
 
-// TestStore_FlushAllDoesNotRevive: a revoked session stays refused after
+// testFlushAllDoesNotRevive: a revoked session stays refused after
 // Redis loses its data, also for a store whose cache had answered for it.
-func TestStore_FlushAllDoesNotRevive(t *testing.T) {
-	srv := startRedis(t)
+func testFlushAllDoesNotRevive(t *testing.T, start starter) {
+	srv := start(t)
 	c := srv.client()
 	s := New(c, WithCacheTTL(time.Hour))
 	mustCreate(t, s, "s", "r1", t0, t0.Add(keep))
@@ -104,11 +108,11 @@ func TestStore_FlushAllDoesNotRevive(t *testing.T) {
 	}
 }
 
-// TestStore_IsRevokedFromMemory: in steady state IsRevoked does not reach
+// testIsRevokedFromMemory: in steady state IsRevoked does not reach
 // Redis, and a revocation through another client (another replica) is
 // seen by Redis's invalidation, long before the cache TTL would end it.
-func TestStore_IsRevokedFromMemory(t *testing.T) {
-	srv := startRedis(t)
+func testIsRevokedFromMemory(t *testing.T, start starter) {
+	srv := start(t)
 	admin := srv.client()
 	a := New(srv.client(), WithCacheTTL(time.Hour))
 	b := New(srv.client())
@@ -137,80 +141,128 @@ func TestStore_IsRevokedFromMemory(t *testing.T) {
 	t.Logf("revocation seen by the other client after %v", time.Since(revokedAt))
 }
 
-// TestStore_FailsClosed: with Redis down every method returns an error,
-// IsRevoked included although its answer was cached (once the client saw
-// the connection close, which the test waits for); once Redis is back
-// on the same address the same store works again (with its data gone:
-// the old session is refused).
-func TestStore_FailsClosed(t *testing.T) {
-	srv := startRedis(t)
-	s := New(srv.client(), WithCacheTTL(time.Hour))
-	mustCreate(t, s, "s", "r1", t0, t0.Add(keep))
-	if isRevoked(t, s, "s", t0) {
-		t.Fatal("IsRevoked = true, want false")
-	}
-
-	srv.Stop()
-	// The client drops its cache when it sees the connection close, which
-	// happens shortly after the kill, not at once: until then the cached
-	// answer, right when it was cached, may still come.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		revoked, err := s.IsRevoked(ctx, "s", t0)
-		cancel()
-		if err != nil {
-			if !revoked {
-				t.Fatal("IsRevoked with Redis down = false with an error, want true")
+// testFailsClosed: with Redis killed, or hung (paused with SIGSTOP: its
+// connections stay open and nothing answers), every method returns an
+// error within the store's timeout (plus a generous slack for a loaded
+// machine) although the calls carry no deadline of their own; IsRevoked
+// says revoked with its error, also for a session whose answer it had
+// cached, once the cache TTL or the connection ended that answer; and an
+// RPC on a replica over the store fails with codes.Unavailable. When Redis
+// is back the same store and replica recover on their own: after a pause
+// with the sessions Redis kept, after a restart without persistence with
+// the old sessions refused (allow-list).
+func testFailsClosed(t *testing.T, start starter) {
+	const (
+		timeout  = 300 * time.Millisecond
+		cacheTTL = 300 * time.Millisecond
+		slack    = time.Second
+	)
+	for _, tc := range []struct {
+		name     string
+		down, up func(*redisServer)
+		dataKept bool
+	}{
+		{"killed", func(r *redisServer) { r.Stop() }, func(r *redisServer) { r.Start() }, false},
+		{"paused", func(r *redisServer) { r.Pause() }, func(r *redisServer) { r.Resume() }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := start(t)
+			rep := newReplica(t, testKeys(t), rueidis.ClientOption{InitAddress: []string{srv.Addr()}},
+				WithTimeout(timeout), WithCacheTTL(cacheTTL))
+			s := rep.store
+			bg := context.Background()
+			sess := rep.login(t)
+			if err := rep.call(bg, sess); err != nil {
+				t.Fatalf("RPC with Redis up: %v", err)
 			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("IsRevoked still answered from the cache 5s after Redis went down: the cache was not dropped with the connection")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	call := func(name string, f func(ctx context.Context) error) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := f(ctx); err == nil {
-			t.Errorf("%s with Redis down: no error", name)
-		}
-	}
-	call("IsRevoked", func(ctx context.Context) error {
-		revoked, err := s.IsRevoked(ctx, "s", t0)
-		if err == nil && !revoked {
-			t.Error("IsRevoked with Redis down = false, nil: a lookup that failed let the session through")
-		}
-		return err
-	})
-	call("Create", func(ctx context.Context) error { return s.Create(ctx, "s2", digest("r1"), t0, t0.Add(keep)) })
-	call("Rotate", func(ctx context.Context) error {
-		_, err := s.Rotate(ctx, rotation("s", "r1", "r2", t0))
-		return err
-	})
-	call("Revoke", func(ctx context.Context) error { return s.Revoke(ctx, "s", t0, t0.Add(keep)) })
+			mustCreate(t, s, "s", "r1", t0, t0.Add(keep))
+			mustCreate(t, s, "victim", "r1", t0, t0.Add(keep))
+			if isRevoked(t, s, "s", t0) {
+				t.Fatal("IsRevoked = true, want false")
+			}
 
-	srv.Start()
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		err := s.Create(context.Background(), "s2", digest("r1"), t0, t0.Add(keep))
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Create 10s after Redis came back: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if res := mustRotate(t, s, rotation("s2", "r1", "r2", t0)); res.Outcome != store.OK {
-		t.Fatalf("Rotate after the restart: outcome = %v, want %v", res.Outcome, store.OK)
-	}
-	if isRevoked(t, s, "s2", t0) {
-		t.Fatal("IsRevoked(s2) after the restart = true, want false")
-	}
-	if !isRevoked(t, s, "s", t0) {
-		t.Fatal("IsRevoked(s) after a restart without persistence = false, want true (allow-list)")
+			tc.down(srv)
+			// A cached answer (the right one: nothing changed) may still
+			// come until the client sees the connection close or the
+			// cache TTL ends; then every answer is an error.
+			deadline := time.Now().Add(cacheTTL + timeout + slack)
+			for {
+				revoked, err := s.IsRevoked(bg, "s", t0)
+				if err != nil {
+					if !revoked {
+						t.Fatal("IsRevoked with Redis down = false with an error, want true")
+					}
+					break
+				}
+				if revoked {
+					t.Fatal("IsRevoked with Redis down = true without an error, want a cached false or an error")
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("IsRevoked still answered from the cache %v after Redis went down (cache TTL %v)", cacheTTL+timeout+slack, cacheTTL)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			bounded := func(name string, f func(context.Context) error) {
+				t.Helper()
+				begin := time.Now()
+				err := f(bg)
+				took := time.Since(begin)
+				if err == nil {
+					t.Errorf("%s with Redis %s: no error", name, tc.name)
+				}
+				if took > timeout+slack {
+					t.Errorf("%s with Redis %s took %v, want at most the timeout %v plus %v", name, tc.name, took, timeout, slack)
+				}
+			}
+			bounded("IsRevoked", func(ctx context.Context) error {
+				revoked, err := s.IsRevoked(ctx, "never-cached", t0)
+				if !revoked {
+					t.Error("IsRevoked with Redis down = false: a lookup that failed let the session through")
+				}
+				return err
+			})
+			bounded("Create", func(ctx context.Context) error { return s.Create(ctx, "s2", digest("r1"), t0, t0.Add(keep)) })
+			bounded("Rotate", func(ctx context.Context) error {
+				_, err := s.Rotate(ctx, rotation("s", "r1", "r2", t0))
+				return err
+			})
+			bounded("Revoke", func(ctx context.Context) error { return s.Revoke(ctx, "victim", t0, t0.Add(keep)) })
+			bounded("RPC", func(ctx context.Context) error {
+				err := rep.call(ctx, sess)
+				if status.Code(err) != codes.Unavailable {
+					t.Errorf("RPC with Redis %s: %v, want code %v", tc.name, err, codes.Unavailable)
+				}
+				return err
+			})
+
+			tc.up(srv)
+			deadline = time.Now().Add(10 * time.Second)
+			for {
+				err := s.Create(bg, "s3", digest("r1"), t0, t0.Add(keep))
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("Create 10s after Redis came back: %v", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if res := mustRotate(t, s, rotation("s3", "r1", "r2", t0)); res.Outcome != store.OK {
+				t.Fatalf("Rotate after Redis came back: outcome = %v, want %v", res.Outcome, store.OK)
+			}
+			if isRevoked(t, s, "s3", t0) {
+				t.Fatal("IsRevoked(s3) after Redis came back = true, want false")
+			}
+			if err := rep.call(bg, rep.login(t)); err != nil {
+				t.Fatalf("RPC of a new session after Redis came back: %v", err)
+			}
+			err := rep.call(bg, sess)
+			switch {
+			case tc.dataKept && err != nil:
+				t.Fatalf("RPC of the old session after a pause: %v, want it let through", err)
+			case !tc.dataKept && !isRevokedReason(err):
+				t.Fatalf("RPC of the old session after a restart without persistence: %v, want SESSION_REVOKED (allow-list)", err)
+			}
+		})
 	}
 }

@@ -19,7 +19,8 @@ var ErrUnexpectedReply = errors.New("redisstore: unexpected reply from redis")
 
 // Store is a [store.SessionStore] in Redis. Its methods are safe for
 // concurrent use; each is one round trip to Redis (IsRevoked usually
-// none), and each returns an error when Redis cannot answer.
+// none), and each returns an error when Redis cannot answer within the
+// store's timeout ([WithTimeout]).
 type Store struct {
 	client rueidis.Client
 	opts   options
@@ -51,6 +52,8 @@ func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 // Create implements [store.SessionStore]. It replaces whatever the store
 // held under sessionID.
 func (s *Store) Create(ctx context.Context, sessionID string, refresh store.Digest, _, keepUntil time.Time) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	res := createScript.Exec(ctx, s.client, []string{s.key(sessionID)}, []string{string(refresh[:]), ms(keepUntil)})
 	if err := res.Error(); err != nil {
 		return fmt.Errorf("redisstore: create: %w", err)
@@ -61,6 +64,8 @@ func (s *Store) Create(ctx context.Context, sessionID string, refresh store.Dige
 // Rotate implements [store.SessionStore] in one script, with the outcomes
 // of [store.Outcome]. Times are compared in milliseconds.
 func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	res := rotateScript.Exec(ctx, s.client, []string{s.key(r.SessionID)}, []string{
 		string(r.Presented[:]), string(r.Next[:]), string(r.Successor),
 		ms(r.Now), ms(r.GraceUntil), ms(r.KeepUntil),
@@ -98,6 +103,8 @@ func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, err
 // know records nothing: it is refused already. The revoked record is kept
 // until the later of its keep-until and keepUntil.
 func (s *Store) Revoke(ctx context.Context, sessionID string, now, keepUntil time.Time) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	res := revokeScript.Exec(ctx, s.client, []string{s.key(sessionID)}, []string{ms(now), ms(keepUntil)})
 	if err := res.Error(); err != nil {
 		return fmt.Errorf("redisstore: revoke: %w", err)
@@ -111,6 +118,8 @@ func (s *Store) Revoke(ctx context.Context, sessionID string, now, keepUntil tim
 // when it can (see the package doc for the staleness bound), and is an
 // error, never false, when Redis cannot answer.
 func (s *Store) IsRevoked(ctx context.Context, sessionID string, now time.Time) (bool, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	cmd := s.client.B().Hmget().Key(s.key(sessionID)).Field("rev", "keep").Cache()
 	reply, err := s.client.DoCache(ctx, cmd, s.opts.cacheTTL).ToArray()
 	if err != nil {

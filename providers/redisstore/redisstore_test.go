@@ -96,10 +96,10 @@ type step struct {
 
 func revokeAt(at time.Duration) step { return step{at: at} }
 
-// TestStore_RotateOutcomes is memstore's table of rotation outcomes, with
+// testRotateOutcomes is memstore's table of rotation outcomes, with
 // the boundaries one millisecond either side.
-func TestStore_RotateOutcomes(t *testing.T) {
-	srv := startRedis(t)
+func testRotateOutcomes(t *testing.T, start starter) {
+	srv := start(t)
 	s := New(srv.client())
 	for i, tc := range []struct {
 		name        string
@@ -253,11 +253,11 @@ func TestStore_RotateOutcomes(t *testing.T) {
 	}
 }
 
-// TestStore_SuccessorIsTheStoredCopy: a replay returns the bytes the
+// testSuccessorIsTheStoredCopy: a replay returns the bytes the
 // winning rotation carried, even when the caller reuses its buffer or
 // writes into what a replay returned.
-func TestStore_SuccessorIsTheStoredCopy(t *testing.T) {
-	s := New(startRedis(t).client())
+func testSuccessorIsTheStoredCopy(t *testing.T, start starter) {
+	s := New(start(t).client())
 	mustCreate(t, s, "s", "r1", t0, t0.Add(keep))
 	r := rotation("s", "r1", "r2", t0)
 	if res := mustRotate(t, s, r); res.Outcome != store.OK {
@@ -273,10 +273,10 @@ func TestStore_SuccessorIsTheStoredCopy(t *testing.T) {
 	}
 }
 
-// TestStore_IsRevoked is memstore's allow-list table, with the keep-until
+// testIsRevoked is memstore's allow-list table, with the keep-until
 // boundary one millisecond either side.
-func TestStore_IsRevoked(t *testing.T) {
-	srv := startRedis(t)
+func testIsRevoked(t *testing.T, start starter) {
+	srv := start(t)
 	s := New(srv.client())
 	keepUntil := t0.Add(keep)
 	rotateKeeping := func(d time.Duration) func(*testing.T, string) {
@@ -335,10 +335,10 @@ func TestStore_IsRevoked(t *testing.T) {
 	}
 }
 
-// TestStore_RevokeUnknown: revoking a session the store does not know is
+// testRevokeUnknown: revoking a session the store does not know is
 // not an error and writes nothing; the session stays refused.
-func TestStore_RevokeUnknown(t *testing.T) {
-	srv := startRedis(t)
+func testRevokeUnknown(t *testing.T, start starter) {
+	srv := start(t)
 	c := srv.client()
 	s := New(c)
 	mustRevoke(t, s, "ghost", t0, t0.Add(keep))
@@ -354,27 +354,27 @@ func TestStore_RevokeUnknown(t *testing.T) {
 	}
 }
 
-// TestStore_ConcurrentRotate: 50 goroutines, on two clients as two
+// testConcurrentRotate: 50 goroutines, on two clients as two
 // replicas would be, rotate the same presented digest at once. Exactly
 // one gets OK; every other gets Replay with the winner's successor, and
 // no losing candidate becomes current.
-func TestStore_ConcurrentRotate(t *testing.T) {
+func testConcurrentRotate(t *testing.T, start starter) {
 	const n = 50
-	srv := startRedis(t)
+	srv := start(t)
 	replicas := []*Store{New(srv.client()), New(srv.client())}
 	mustCreate(t, replicas[0], "s", "r1", t0, t0.Add(keep))
 
 	results := make([]store.Result, n)
 	errs := make([]error, n)
-	start := make(chan struct{})
+	begin := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			<-start
+			<-begin
 			results[i], errs[i] = replicas[i%2].Rotate(context.Background(), rotation("s", "r1", fmt.Sprint("n", i), t0))
 		})
 	}
-	close(start)
+	close(begin)
 	wg.Wait()
 
 	winner := -1
@@ -410,12 +410,12 @@ func TestStore_ConcurrentRotate(t *testing.T) {
 	}
 }
 
-// TestStore_ConcurrentUse runs every method at once on two clients, for
+// testConcurrentUse runs every method at once on two clients, for
 // the race detector: each goroutine's sessions still rotate, replay and
 // revoke as they would alone.
-func TestStore_ConcurrentUse(t *testing.T) {
+func testConcurrentUse(t *testing.T, start starter) {
 	const goroutines, perG = 8, 50
-	srv := startRedis(t)
+	srv := start(t)
 	replicas := []*Store{New(srv.client()), New(srv.client())}
 	var wg sync.WaitGroup
 	for g := range goroutines {

@@ -26,6 +26,13 @@ func startRedis(t testing.TB) *redisServer {
 	return &redisServer{Server: redistest.Start(t), t: t}
 }
 
+// startValkey is startRedis with valkey-server; without it the test is
+// skipped, also under CI (see TestValkey).
+func startValkey(t testing.TB) *redisServer {
+	t.Helper()
+	return &redisServer{Server: redistest.StartValkey(t), t: t}
+}
+
 // client returns a new rueidis client of r, closed when the test ends.
 func (r *redisServer) client() rueidis.Client {
 	r.t.Helper()

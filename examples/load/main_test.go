@@ -144,6 +144,30 @@ func TestRun_Redis(t *testing.T) {
 	}
 }
 
+// TestRun_RedisFlushed: Redis losing the sessions in the middle of the
+// run (FLUSHALL) makes the calls fail authentication, and the run fail.
+func TestRun_RedisFlushed(t *testing.T) {
+	srv := redistest.Start(t)
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := defaultConfig()
+	cfg.clients, cfg.duration, cfg.redis = 2, 2*time.Second, srv.Addr()
+	flushed := make(chan error, 1)
+	time.AfterFunc(700*time.Millisecond, func() {
+		flushed <- c.Do(context.Background(), c.B().Flushall().Build()).Error()
+	})
+	res, out := runBounded(t, cfg, time.Minute)
+	if err := <-flushed; err != nil {
+		t.Fatalf("FLUSHALL: %v", err)
+	}
+	if res.AuthFailures == 0 || res.OK() || !strings.Contains(out, "result           FAIL\n") {
+		t.Errorf("auth failures %d, OK() = %v; want failures and FAIL after the flush:\n%s", res.AuthFailures, res.OK(), out)
+	}
+}
+
 // TestRun_RedisUnreachable: with no Redis at the address, the run fails
 // before any call, naming Redis.
 func TestRun_RedisUnreachable(t *testing.T) {

@@ -30,10 +30,12 @@ import (
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"github.com/slidejwt/slidejwt/providers/redisstore"
 )
 
 // The benchmark matrix. The names are part of the benchmarks' contract:
-// runs from different commits compare by name.
+// runs from different commits compare by name. BenchmarkUnary also runs
+// the Redis cases (redis_test.go; casesOf).
 var (
 	algs     = []string{"HS256", "ES256", "EdDSA"}
 	cases    = []string{caseFloor, caseMiddleware, caseSteady, caseRenew, caseRenewEvery, caseRefreshRPC}
@@ -74,11 +76,15 @@ func benchFamily(b *testing.B, family string, op func(*fixture) error) {
 	keys := mustKeys(b)
 	for _, alg := range algs {
 		b.Run(alg, func(b *testing.B) {
-			for _, c := range cases {
+			for _, c := range casesOf(family) {
 				b.Run(c, func(b *testing.B) {
 					f := newFixture(b, context.Background(), keys[alg], c)
 					if err := f.check(family); err != nil {
 						b.Fatal(err)
+					}
+					var cmds commandStats
+					if f.redis != nil {
+						cmds = f.redis.mustCommands(b)
 					}
 					b.ReportAllocs()
 					for b.Loop() {
@@ -90,6 +96,10 @@ func benchFamily(b *testing.B, family string, op func(*fixture) error) {
 					if err := f.checkEvery(); err != nil {
 						b.Fatal(err)
 					}
+					if f.redis != nil {
+						n := f.redis.mustCommands(b).roundTrips() - cmds.roundTrips()
+						b.ReportMetric(float64(n)/float64(b.N), "redis-rt/op")
+					}
 				})
 			}
 		})
@@ -99,12 +109,13 @@ func benchFamily(b *testing.B, family string, op func(*fixture) error) {
 // TestBenchSetup runs every benchmark case's check once, so that `go test`
 // without -bench keeps the benchmarks honest: every call succeeds with the
 // same response, steady gets no renewed token and renew gets one (the same
-// one on every call), refresh-rpc rotates its refresh token.
+// one on every call), refresh-rpc rotates its refresh token. The Redis
+// cases are skipped without redis-server, as in the benchmarks.
 func TestBenchSetup(t *testing.T) {
 	keys := mustKeys(t)
 	for _, family := range families {
 		for _, alg := range algs {
-			for _, c := range cases {
+			for _, c := range casesOf(family) {
 				t.Run(family+"/"+alg+"/"+c, func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 					defer cancel()
@@ -124,7 +135,7 @@ func TestBenchSetup(t *testing.T) {
 func TestBenchSetup_ForgedToken(t *testing.T) {
 	keys := mustKeys(t)
 	for _, alg := range algs {
-		for _, c := range cases {
+		for _, c := range casesOf(familyUnary) {
 			t.Run(alg+"/"+c, func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 				defer cancel()
@@ -230,6 +241,9 @@ type fixture struct {
 	tokens       slidejwtv1.TokenServiceClient
 	refreshToken string
 
+	// The Redis cases only: the case's redis-server.
+	redis *benchRedis
+
 	presented   string // the access token the client starts with
 	wantRenewal bool   // whether every call gets a renewed token back
 
@@ -245,8 +259,9 @@ type fixture struct {
 }
 
 // newFixture starts case c's server on a loopback TCP port and dials it.
-// Both are stopped by tb's cleanup. ctx is the parent of every call.
-func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixture {
+// Both are stopped by tb's cleanup. ctx is the parent of every call. opts
+// apply to a Redis case's client.
+func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string, opts ...fixtureOption) *fixture {
 	tb.Helper()
 	f := &fixture{
 		name:     c,
@@ -291,6 +306,13 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 		minter = sessions
 		srvOpts = ours(sessions)
 		fixed = false
+	case caseSteadyRedis:
+		var rs *redisstore.Store
+		f.redis, rs = newRedisStore(tb, opts...)
+		sessions = mustServer(interceptor.WithSessionStore(rs))
+		minter = sessions
+		srvOpts = ours(sessions)
+		fixed = false
 	case caseRenew:
 		sessions = mustServer(interceptor.WithPolicy(renewPolicy))
 		// Minted a minute ago, so that a renewal (whose exp is a whole
@@ -320,6 +342,13 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 		minter = sessions
 		srvOpts = ours(sessions)
 		fixed = false
+	case caseRefreshRPCRedis:
+		var rs *redisstore.Store
+		f.redis, rs = newRedisStore(tb, opts...)
+		sessions = mustServer(interceptor.WithSessionStore(rs))
+		minter = sessions
+		srvOpts = ours(sessions)
+		fixed = false
 	default:
 		tb.Fatalf("unknown case %q", c)
 	}
@@ -329,7 +358,7 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 		tb.Fatal(err)
 	}
 	f.presented = sess.AccessToken
-	if c == caseSteady || c == caseRenewEvery {
+	if c == caseSteady || c == caseSteadyRedis || c == caseRenewEvery {
 		opts := []interceptor.ClientOption{interceptor.AllowInsecureTransport()}
 		if f.clock != nil {
 			opts = append(opts, interceptor.WithClock(f.clock.now),
@@ -349,18 +378,19 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string) *fixtu
 		f.ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs("authorization", "Bearer "+sess.AccessToken))
 	}
 
+	refresh := c == caseRefreshRPC || c == caseRefreshRPCRedis
 	f.addr = serve(tb, srvOpts, svc, func(s *grpc.Server) {
-		if c == caseRefreshRPC {
+		if refresh {
 			slidejwtv1.RegisterTokenServiceServer(s, sessions.TokenService())
 		}
 	})
 	conn := dial(tb, f.addr, dialOpts...)
 	f.demo = demov1.NewDemoServiceClient(conn)
-	if c == caseRefreshRPC {
+	if refresh {
 		f.tokens = slidejwtv1.NewTokenServiceClient(conn)
 		f.refreshToken = sess.RefreshToken
 		if f.refreshToken == "" {
-			tb.Fatal("refresh-rpc: StartSession returned no refresh token")
+			tb.Fatalf("%s: StartSession returned no refresh token", c)
 		}
 	}
 	return f

@@ -24,6 +24,22 @@
 //     presents the same token on every call.
 //   - refresh-rpc: a TokenService.Refresh round trip before every call,
 //     rotating the refresh token, then the call with the new access token.
+//     The session store is the in-memory one (memstore).
+//
+// BenchmarkUnary also runs two cases with the Redis session store
+// (providers/redisstore), each against a redis-server of its own started on
+// a loopback port (internal/redistest); without redis-server on PATH they
+// are skipped and the other cases run (with CI set, they fail):
+//
+//   - steady-redis: steady with the Redis store attached, so that every
+//     call asks whether the session is live; the answer comes from the
+//     client-side cache. Its target is the same as steady's, 1.10× floor.
+//   - refresh-rpc-redis: refresh-rpc with the Redis store, to compare with
+//     refresh-rpc.
+//
+// Both report redis-rt/op, the round trips to Redis per call, counted by
+// Redis (INFO commandstats); TestSteadyRedis_LookupsFromCache checks that
+// steady-redis's lookups come from the cache.
 //
 // BenchmarkSessions/<alg>/<n>/<load>/<case> sweeps n = 1,000, 10,000 and
 // 100,000 live sessions, each presenting its own token on Echo calls,

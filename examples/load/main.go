@@ -8,6 +8,22 @@
 //
 //	go run ./examples/load --clients 8 --duration 5s
 //
+// With --redis it starts two server replicas instead, A and B, on two
+// loopback ports, with the same signing key and each with a rueidis client
+// and a Redis session store of its own, sharing one Redis; every call then
+// also asks the store whether its session is live (answered from the
+// client-side cache in steady state). Client i makes its calls on replica
+// i mod 2, and its session is started on the other one. Every
+// --refresh-every, each client also refreshes its session through
+// TokenService.Refresh on the other replica (rotating its refresh token in
+// Redis) and makes one Echo call presenting the new access token to its own
+// replica: the refresh of a client that comes back, beside the holder's
+// renewals. The sessions' keys in Redis start with "slidejwt-load" and
+// expire by themselves an hour and 30 s (the session lifetime and the
+// leeway) after the run started.
+//
+//	go run ./examples/load --redis 127.0.0.1:6379
+//
 // Flags:
 //
 //	--clients     concurrent clients, each with its own session and connection (default 8, at most 1024)
@@ -17,13 +33,17 @@
 //	--ttl         the sessions' idle window; renewal is always due (default 2s, at least 1s)
 //	--alg         signing algorithm: HS256, ES256 or EdDSA (default HS256)
 //	--cache-size  the server's verified-token cache and renewal de-duplication size (default 10000; 0 turns them off)
+//	--redis       run two replicas sharing this Redis: host:port, or a redis:// or rediss:// URL (default: one replica, no session store)
+//	--refresh-every  with --redis, how often each client refreshes its session (default 1s; 0 turns refreshes off)
 //
 // It prints the calls made, calls per second, p50/p99/max latency, the
-// renewals the server sent and those the clients swapped in, the failed
-// calls and the token downgrades (a holder whose expiry went backwards).
-// It exits 1 if any call failed or any token was downgraded, 2 on a bad
-// flag. It stops by itself at --duration or --max-calls, whichever comes
-// first, or on an interrupt. It sends no traffic beyond 127.0.0.1.
+// renewals the servers sent and those the clients swapped in, the
+// refreshes (with --redis), the failed calls and the token downgrades (a
+// holder whose expiry went backwards). A failed refresh, or a failed call
+// with a refreshed token, counts as a failure too. It exits 1 if any call
+// failed or any token was downgraded, 2 on a bad flag. It stops by itself
+// at --duration or --max-calls, whichever comes first, or on an interrupt.
+// It sends no traffic beyond 127.0.0.1, but for Redis's address with --redis.
 package main
 
 import (
@@ -41,18 +61,23 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/redis/rueidis"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
+	"github.com/slidejwt/slidejwt/providers/redisstore"
 )
 
 func main() {
@@ -85,6 +110,9 @@ const (
 	maxMaxCalls = 1_000_000_000
 	// callTimeout bounds one call, so that a stuck call cannot hold the run.
 	callTimeout = 10 * time.Second
+	// redisKeyPrefix starts the name of every key the replicas write, so
+	// that the load's sessions are told apart from a real deployment's.
+	redisKeyPrefix = "slidejwt-load"
 )
 
 // config is the parsed command line.
@@ -96,6 +124,10 @@ type config struct {
 	ttl       time.Duration
 	alg       string
 	cacheSize int
+	// redis is the Redis of the two replicas (host:port or a URL); ""
+	// runs one replica with no session store.
+	redis        string
+	refreshEvery time.Duration
 }
 
 func defaultConfig() config {
@@ -107,6 +139,8 @@ func defaultConfig() config {
 		ttl:       2 * time.Second,
 		alg:       "HS256",
 		cacheSize: interceptor.DefaultCacheSize,
+		// refreshEvery applies with redis only.
+		refreshEvery: time.Second,
 	}
 }
 
@@ -122,6 +156,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.ttl, "ttl", c.ttl, "the sessions' idle window; renewal is always due")
 	fs.StringVar(&c.alg, "alg", c.alg, "signing algorithm: HS256, ES256 or EdDSA")
 	fs.IntVar(&c.cacheSize, "cache-size", c.cacheSize, "verified-token cache and renewal de-duplication size; 0 turns them off")
+	fs.StringVar(&c.redis, "redis", c.redis, "run two replicas sharing this Redis (host:port or a redis:// URL)")
+	fs.DurationVar(&c.refreshEvery, "refresh-every", c.refreshEvery, "with --redis, how often each client refreshes its session; 0 turns refreshes off")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -131,6 +167,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	refreshSet := false
+	fs.Visit(func(f *flag.Flag) { refreshSet = refreshSet || f.Name == "refresh-every" })
+	if refreshSet && c.redis == "" {
+		return config{}, errors.New("--refresh-every needs --redis: refresh tokens need the session store")
 	}
 	return c, c.validate()
 }
@@ -149,6 +190,13 @@ func (c config) validate() error {
 		return fmt.Errorf("--ttl: %v outside [1s, 1h]", c.ttl)
 	case c.cacheSize < 0:
 		return fmt.Errorf("--cache-size: %d is negative", c.cacheSize)
+	case c.refreshEvery < 0 || c.refreshEvery > time.Hour:
+		return fmt.Errorf("--refresh-every: %v outside [0, 1h]", c.refreshEvery)
+	}
+	if c.redis != "" {
+		if _, err := redisOption(c.redis); err != nil {
+			return fmt.Errorf("--redis: %w", err)
+		}
 	}
 	if _, err := newKey(c.alg); err != nil {
 		return fmt.Errorf("--alg: %w", err)
@@ -184,13 +232,20 @@ type result struct {
 	Calls         int64
 	Elapsed       time.Duration
 	P50, P99, Max time.Duration
-	RenewalsSent  int64 // EventRenewed on the server: calls that carried a renewed token back
+	RenewalsSent  int64 // EventRenewed on the servers: calls that carried a renewed token back
 	Swaps         int64 // OnSwap on the clients: renewed tokens swapped in
-	AuthFailures  int64 // calls failed with Unauthenticated or PermissionDenied
-	OtherFailures int64 // calls failed otherwise, or answered for the wrong subject
+	AuthFailures  int64 // calls or refreshes failed with Unauthenticated or PermissionDenied
+	OtherFailures int64 // calls or refreshes failed otherwise, or answered for the wrong subject
 	Downgrades    int64 // a holder's expiry went backwards
 	StoppedBy     string
 	HeapAfter     uint64 // live heap after the run, after a GC
+
+	// With --redis: the calls each replica served (A, B), and the
+	// refreshes that succeeded, each with its call with the new access
+	// token, and their latency (both calls).
+	ReplicaCalls           []int64
+	Refreshes              int64
+	RefreshP50, RefreshP99 time.Duration
 }
 
 // OK reports whether the run made calls and none failed or downgraded.
@@ -215,19 +270,151 @@ func (echoService) Echo(ctx context.Context, req *demov1.EchoRequest) (*demov1.E
 // hook saw last.
 type client struct {
 	subject string
+	replica int // the index of the replica its calls go to
 	holder  *interceptor.TokenHolder
 	conn    *grpc.ClientConn
 	demo    demov1.DemoServiceClient
 	lastExp time.Time // touched only by OnSwap, which the holder serializes
+
+	// With --redis: the session's refresh token (touched only by the
+	// client's refresh loop), the token service of the other replica and
+	// the client's own replica without the holder, for the call with a
+	// refreshed token.
+	refreshToken string
+	tokens       slidejwtv1.TokenServiceClient
+	direct       demov1.DemoServiceClient
+	extra        []*grpc.ClientConn
+}
+
+// close closes the client's connections.
+func (c *client) close() {
+	if c.conn != nil {
+		_ = c.conn.Close()
+	}
+	for _, cc := range c.extra {
+		_ = cc.Close()
+	}
 }
 
 // counters are shared by all workers.
 type counters struct {
 	issued, calls, renewed, swaps     atomic.Int64
 	authFailures, otherFailures, down atomic.Int64
+	refreshes                         atomic.Int64
+	replicaCalls                      [2]atomic.Int64
 }
 
-// run starts the server and the clients, runs until cfg.duration has
+// failed counts err, or a response for another subject than want, as a
+// failure, and reports whether there was one.
+func (n *counters) failed(err error, got, want string) bool {
+	switch code := status.Code(err); {
+	case code == codes.Unauthenticated || code == codes.PermissionDenied:
+		n.authFailures.Add(1)
+	case err != nil || got != want:
+		n.otherFailures.Add(1)
+	default:
+		return false
+	}
+	return true
+}
+
+// replica is one in-process server.
+type replica struct {
+	name     string
+	sessions *interceptor.Server
+	addr     string
+}
+
+// startReplicas starts the servers of cfg on loopback ports: one without a
+// session store, or, with cfg.redis, two with the same keys, each with a
+// Redis client and store of its own. stop stops the servers and closes
+// the Redis clients.
+func startReplicas(cfg config, keys *interceptor.KeySet, n *counters) (reps []*replica, stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	count := 1
+	if cfg.redis != "" {
+		count = 2
+	}
+	for i := range count {
+		opts := []interceptor.ServerOption{
+			// RenewBefore = TTL: a renewal is due on every call, and minted
+			// once a second per session, when the new exp moves.
+			interceptor.WithPolicy(interceptor.Policy{TTL: cfg.ttl, RenewBefore: cfg.ttl, MaxLifetime: time.Hour}),
+			interceptor.WithCacheSize(cfg.cacheSize),
+			interceptor.WithEventHook(func(_ context.Context, e interceptor.Event) {
+				if e.Kind == interceptor.EventRenewed {
+					n.renewed.Add(1)
+				}
+			}),
+		}
+		if cfg.redis != "" {
+			ro, err := redisOption(cfg.redis)
+			if err != nil {
+				return nil, stop, err
+			}
+			rc, err := rueidis.NewClient(ro)
+			if err != nil {
+				return nil, stop, fmt.Errorf("redis at %s: %w", strings.Join(ro.InitAddress, ","), err)
+			}
+			stops = append(stops, rc.Close)
+			opts = append(opts, interceptor.WithSessionStore(redisstore.New(rc, redisstore.WithKeyPrefix(redisKeyPrefix))))
+		}
+		sessions, err := interceptor.NewServer(keys, opts...)
+		if err != nil {
+			return nil, stop, err
+		}
+		srv := grpc.NewServer(
+			grpc.ChainUnaryInterceptor(sessions.UnaryServerInterceptor()),
+			grpc.ChainStreamInterceptor(sessions.StreamServerInterceptor()),
+		)
+		demov1.RegisterDemoServiceServer(srv, echoService{})
+		if cfg.redis != "" {
+			slidejwtv1.RegisterTokenServiceServer(srv, sessions.TokenService())
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, stop, err
+		}
+		served := make(chan struct{})
+		go func() { _ = srv.Serve(lis); close(served) }()
+		stops = append(stops, func() {
+			stopped := make(chan struct{})
+			go func() { srv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				srv.Stop()
+			}
+			<-served
+		})
+		reps = append(reps, &replica{name: string(rune('A' + i)), sessions: sessions, addr: lis.Addr().String()})
+	}
+	return reps, stop, nil
+}
+
+// redisOption is the rueidis client option of --redis: a redis:// or
+// rediss:// URL, or host:port.
+func redisOption(addr string) (rueidis.ClientOption, error) {
+	if strings.Contains(addr, "://") {
+		return rueidis.ParseURL(addr)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return rueidis.ClientOption{}, fmt.Errorf("%q is neither host:port nor a redis:// URL", addr)
+	}
+	return rueidis.ClientOption{InitAddress: []string{addr}}, nil
+}
+
+// run starts the servers and the clients, runs until cfg.duration has
 // passed, cfg.maxCalls calls were made or ctx is done, and prints a
 // summary to out.
 func run(ctx context.Context, cfg config, out io.Writer) (result, error) {
@@ -243,60 +430,49 @@ func run(ctx context.Context, cfg config, out io.Writer) (result, error) {
 		return result{}, err
 	}
 	var n counters
-	sessions, err := interceptor.NewServer(keys,
-		// RenewBefore = TTL: a renewal is due on every call, and minted
-		// once a second per session, when the new exp moves.
-		interceptor.WithPolicy(interceptor.Policy{TTL: cfg.ttl, RenewBefore: cfg.ttl, MaxLifetime: time.Hour}),
-		interceptor.WithCacheSize(cfg.cacheSize),
-		interceptor.WithEventHook(func(_ context.Context, e interceptor.Event) {
-			if e.Kind == interceptor.EventRenewed {
-				n.renewed.Add(1)
-			}
-		}),
-	)
+	reps, stop, err := startReplicas(cfg, keys, &n)
 	if err != nil {
 		return result{}, err
 	}
-	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(sessions.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(sessions.StreamServerInterceptor()),
-	)
-	demov1.RegisterDemoServiceServer(srv, echoService{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return result{}, err
-	}
-	served := make(chan struct{})
-	go func() { _ = srv.Serve(lis); close(served) }()
-	defer func() {
-		stopped := make(chan struct{})
-		go func() { srv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(5 * time.Second):
-			srv.Stop()
-		}
-		<-served
-	}()
+	defer stop()
 
 	clients := make([]*client, cfg.clients)
 	defer func() {
 		for _, c := range clients {
-			if c != nil && c.conn != nil {
-				_ = c.conn.Close()
+			if c != nil {
+				c.close()
 			}
 		}
 	}()
 	for i := range clients {
-		c, err := login(ctx, sessions, fmt.Sprintf("user-%d", i), lis.Addr().String(), &n)
+		// The calls go to replica i mod 2; the session starts, and is
+		// refreshed, on the other one.
+		own, other := reps[i%len(reps)], reps[(i+1)%len(reps)]
+		c, err := login(ctx, other.sessions, fmt.Sprintf("user-%d", i), own.addr, &n)
 		if err != nil {
 			return result{}, err
 		}
 		clients[i] = c
+		c.replica = i % len(reps)
+		if cfg.redis != "" {
+			if err := c.connectRefresh(other.addr, own.addr); err != nil {
+				return result{}, err
+			}
+		}
 	}
 
-	fmt.Fprintf(out, "load: %d clients × %d in flight, %v or %d calls, %s, TTL %v (renewal due every call, minted once a second per session), cache %d, server %s\n",
-		cfg.clients, cfg.inflight, cfg.duration, cfg.maxCalls, cfg.alg, cfg.ttl, cfg.cacheSize, lis.Addr())
+	if len(reps) == 1 {
+		fmt.Fprintf(out, "load: %d clients × %d in flight, %v or %d calls, %s, TTL %v (renewal due every call, minted once a second per session), cache %d, server %s\n",
+			cfg.clients, cfg.inflight, cfg.duration, cfg.maxCalls, cfg.alg, cfg.ttl, cfg.cacheSize, reps[0].addr)
+	} else {
+		ro, _ := redisOption(cfg.redis) // validated
+		refresh := "no refreshes"
+		if cfg.refreshEvery > 0 {
+			refresh = fmt.Sprintf("a refresh every %v per client", cfg.refreshEvery)
+		}
+		fmt.Fprintf(out, "load: %d clients × %d in flight, %v or %d calls, %s, TTL %v (renewal due every call, minted once a second per session), cache %d, %s; replicas A %s and B %s sharing Redis at %s\n",
+			cfg.clients, cfg.inflight, cfg.duration, cfg.maxCalls, cfg.alg, cfg.ttl, cfg.cacheSize, refresh, reps[0].addr, reps[1].addr, strings.Join(ro.InitAddress, ","))
+	}
 
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
@@ -309,12 +485,31 @@ func run(ctx context.Context, cfg config, out io.Writer) (result, error) {
 			wg.Go(func() { work(ctx, c, deadline, cfg.maxCalls, &n, h) })
 		}
 	}
+	// The refreshes stop with the workers.
+	refreshCtx, stopRefresh := context.WithCancel(ctx)
+	var rwg sync.WaitGroup
+	var refreshHists []*histogram
+	if cfg.redis != "" && cfg.refreshEvery > 0 {
+		for i, c := range clients {
+			h := new(histogram)
+			refreshHists = append(refreshHists, h)
+			// Spread over the interval, so that the clients do not all
+			// refresh at the same instant.
+			first := start.Add(cfg.refreshEvery * time.Duration(i) / time.Duration(len(clients)))
+			rwg.Go(func() { refreshLoop(refreshCtx, c, first, deadline, cfg.refreshEvery, &n, h) })
+		}
+	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	stopRefresh()
+	rwg.Wait()
 
-	var all histogram
+	var all, refreshes histogram
 	for _, h := range hists {
 		all.merge(h)
+	}
+	for _, h := range refreshHists {
+		refreshes.merge(h)
 	}
 	res := result{
 		Calls:         n.calls.Load(),
@@ -327,6 +522,14 @@ func run(ctx context.Context, cfg config, out io.Writer) (result, error) {
 		AuthFailures:  n.authFailures.Load(),
 		OtherFailures: n.otherFailures.Load(),
 		Downgrades:    n.down.Load(),
+		Refreshes:     n.refreshes.Load(),
+		RefreshP50:    refreshes.quantile(0.50),
+		RefreshP99:    refreshes.quantile(0.99),
+	}
+	if len(reps) > 1 {
+		for i := range reps {
+			res.ReplicaCalls = append(res.ReplicaCalls, n.replicaCalls[i].Load())
+		}
 	}
 	switch {
 	case n.issued.Load() > cfg.maxCalls:
@@ -350,7 +553,7 @@ func login(ctx context.Context, sessions *interceptor.Server, subject, addr stri
 	if err != nil {
 		return nil, err
 	}
-	c := &client{subject: subject, lastExp: s.Expiry}
+	c := &client{subject: subject, lastExp: s.Expiry, refreshToken: s.RefreshToken}
 	c.holder, err = interceptor.NewTokenHolder(s.AccessToken,
 		// Plaintext is acceptable only because the server is in this
 		// process, on 127.0.0.1.
@@ -378,6 +581,32 @@ func login(ctx context.Context, sessions *interceptor.Server, subject, addr stri
 	return c, nil
 }
 
+// connectRefresh connects c to the token service at tokensAddr and,
+// without its holder, to its own replica at ownAddr.
+func (c *client) connectRefresh(tokensAddr, ownAddr string) error {
+	if c.refreshToken == "" {
+		return errors.New("the session has no refresh token")
+	}
+	dial := func(addr string) (*grpc.ClientConn, error) {
+		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err == nil {
+			c.extra = append(c.extra, cc)
+		}
+		return cc, err
+	}
+	tc, err := dial(tokensAddr)
+	if err != nil {
+		return err
+	}
+	dc, err := dial(ownAddr)
+	if err != nil {
+		return err
+	}
+	c.tokens = slidejwtv1.NewTokenServiceClient(tc)
+	c.direct = demov1.NewDemoServiceClient(dc)
+	return nil
+}
+
 // work makes Echo calls back to back until the deadline, the call budget
 // or ctx ends the run. Calls are never cancelled by the end of the run:
 // it is checked between calls, so every failure counted is a real one.
@@ -391,18 +620,64 @@ func work(ctx context.Context, c *client, deadline time.Time, maxCalls int64, n 
 		h.record(time.Since(t))
 		cancel()
 		n.calls.Add(1)
-		switch code := status.Code(err); {
-		case code == codes.Unauthenticated || code == codes.PermissionDenied:
-			n.authFailures.Add(1)
-		case err != nil || resp.GetSubject() != c.subject:
-			n.otherFailures.Add(1)
-		}
+		n.replicaCalls[c.replica].Add(1)
+		n.failed(err, resp.GetSubject(), c.subject)
 		if exp := c.holder.Expiry(); exp.Before(seen) {
 			n.down.Add(1)
 		} else {
 			seen = exp
 		}
 	}
+}
+
+// refreshLoop refreshes c's session at first and every interval after it
+// until the deadline passes or ctx ends, and records each refresh's
+// latency in h.
+func refreshLoop(ctx context.Context, c *client, first, deadline time.Time, every time.Duration, n *counters, h *histogram) {
+	next := first
+	t := time.NewTimer(time.Until(next))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !time.Now().Before(deadline) {
+			return
+		}
+		start := time.Now()
+		if refresh(c, n) {
+			h.record(time.Since(start))
+			n.refreshes.Add(1)
+		}
+		next = next.Add(every)
+		t.Reset(time.Until(next))
+	}
+}
+
+// refresh exchanges c's refresh token for the session's next pair on the
+// other replica, keeps the new refresh token, and makes one Echo call with
+// the new access token on c's own replica. It reports whether both
+// succeeded, and counts a failure otherwise. Like the calls, it is not cut
+// short by the end of the run.
+func refresh(c *client, n *counters) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	resp, err := c.tokens.Refresh(ctx, &slidejwtv1.RefreshRequest{RefreshToken: c.refreshToken})
+	if err != nil {
+		n.failed(err, "", c.subject)
+		return false
+	}
+	pair := resp.GetTokens()
+	if pair.GetAccessToken() == "" || pair.GetRefreshToken() == "" {
+		n.otherFailures.Add(1)
+		return false
+	}
+	c.refreshToken = pair.GetRefreshToken()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+pair.GetAccessToken())
+	echo, err := c.direct.Echo(ctx, &demov1.EchoRequest{Message: "ping"})
+	return !n.failed(err, echo.GetSubject(), c.subject)
 }
 
 func printSummary(out io.Writer, r result) {
@@ -414,8 +689,15 @@ func printSummary(out io.Writer, r result) {
 	fmt.Fprintf(out, "  calls            %d in %v (stopped by %s)\n", r.Calls, r.Elapsed.Round(time.Millisecond), r.StoppedBy)
 	fmt.Fprintf(out, "  throughput       %.0f calls/s\n", rps)
 	fmt.Fprintf(out, "  latency          p50 %v  p99 %v  max %v\n", round(r.P50), round(r.P99), round(r.Max))
+	if len(r.ReplicaCalls) == 2 {
+		fmt.Fprintf(out, "  replicas         A %d calls, B %d calls (sharing one Redis)\n", r.ReplicaCalls[0], r.ReplicaCalls[1])
+	}
 	fmt.Fprintf(out, "  renewals sent    %d (calls that carried a renewed token back)\n", r.RenewalsSent)
 	fmt.Fprintf(out, "  renewals swapped %d (new tokens taken by the clients)\n", r.Swaps)
+	if len(r.ReplicaCalls) == 2 {
+		fmt.Fprintf(out, "  refreshes        %d (on the other replica, each with a call using its new token; p50 %v  p99 %v)\n",
+			r.Refreshes, round(r.RefreshP50), round(r.RefreshP99))
+	}
 	fmt.Fprintf(out, "  auth failures    %d\n", r.AuthFailures)
 	fmt.Fprintf(out, "  other failures   %d\n", r.OtherFailures)
 	fmt.Fprintf(out, "  downgrades       %d\n", r.Downgrades)

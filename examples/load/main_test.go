@@ -14,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
 	"google.golang.org/grpc"
 
 	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
+	"github.com/slidejwt/slidejwt/internal/redistest"
 )
 
 // runBounded runs the load with cfg and fails the test if it does not
@@ -82,6 +84,107 @@ func TestRun_ShortLoad(t *testing.T) {
 	}
 }
 
+// TestRun_Redis runs the load for 2.5 s on two replicas sharing a
+// redis-server started by the test: both replicas serve calls, no call or
+// refresh fails, no token is downgraded, sessions are renewed and
+// refreshed, and the sessions are in Redis.
+func TestRun_Redis(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := defaultConfig()
+	cfg.clients, cfg.duration, cfg.redis, cfg.refreshEvery = 4, 2500*time.Millisecond, srv.Addr(), 500*time.Millisecond
+	res, out := runBounded(t, cfg, time.Minute)
+	t.Logf("\n%s", out)
+	if res.AuthFailures != 0 || res.OtherFailures != 0 {
+		t.Errorf("failures: auth %d, other %d; want 0", res.AuthFailures, res.OtherFailures)
+	}
+	if res.Downgrades != 0 {
+		t.Errorf("downgrades = %d, want 0", res.Downgrades)
+	}
+	if len(res.ReplicaCalls) != 2 || res.ReplicaCalls[0] == 0 || res.ReplicaCalls[1] == 0 || res.ReplicaCalls[0]+res.ReplicaCalls[1] != res.Calls {
+		t.Errorf("calls by replica %v of %d: want both replicas to serve calls, adding up", res.ReplicaCalls, res.Calls)
+	}
+	// 2.5 s crosses at least two second boundaries: every session's exp
+	// moves, and renewal is due on every call.
+	if res.Swaps < int64(cfg.clients) || res.RenewalsSent < res.Swaps {
+		t.Errorf("renewals sent %d, swapped %d; want swapped ≥ %d and sent ≥ swapped", res.RenewalsSent, res.Swaps, cfg.clients)
+	}
+	// Every client's refresh loop ticks at least 4 times in 2.5 s; allow
+	// for a slow machine.
+	if res.Refreshes < int64(cfg.clients) || res.RefreshP50 <= 0 {
+		t.Errorf("refreshes %d (p50 %v), want at least %d", res.Refreshes, res.RefreshP50, cfg.clients)
+	}
+	for _, want := range []string{
+		"; replicas A 127.0.0.1:",
+		" sharing Redis at " + srv.Addr() + "\n",
+		"refreshes        ",
+		"auth failures    0\n",
+		"downgrades       0\n",
+		"result           PASS\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the report lacks %q", want)
+		}
+	}
+	if !res.OK() {
+		t.Errorf("OK() = false: %+v", res)
+	}
+
+	// The sessions are in Redis, under the load's prefix.
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	keys, err := c.Do(context.Background(), c.B().Keys().Pattern(redisKeyPrefix+":{*}:s").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != cfg.clients {
+		t.Errorf("%d session keys in Redis, want %d", len(keys), cfg.clients)
+	}
+}
+
+// TestRun_RedisFlushed: Redis losing the sessions in the middle of the
+// run (FLUSHALL) makes the calls fail authentication, and the run fail.
+func TestRun_RedisFlushed(t *testing.T) {
+	srv := redistest.Start(t)
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := defaultConfig()
+	cfg.clients, cfg.duration, cfg.redis = 2, 2*time.Second, srv.Addr()
+	flushed := make(chan error, 1)
+	time.AfterFunc(700*time.Millisecond, func() {
+		flushed <- c.Do(context.Background(), c.B().Flushall().Build()).Error()
+	})
+	res, out := runBounded(t, cfg, time.Minute)
+	if err := <-flushed; err != nil {
+		t.Fatalf("FLUSHALL: %v", err)
+	}
+	if res.AuthFailures == 0 || res.OK() || !strings.Contains(out, "result           FAIL\n") {
+		t.Errorf("auth failures %d, OK() = %v; want failures and FAIL after the flush:\n%s", res.AuthFailures, res.OK(), out)
+	}
+}
+
+// TestRun_RedisUnreachable: with no Redis at the address, the run fails
+// before any call, naming Redis.
+func TestRun_RedisUnreachable(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.redis = redistest.FreeAddr(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	res, err := run(ctx, cfg, &out)
+	if err == nil || !strings.Contains(err.Error(), "redis") {
+		t.Fatalf("run: err = %v, want one naming redis", err)
+	}
+	if res.Calls != 0 || out.Len() != 0 {
+		t.Errorf("calls %d, output %q; want none", res.Calls, out.String())
+	}
+}
+
 // TestRun_MaxCallsStops: the call budget ends the run long before the
 // duration, after exactly that many calls.
 func TestRun_MaxCallsStops(t *testing.T) {
@@ -137,6 +240,11 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--ttl", "999ms"}, "--ttl"},
 		{[]string{"--alg", "RS256"}, "--alg"},
 		{[]string{"--cache-size", "-1"}, "--cache-size"},
+		{[]string{"--redis", "127.0.0.1:6379", "--refresh-every", "0"}, ""},
+		{[]string{"--redis", "redis://127.0.0.1:6379/0"}, ""},
+		{[]string{"--redis", "localhost"}, "--redis"},
+		{[]string{"--redis", "127.0.0.1:6379", "--refresh-every", "-1s"}, "--refresh-every"},
+		{[]string{"--refresh-every", "1s"}, "--refresh-every"},
 		{[]string{"stray"}, "stray"},
 	} {
 		_, err := parseFlags(tt.args, io.Discard)

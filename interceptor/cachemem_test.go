@@ -34,7 +34,7 @@ func cacheHeldPerSession(tb testing.TB, n int, custom map[string]any) float64 {
 	}
 	before := heap()
 	for _, tok := range toks {
-		if _, _, aerr := v.verifyCached(tok, t0); aerr != nil {
+		if _, _, _, aerr := v.verifyCached(tok, t0); aerr != nil {
 			tb.Fatal(aerr)
 		}
 	}

@@ -321,20 +321,24 @@ func numericDate(f float64) time.Time {
 
 // offer swaps raw in if it renews the held token, and reports whether it
 // did.
-func (h *TokenHolder) offer(raw string) bool {
+func (h *TokenHolder) offer(raw string) bool { return h.swapIn(raw) != nil }
+
+// swapIn swaps raw in if it renews the held token, and returns the new
+// generation, or nil if it did not.
+func (h *TokenHolder) swapIn(raw string) *heldToken {
 	if cur := h.cur.Load(); raw == "" || raw == cur.raw || raw == cur.refused {
-		return false
+		return nil
 	}
 	c, err := decodeSession(raw, accessTokenType, h.cfg.maxTokenSize)
 	if err != nil {
-		return false
+		return nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old := h.cur.Load()
 	if raw == old.raw || raw == old.refused || !old.sameSession(&c) ||
 		!c.exp.After(old.exp) || c.exp.After(old.bound()) {
-		return false
+		return nil
 	}
 	t := h.newHeld(raw, c)
 	t.refresh, t.end = old.refresh, old.end
@@ -347,7 +351,7 @@ func (h *TokenHolder) offer(raw string) bool {
 	if h.cfg.onSwap != nil {
 		h.cfg.onSwap(t.raw, t.exp)
 	}
-	return true
+	return t
 }
 
 // fallBack handles a TOKEN_INVALID rejection, before the handler ran, of
@@ -355,16 +359,16 @@ func (h *TokenHolder) offer(raw string) bool {
 // back to, the holder swaps that one back in (calling OnSwap) and refuses
 // held from then on. It reports whether the call is worth one retry with
 // the tokens held now: after a fallback, or when another caller has moved
-// the holder on from held meanwhile.
-func (h *TokenHolder) fallBack(held *heldToken) bool {
+// the holder on from held meanwhile; fell, whether this call fell back.
+func (h *TokenHolder) fallBack(held *heldToken) (retry, fell bool) {
 	if held.prev == nil {
-		return false
+		return false, false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	cur := h.cur.Load()
 	if cur != held {
-		return cur.raw != held.raw
+		return cur.raw != held.raw, false
 	}
 	back := *held.prev
 	back.refresh, back.end = held.refresh, held.end
@@ -373,13 +377,16 @@ func (h *TokenHolder) fallBack(held *heldToken) bool {
 	if h.cfg.onSwap != nil {
 		h.cfg.onSwap(back.raw, back.exp)
 	}
-	return true
+	return true, true
 }
 
-// pick offers every renewed token found in md.
-func (h *TokenHolder) pick(md metadata.MD) {
+// pick offers every renewed token found in md, the response metadata of a
+// call of method.
+func (h *TokenHolder) pick(ctx context.Context, method string, md metadata.MD) {
 	for _, v := range md.Get(h.cfg.renewalHeader) {
-		h.offer(v)
+		if t := h.swapIn(v); t != nil && h.cfg.onEvent != nil {
+			h.emit(ctx, Event{Kind: EventSwapped, Method: method, Expiry: t.exp})
+		}
 	}
 }
 
@@ -440,24 +447,28 @@ func (h *TokenHolder) checkTarget(cc *grpc.ClientConn) error {
 	return nil
 }
 
-// cure decides what to do about a call that failed with err after sending
-// held: it reports whether one retry with the tokens held now is worth
-// making, or else the error to return instead of err, if any. Only a
-// rejection that says the handler did not run (ErrorInfo handler_ran
-// "false") is ever cured: TOKEN_EXPIRED by a refresh, TOKEN_INVALID of a
-// renewal by a fallback to the token it replaced.
-func (h *TokenHolder) cure(ctx context.Context, cc *grpc.ClientConn, held *heldToken, err error) (bool, error) {
+// cure decides what to do about a call of method that failed with err
+// after sending held: it reports whether one retry with the tokens held
+// now is worth making, or else the error to return instead of err, if
+// any. Only a rejection that says the handler did not run (ErrorInfo
+// handler_ran "false") is ever cured: TOKEN_EXPIRED by a refresh,
+// TOKEN_INVALID of a renewal by a fallback to the token it replaced.
+func (h *TokenHolder) cure(ctx context.Context, cc *grpc.ClientConn, method string, held *heldToken, err error) (bool, error) {
 	if err == nil || !handlerNotRun(err) {
 		return false, nil
 	}
 	switch r, _ := ReasonOf(err); r {
 	case ReasonTokenInvalid:
-		return h.fallBack(held), nil
+		retry, fell := h.fallBack(held)
+		if fell && h.cfg.onEvent != nil {
+			h.emit(ctx, Event{Kind: EventFellBack, Method: method, Reason: r, Expiry: held.prev.exp})
+		}
+		return retry, nil
 	case ReasonTokenExpired:
 		if !h.canRefresh() {
 			return false, nil
 		}
-		if rerr := h.refreshFrom(ctx, cc, held); rerr != nil {
+		if rerr := h.refreshFrom(ctx, cc, method, r, held); rerr != nil {
 			return false, rerr
 		}
 		return true, nil
@@ -491,15 +502,16 @@ func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 		if err := h.checkTarget(cc); err != nil {
 			return err
 		}
-		held := h.beforeCall(ctx, cc)
+		held := h.beforeCall(ctx, cc, method)
 		err := h.invoke(ctx, held, method, req, reply, cc, invoker, opts)
-		retry, cerr := h.cure(ctx, cc, held, err)
+		retry, cerr := h.cure(ctx, cc, method, held, err)
 		if cerr != nil {
 			return cerr
 		}
 		if !retry {
 			return err
 		}
+		h.emitRejection(ctx, EventRetried, method, err)
 		return h.invoke(ctx, h.cur.Load(), method, req, reply, cc, invoker, opts)
 	}
 }
@@ -512,8 +524,8 @@ func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string
 	copy(all, opts) // never append into the caller's slice
 	all = append(all, held.callOpt, grpc.Header(&md.header), grpc.Trailer(&md.trailer))
 	err := invoker(ctx, method, req, reply, cc, all...)
-	h.pick(md.header)
-	h.pick(md.trailer)
+	h.pick(ctx, method, md.header)
+	h.pick(ctx, method, md.trailer)
 	return err
 }
 
@@ -536,17 +548,18 @@ func (h *TokenHolder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 		if err := h.checkTarget(cc); err != nil {
 			return nil, err
 		}
-		held := h.beforeCall(ctx, cc)
+		held := h.beforeCall(ctx, cc, method)
 		s := &clientStream{h: h, ctx: ctx, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts, held: held}
 		cs, err := s.open(held)
 		if err != nil {
-			retry, cerr := h.cure(ctx, cc, held, err)
+			retry, cerr := h.cure(ctx, cc, method, held, err)
 			if cerr != nil {
 				return nil, cerr
 			}
 			if !retry {
 				return nil, err
 			}
+			h.emitRejection(ctx, EventStreamReopened, method, err)
 			s.held = h.cur.Load()
 			if cs, err = s.open(s.held); err != nil {
 				return nil, err
@@ -637,7 +650,7 @@ func (s *clientStream) Header() (metadata.MD, error) {
 	// reopen it.
 	if err == nil && md != nil {
 		s.commit()
-		s.h.pick(md)
+		s.h.pick(s.ctx, s.method, md)
 	}
 	return md, err
 }
@@ -650,10 +663,11 @@ func (s *clientStream) RecvMsg(m any) error {
 	err := cs.RecvMsg(m)
 	if err != nil {
 		if reopened, rerr := s.reopen(err); reopened {
+			s.h.emitRejection(s.ctx, EventStreamReopened, s.method, err)
 			cs = s.current()
 			err = cs.RecvMsg(m)
 		} else if rerr != nil {
-			s.h.pick(cs.Trailer())
+			s.h.pick(s.ctx, s.method, cs.Trailer())
 			return rerr
 		}
 	}
@@ -663,13 +677,13 @@ func (s *clientStream) RecvMsg(m any) error {
 	if !s.headerSeen {
 		s.headerSeen = true
 		if md, herr := cs.Header(); herr == nil {
-			s.h.pick(md)
+			s.h.pick(s.ctx, s.method, md)
 		}
 	}
 	// A stream with a single response (client streaming) is done after its
 	// first successful RecvMsg; gRPC has read the trailer by then.
 	if err != nil || !s.desc.ServerStreams {
-		s.h.pick(cs.Trailer())
+		s.h.pick(s.ctx, s.method, cs.Trailer())
 	}
 	return err
 }
@@ -696,7 +710,7 @@ func (s *clientStream) reopen(err error) (bool, error) {
 		return false, nil
 	}
 	s.retried = true
-	retry, cerr := s.h.cure(s.ctx, s.cc, s.held, err)
+	retry, cerr := s.h.cure(s.ctx, s.cc, s.method, s.held, err)
 	if !retry {
 		return false, cerr
 	}

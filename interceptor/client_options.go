@@ -1,6 +1,7 @@
 package interceptor
 
 import (
+	"context"
 	"time"
 
 	"google.golang.org/grpc"
@@ -60,4 +61,21 @@ func WithTokenService(conn grpc.ClientConnInterface) ClientOption {
 // holder; see [TokenHolder].
 func WithSessionEnd(end time.Time) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.sessionEnd = end })
+}
+
+// WithClientEventHook sets a function called with the holder's own steps,
+// for logging and metrics: a renewal swapped in ([EventSwapped]), a
+// fallback from a refused renewal ([EventFellBack]), a refresh call
+// ([EventClientRefreshed]), a unary call retried ([EventRetried]) and a
+// stream reopened ([EventStreamReopened]). It runs once the step is done,
+// on the goroutine of the call (for a refresh, on the goroutine the
+// refresh runs on, with the values of the context of the call that
+// started it), and must be safe for concurrent use. Like [OnSwap], it
+// must not make a call through the same holder, which could wait for the
+// hook. An [Event] never carries a token; its Subject and SessionID are
+// the held session's. Switch on [Event].Kind and ignore the kinds you do
+// not know: kinds may be added. Default: none, and the holder reads no
+// clock and builds no event for it.
+func WithClientEventHook(f func(context.Context, Event)) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.onEvent = f })
 }

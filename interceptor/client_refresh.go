@@ -110,9 +110,10 @@ func (h *TokenHolder) RefreshToken() string { return h.cur.Load().refresh }
 func (h *TokenHolder) canRefresh() bool { return h.cfg.refreshToken != "" }
 
 // beforeCall refreshes proactively when due and returns the tokens the
-// call is to send. A failed proactive refresh is not an error: the call
-// goes out with the token held, which is still valid for a moment.
-func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn) *heldToken {
+// call of method is to send. A failed proactive refresh is not an error:
+// the call goes out with the token held, which is still valid for a
+// moment.
+func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn, method string) *heldToken {
 	held := h.cur.Load()
 	if !h.canRefresh() || h.cfg.refreshMargin <= 0 || held.exp.Sub(h.cfg.now()) >= h.cfg.refreshMargin {
 		return held
@@ -123,7 +124,7 @@ func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn) *held
 	if !held.end.IsZero() && !held.exp.Before(held.end) {
 		return held // at the session's end: no refresh can extend it
 	}
-	_ = h.refreshFrom(ctx, cc, held)
+	_ = h.refreshFrom(ctx, cc, method, 0, held)
 	return h.cur.Load()
 }
 
@@ -162,8 +163,10 @@ func (h *TokenHolder) failedBefore(held *heldToken) error {
 // callers share one refresh (single flight). Each caller waits for it
 // until its own ctx ends, and then returns ctx's error as a gRPC status
 // (codes.DeadlineExceeded or codes.Canceled); the refresh goes on for the
-// others, bounded by the refresh timeout.
-func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen *heldToken) error {
+// others, bounded by the refresh timeout. method and reason are the call
+// that needs the refresh and, for a reactive one, the rejection that
+// prompted it, for the event hook.
+func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, method string, reason Reason, seen *heldToken) error {
 	h.fmu.Lock()
 	if h.cur.Load() != seen {
 		h.fmu.Unlock()
@@ -178,7 +181,7 @@ func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen
 	if f == nil {
 		f, leader = &refreshFlight{done: make(chan struct{}), err: errRefreshPanicked}, true
 		h.flight = f
-		go h.fly(context.WithoutCancel(ctx), cc, seen, f)
+		go h.fly(context.WithoutCancel(ctx), cc, method, reason, seen, f)
 	}
 	h.fmu.Unlock()
 	select {
@@ -204,7 +207,7 @@ func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, seen
 // fly runs flight f. A Refresher's panic is raised again on the goroutine
 // of the caller that started the flight if it still waits, or else here:
 // it is never swallowed. Waiters are released either way.
-func (h *TokenHolder) fly(ctx context.Context, cc *grpc.ClientConn, seen *heldToken, f *refreshFlight) {
+func (h *TokenHolder) fly(ctx context.Context, cc *grpc.ClientConn, method string, reason Reason, seen *heldToken, f *refreshFlight) {
 	defer func() {
 		p := recover()
 		h.fmu.Lock()
@@ -229,7 +232,17 @@ func (h *TokenHolder) fly(ctx context.Context, cc *grpc.ClientConn, seen *heldTo
 			panic(p)
 		}
 	}()
+	var start time.Time
+	if h.cfg.onEvent != nil {
+		start = time.Now()
+	}
 	f.err = h.doRefresh(ctx, cc, seen)
+	// Before the waiters are released, so that a call that needed the
+	// refresh returns after its event.
+	if h.cfg.onEvent != nil {
+		h.emit(ctx, Event{Kind: EventClientRefreshed, Method: method, Reason: reason, Err: f.err,
+			Expiry: h.cur.Load().exp, Duration: time.Since(start)})
+	}
 }
 
 var errRefreshPanicked = status.Error(codes.Internal, "slidejwt: refresher panicked")

@@ -1601,7 +1601,7 @@ func TestClientRefresh_RefresherPanicReleasesWaiters(t *testing.T) {
 	for range n {
 		ctx := &crfWaitCtx{Context: crfCtx(t), waiting: make(chan struct{})}
 		go func() {
-			err := h.refreshFrom(ctx, nil, seen)
+			err := h.refreshFrom(ctx, nil, "", 0, seen)
 			if ctx.Err() != nil {
 				err = fmt.Errorf("still waiting at the deadline: %w", err)
 			}

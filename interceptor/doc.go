@@ -87,6 +87,20 @@
 // same token while its renewal is due share one renewed token. See
 // [WithCacheSize].
 //
+// # Events
+//
+// [WithEventHook] hears every decision of a server (an authenticated,
+// renewed or rejected call, a session start, refresh or revocation, each
+// call to the session store) and [WithClientEventHook] every step of a
+// holder (a renewal swapped in, a refresh, a retry, a reopened stream),
+// as [Event]s that never carry a token, with how long the step took and
+// whether the verified-token cache held the token. Without a hook, the
+// interceptors build no event and read no clock for one. The module
+// github.com/slidejwt/slidejwt/providers/otelslidejwt turns them into
+// OpenTelemetry metrics and span events:
+//
+//	interceptor.WithEventHook(otelslidejwt.ServerHook())
+//
 // # Streams
 //
 // An open stream lives as long as its session, not as long as the token

@@ -131,6 +131,7 @@ type clientConfig struct {
 	renewalHeader  string
 	allowInsecure  bool
 	onSwap         func(token string, expiry time.Time)
+	onEvent        func(context.Context, Event) // WithClientEventHook
 	now            func() time.Time
 	maxTokenSize   int
 	refreshToken   string
@@ -301,10 +302,19 @@ func WithExemptMethods(fullMethods ...string) ServerOption {
 }
 
 // WithEventHook sets a function called once per authenticated or rejected
-// request, and per session start, refresh and revocation, for logging and
-// metrics. It runs on the
-// request's goroutine and must be safe for concurrent use. An [Event]
-// never carries a token.
+// request, per session start, refresh, revocation and stream ended by the
+// server, and per call to the session store or revocation list
+// ([EventStoreCall]), for logging and metrics. It runs on the request's
+// goroutine (a store call of a silent stream's check, on the server's
+// stream watcher) and must be safe for concurrent use. An [Event] never
+// carries a token. Switch on [Event].Kind and ignore the kinds you do not
+// know: kinds may be added. Default: none.
+//
+// Without a hook the server reads no clock and builds no event for it;
+// with one, it reads the monotonic clock about twice per event to fill in
+// [Event].Duration. The provider module
+// github.com/slidejwt/slidejwt/providers/otelslidejwt turns the events
+// into OpenTelemetry metrics.
 func WithEventHook(f func(context.Context, Event)) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.onEvent = f })
 }

@@ -32,6 +32,7 @@ const revokeMethod = slidejwtv1.TokenService_Revoke_FullMethodName
 // signed, so a refresh token of a revoked or unknown session costs a
 // verification and a store lookup, never a signature.
 func (s *Server) Refresh(ctx context.Context, refreshToken string) (Session, error) {
+	start := s.startTimer()
 	sess, c, outcome, err := s.refresh(ctx, refreshToken)
 	ev := Event{Kind: EventRefreshed, Method: refreshMethod, Expiry: sess.Expiry, Outcome: outcome}
 	if c != nil {
@@ -43,7 +44,7 @@ func (s *Server) Refresh(ctx context.Context, refreshToken string) (Session, err
 			ev.Reason = ae.reason
 		}
 	}
-	s.emit(ctx, ev)
+	s.emitTimed(ctx, ev, start)
 	return sess, err
 }
 
@@ -75,7 +76,10 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 	}
 	// Look before signing: a revoked or unknown session's token costs no
 	// signature. The rotation below still decides atomically.
-	switch revoked, err := s.cfg.store.IsRevoked(ctx, c.SessionID, now); {
+	start := s.startTimer()
+	revoked, err := s.cfg.store.IsRevoked(ctx, c.SessionID, now)
+	s.emitStore(ctx, StoreIsRevoked, c.SessionID, start, 0, err)
+	switch {
 	case err != nil:
 		return Session{}, c, 0, errStoreUnavailable
 	case revoked:
@@ -94,6 +98,7 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 	if err != nil {
 		return Session{}, c, 0, status.Error(codes.Internal, "slidejwt: cannot seal tokens")
 	}
+	start = s.startTimer()
 	res, err := s.cfg.store.Rotate(ctx, store.Rotation{
 		SessionID:  c.SessionID,
 		Presented:  refreshDigest(c.ID),
@@ -103,6 +108,7 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 		GraceUntil: p.GraceUntil(now),
 		KeepUntil:  p.KeepUntil(c.AuthTime.Time),
 	})
+	s.emitStore(ctx, StoreRotate, c.SessionID, start, res.Outcome, err)
 	if err != nil {
 		return Session{}, c, 0, errStoreUnavailable
 	}
@@ -159,7 +165,10 @@ func (s *Server) revoke(ctx context.Context, sessionID string, authTime time.Tim
 	if s.cfg.revoker == nil {
 		return status.Error(codes.FailedPrecondition, "slidejwt: no session store or revocation list to revoke in")
 	}
-	if err := s.cfg.revoker.Revoke(ctx, sessionID, s.cfg.now(), s.cfg.policy.KeepUntil(authTime)); err != nil {
+	start := s.startTimer()
+	err := s.cfg.revoker.Revoke(ctx, sessionID, s.cfg.now(), s.cfg.policy.KeepUntil(authTime))
+	s.emitStore(ctx, StoreRevoke, sessionID, start, 0, err)
+	if err != nil {
 		return errStoreUnavailable
 	}
 	s.emit(ctx, Event{Kind: EventRevoked, SessionID: sessionID})

@@ -132,7 +132,9 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		return Session{}, err
 	}
 	if s.cfg.store != nil {
+		start := s.startTimer()
 		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, s.cfg.policy.KeepUntil(now))
+		s.emitStore(ctx, StoreCreate, sess.SessionID, start, 0, err)
 		if err != nil {
 			return Session{}, fmt.Errorf("slidejwt: session store: %w", err)
 		}
@@ -216,10 +218,16 @@ func randomID() string {
 // verified the token, even while [Server.RotateKeys] replaces it.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, *verifiedClaims, *renewal, error) {
 	now := s.cfg.now() // one reading of the clock for the whole decision
+	// The Duration of the call's event, on the monotonic clock: the
+	// reading just made when it is time.Now's, none without a hook.
+	start := now
+	if s.cfg.clockSet {
+		start = s.startTimer()
+	}
 	v := s.ver.Load()
-	c, key, err := s.check(ctx, v, now)
+	c, key, cache, err := s.check(ctx, v, now)
 	if err != nil {
-		ev := Event{Kind: EventRejected, Method: method, Err: err}
+		ev := Event{Kind: EventRejected, Method: method, Err: err, Cache: cache}
 		if ae, ok := err.(*authError); ok {
 			ev.Reason = ae.reason
 			ae.beforeHandler = true
@@ -227,11 +235,11 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if c != nil {
 			ev.Subject, ev.SessionID = c.sub(), c.sid()
 		}
-		s.emit(ctx, ev)
+		s.emitTimed(ctx, ev, start)
 		return ctx, nil, nil, err
 	}
 	ctx = context.WithValue(ctx, claimsKey{}, c)
-	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.sub(), SessionID: c.sid(), Expiry: c.exp()}
+	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.sub(), SessionID: c.sid(), Expiry: c.exp(), Cache: cache}
 	var r *renewal
 	if method != revokeMethod { // a logout gets no renewal of the session it ends
 		r = s.renew(v, c, key, now)
@@ -246,49 +254,50 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	default:
 		ev.Kind, ev.Expiry = EventRenewed, r.exp
 	}
-	s.emit(ctx, ev)
+	s.emitTimed(ctx, ev, start)
 	return ctx, c, r, nil
 }
 
 // check extracts and verifies the bearer token with v and applies the
-// session rules. It returns the claims and the token as presented. On
-// rejection it may return the verified claims (for events).
-func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifiedClaims, tokenKey, error) {
+// session rules. It returns the claims, the token's cache key and whether
+// the cache held it. On rejection it may return the verified claims (for
+// events).
+func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifiedClaims, tokenKey, CacheResult, error) {
 	// One metadata lookup: auth.AuthFromMD reads only the first value, so
 	// it can neither see a second one nor save the copy made to count them.
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	switch {
 	case len(vals) == 0:
-		return nil, tokenKey{}, reject(ReasonTokenMissing, "")
+		return nil, tokenKey{}, CacheNone, reject(ReasonTokenMissing, "")
 	case len(vals) > 1:
-		return nil, tokenKey{}, reject(ReasonTokenInvalid, "more than one authorization value")
+		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "more than one authorization value")
 	}
 	scheme, raw, _ := strings.Cut(vals[0], " ")
 	if !strings.EqualFold(scheme, "bearer") || raw == "" {
-		return nil, tokenKey{}, reject(ReasonTokenMissing, "authorization is not a bearer token")
+		return nil, tokenKey{}, CacheNone, reject(ReasonTokenMissing, "authorization is not a bearer token")
 	}
 	if len(raw) > s.cfg.maxTokenSize {
-		return nil, tokenKey{}, reject(ReasonTokenInvalid, "token too long")
+		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "token too long")
 	}
 	if !isCompactJWS(raw) {
-		return nil, tokenKey{}, reject(ReasonTokenInvalid, "malformed token")
+		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "malformed token")
 	}
-	c, key, aerr := v.verifyCached(raw, now)
+	c, key, cache, aerr := v.verifyCached(raw, now)
 	if c != nil && s.cfg.policy.SessionEnded(now, c.authTime()) {
-		return c, key, reject(ReasonSessionExpired, "")
+		return c, key, cache, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
 	// claims are checked against the revocation list too, so that a client
 	// is told SESSION_REVOKED rather than invited to refresh.
 	if c != nil {
 		if err := s.checkLive(ctx, c.sid(), now); err != nil {
-			return c, key, err
+			return c, key, cache, err
 		}
 	}
 	if aerr != nil {
-		return c, key, aerr
+		return c, key, cache, aerr
 	}
-	return c, key, nil
+	return c, key, cache, nil
 }
 
 // checkLive asks the revocation list, if any, whether session sid may
@@ -298,7 +307,9 @@ func (s *Server) checkLive(ctx context.Context, sid string, now time.Time) error
 	if s.cfg.revocations == nil {
 		return nil
 	}
+	start := s.startTimer()
 	revoked, err := s.cfg.revocations.IsRevoked(ctx, sid, now)
+	s.emitStore(ctx, StoreIsRevoked, sid, start, 0, err)
 	switch {
 	case err != nil:
 		return errRevocationUnavailable
@@ -378,12 +389,6 @@ func (r *renewal) token() string {
 
 func (s *Server) exempt(method string) bool {
 	return method == refreshMethod || s.cfg.exempt[method]
-}
-
-func (s *Server) emit(ctx context.Context, e Event) {
-	if s.cfg.onEvent != nil {
-		s.cfg.onEvent(ctx, e)
-	}
 }
 
 // UnaryServerInterceptor authenticates unary calls. A renewed token goes

@@ -119,25 +119,28 @@ func (v *verifier) verify(raw string) (*Claims, *authError) {
 // without a cache, and for an expired token as verify does.
 //
 // It also returns the token's cache key, computed once for the call (the
-// renewal de-duplication uses it too); zero when the caches are off.
-func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tokenKey, *authError) {
+// renewal de-duplication uses it too), zero when the caches are off, and
+// whether the cache held the token (CacheNone when the caches are off).
+func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tokenKey, CacheResult, *authError) {
 	var k tokenKey
+	cache := CacheNone
 	if v.verified != nil {
 		k = keyOf(raw)
 		if c, ok := v.verified.get(k, now); ok && !now.Before(c.iat().Add(-v.policy.leeway())) {
-			return c, k, nil
+			return c, k, CacheHit, nil
 		}
+		cache = CacheMiss
 	}
 	full, err := v.verify(raw)
 	if full == nil {
-		return nil, k, err
+		return nil, k, cache, err
 	}
 	c := compactClaims(full)
 	if err == nil && v.verified != nil {
 		// jwt accepts while now < exp + leeway; the entry dies then.
 		v.verified.put(k, c, v.policy.AcceptExpiryUntil(c.exp()))
 	}
-	return c, k, err
+	return c, k, cache, err
 }
 
 // verifyRefresh is verify for a refresh token.

@@ -124,7 +124,7 @@ func BenchmarkVerifyMiss(b *testing.B) {
 func BenchmarkMint(b *testing.B) {
 	for _, a := range benchAlgs {
 		bs := newBenchServer(b, a)
-		c, key, aerr := bs.v.verifyCached(bs.tok, bs.now)
+		c, key, _, aerr := bs.v.verifyCached(bs.tok, bs.now)
 		if aerr != nil {
 			b.Fatal(aerr)
 		}

@@ -4,12 +4,17 @@ go 1.26.0
 
 // The core module and the providers are not published; go mod tidy ignores
 // go.work, so these resolve them from the repository.
-replace github.com/slidejwt/slidejwt => ../
+replace (
+	github.com/slidejwt/slidejwt => ../
+	github.com/slidejwt/slidejwt/providers/redisstore => ../providers/redisstore
+)
 
 require (
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.4
+	github.com/redis/rueidis v1.0.79
 	github.com/slidejwt/slidejwt v0.0.0-00010101000000-000000000000
+	github.com/slidejwt/slidejwt/providers/redisstore v0.0.0-00010101000000-000000000000
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )

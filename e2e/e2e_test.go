@@ -8,6 +8,10 @@
 // checks that the server never logged a token the tests saw, or anything
 // that looks like a JWT, and that it found no data race.
 //
+// The tests in redis_test.go run two servers as replicas that share one
+// real redis-server (started by internal/redistest from PATH; skipped
+// without it, failed without it when CI is set).
+//
 // The servers use durations of a few seconds, so the tests sleep to let
 // tokens age. No assertion depends on how long a sleep took: each one
 // compares times the server itself put into tokens, or reasons the server
@@ -28,6 +32,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,8 +219,13 @@ type server struct {
 // (text handler) or `"msg":"listening",...,"addr":"H:P"` (JSON handler).
 var listeningAddr = regexp.MustCompile(`(?m)listening.*?\baddr"?[=:]"?([^\s"]+)`)
 
+// listeningStore matches the store the "listening" line names.
+var listeningStore = regexp.MustCompile(`(?m)listening.*?\bstore"?[=:]"?(\w+)`)
+
 // startServer starts the example server on a free loopback port with
-// args, waits for its "listening" line, and stops it when the test ends.
+// args, waits for its "listening" line, checks that the line names the
+// store the arguments ask for (redis with --redis, memory without), and
+// stops the server when the test ends.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	s := &server{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
@@ -246,6 +256,13 @@ func startServer(t *testing.T, args ...string) *server {
 			t.Fatalf("server %q printed no listening line within 15s\nstderr:\n%s", args, s.stderr)
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+	wantStore := "memory"
+	if slices.Contains(args, "--redis") {
+		wantStore = "redis"
+	}
+	if m := listeningStore.FindStringSubmatch(s.stderr.String()); m == nil || m[1] != wantStore {
+		t.Errorf("server %q: listening line does not say store=%s\nstderr:\n%s", args, wantStore, s.stderr)
 	}
 	conn := dial(t, s.addr)
 	s.demo, s.tokens = demov1.NewDemoServiceClient(conn), slidejwtv1.NewTokenServiceClient(conn)
@@ -736,7 +753,7 @@ func TestReusedRefreshRevokes(t *testing.T) {
 }
 
 // TestSecondServerOwnStore: two server processes that share the key file
-// but not their session stores (the example server's store is in memory)
+// but not their session stores (without --redis, each keeps its own in memory)
 // refuse each other's sessions with SESSION_REVOKED: a session store is an
 // allow-list, so a session it does not know is never accepted, and a
 // replica that did not see a logout cannot keep serving the session.
@@ -813,35 +830,49 @@ func TestBadFlags(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, serverBin, append([]string{"--addr", "127.0.0.1:0"}, tt.args...)...)
-			cmd.Env = processEnv()
-			setProcAttr(cmd)
-			cmd.Cancel = func() error { killProc(cmd); return nil }
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			code, line := startFailing(t, tt.args...)
+			if code != 2 {
+				t.Errorf("server %q: exit status %d, want 2 (a bad flag)", tt.args, code)
 			}
-			track(cmd)
-			err := cmd.Wait()
-			if ctx.Err() != nil {
-				t.Fatalf("server %q still running after 15s, want a start-up error\nstderr:\n%s", tt.args, &stderr)
-			}
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.ExitCode() <= 0 {
-				t.Errorf("server %q: exit %v, want a non-zero status", tt.args, err)
-			}
-			lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
-			if len(lines) != 1 || lines[0] == "" {
-				t.Fatalf("server %q wrote %d stderr lines, want 1:\n%s", tt.args, len(lines), &stderr)
-			}
-			if !namesFlag(lines[0], tt.flag) {
-				t.Errorf("server %q: stderr %q does not name --%s", tt.args, lines[0], tt.flag)
+			if !namesFlag(line, tt.flag) {
+				t.Errorf("server %q: stderr %q does not name --%s", tt.args, line, tt.flag)
 			}
 		})
 	}
+}
+
+// startFailing runs the example server with args, expecting it to stop at
+// start-up, and returns its exit status and the one line it wrote on
+// stderr. It fails the test if the server keeps running for 15 s, exits
+// with status 0, writes anything but one line on stderr, or writes
+// anything on stdout.
+func startFailing(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, serverBin, append([]string{"--addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = processEnv()
+	setProcAttr(cmd)
+	cmd.Cancel = func() error { killProc(cmd); return nil }
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	track(cmd)
+	err := cmd.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("server %q still running after 15s, want a start-up error\nstderr:\n%s", args, &stderr)
+	}
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() <= 0 {
+		t.Fatalf("server %q: exit %v, want a non-zero status", args, err)
+	}
+	lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
+	if len(lines) != 1 || lines[0] == "" || stdout.Len() != 0 {
+		t.Fatalf("server %q wrote %d stderr lines and %d stdout bytes, want 1 line and nothing:\n%s", args, len(lines), stdout.Len(), &stderr)
+	}
+	return exit.ExitCode(), lines[0]
 }
 
 // TestGoodFlags: valid values at the edge of the contract start the

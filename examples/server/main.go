@@ -9,6 +9,21 @@
 // token back in the "renewed-token" response metadata. The server logs one
 // line per login, renewal, refresh and rejection, and never a token.
 //
+// Each process keeps its sessions in memory unless --redis names a Redis
+// server: then refresh rotation and revocation live in Redis
+// (providers/redisstore), shared by every replica started with the same
+// --redis, --secret-file, --issuer and --audience. A session revoked on
+// one replica is refused by all of them.
+//
+//	go run ./examples/server --addr 127.0.0.1:50051 --secret-file key --redis 127.0.0.1:6379
+//	go run ./examples/server --addr 127.0.0.1:50052 --secret-file key --redis 127.0.0.1:6379
+//
+// --redis takes host:port or a redis:// or rediss:// URL, which may carry a
+// user name and password; the server never logs the URL. With Redis
+// unreachable at start-up the server exits with status 1 and one line
+// naming --redis; later outages fail the calls that need the store with
+// codes.Unavailable, and the server recovers when Redis is back.
+//
 // It serves plaintext gRPC, which is only fit for loopback: put TLS in
 // front of it (or add grpc.Creds) anywhere else.
 package main
@@ -23,6 +38,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,6 +48,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/redis/rueidis"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -43,6 +60,8 @@ import (
 	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
 	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"github.com/slidejwt/slidejwt/interceptor/store"
+	"github.com/slidejwt/slidejwt/providers/redisstore"
 )
 
 func main() {
@@ -72,6 +91,7 @@ type config struct {
 	issuer       string
 	audience     string
 	users        map[string]string
+	redis        *rueidis.ClientOption // nil: the in-memory store; may hold a password, never print it
 }
 
 // flagError is a bad flag value; its message names the flag.
@@ -97,9 +117,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	renewBefore := fs.Duration("renew-before", 0, "renew when the remaining lifetime is below this (default half of --ttl)")
 	refreshTTL := fs.Duration("refresh-ttl", interceptor.DefaultRefreshTTL, "idle lifetime of a refresh token")
 	refreshGrace := fs.Duration("refresh-grace", interceptor.DefaultRefreshGrace, "how long a retired refresh token still gets its successor (at most --refresh-ttl)")
-	secretFile := fs.String("secret-file", "", "file holding the HS256 key (a trailing newline is stripped); default: a random key")
-	issuer := fs.String("issuer", "slidejwt-demo", "token issuer (iss)")
-	audience := fs.String("audience", "demo", "token audience (aud)")
+	secretFile := fs.String("secret-file", "", "file holding the HS256 key (a trailing newline is stripped); replicas need the same --secret-file, --issuer and --audience; default: a random key")
+	issuer := fs.String("issuer", "slidejwt-demo", "token issuer (iss); the same on every replica")
+	audience := fs.String("audience", "demo", "token audience (aud); the same on every replica")
+	redisAddr := fs.String("redis", "", "`address` of the Redis that keeps the sessions, shared by replicas: host:port, or a redis:// or rediss:// URL (credentials may go in the URL; it is never logged); default: a store in this process's memory")
 	users := fs.String("users", "alice:alice-password", "comma-separated user:password pairs")
 	leeway := fs.Duration("leeway", interceptor.DefaultLeeway, "clock-skew allowance")
 	if err := fs.Parse(args); err != nil {
@@ -170,6 +191,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		cfg.secret = b
 	}
+	if set["redis"] {
+		opt, err := parseRedis(*redisAddr)
+		if err != nil {
+			return config{}, err
+		}
+		cfg.redis = &opt
+	}
 	for _, pair := range strings.Split(*users, ",") {
 		user, pass, ok := strings.Cut(pair, ":")
 		if !ok || user == "" || pass == "" {
@@ -178,6 +206,113 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		cfg.users[user] = pass
 	}
 	return cfg, nil
+}
+
+// parseRedis turns the --redis value into a client option: host:port, or a
+// URL that rueidis.ParseURL understands (redis://, rediss://, and the
+// forms it also takes). Its errors never quote the value, which may
+// carry a password.
+func parseRedis(v string) (rueidis.ClientOption, error) {
+	if v == "" {
+		return rueidis.ClientOption{}, &flagError{"redis", "must not be empty"}
+	}
+	if !strings.Contains(v, "://") {
+		host, port, err := net.SplitHostPort(v)
+		if err != nil || host == "" || port == "" || strings.ContainsAny(v, "@/") {
+			return rueidis.ClientOption{}, &flagError{"redis", "want host:port, or a redis:// or rediss:// URL"}
+		}
+		return rueidis.ClientOption{InitAddress: []string{v}}, nil
+	}
+	opt, err := rueidis.ParseURL(v)
+	if err != nil {
+		// url.Parse quotes the whole URL, password included, and its
+		// inner errors may quote part of it; rueidis's own errors name
+		// the scheme, path or a query value, never the user info.
+		if _, isURL := errors.AsType[*url.Error](err); isURL {
+			return rueidis.ClientOption{}, &flagError{"redis", "not a valid URL"}
+		}
+		return rueidis.ClientOption{}, &flagError{"redis", oneLine(strings.TrimPrefix(err.Error(), "redis: "))}
+	}
+	return opt, nil
+}
+
+// redisTimeout bounds every call to Redis. rueidis retries a read that
+// failed on a network error for as long as the call's context allows,
+// which is forever for a call without a deadline (and for the checks of
+// open streams): with Redis down, a call would hang instead of failing
+// with codes.Unavailable.
+const redisTimeout = 2 * time.Second
+
+// openStore returns the session store of cfg: Redis with --redis, and
+// then the client to close at exit, or the in-memory store.
+func openStore(cfg config) (store.SessionStore, rueidis.Client, error) {
+	if cfg.redis == nil {
+		return &memstore.SessionStore{}, nil, nil
+	}
+	client, err := rueidis.NewClient(*cfg.redis)
+	if err != nil {
+		msg := oneLine(err.Error())
+		if pw := cfg.redis.Password; pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx") // rueidis does not echo it; be sure
+		}
+		return nil, nil, fmt.Errorf("--redis: cannot connect to %s: %s", strings.Join(cfg.redis.InitAddress, ","), msg)
+	}
+	return timeoutStore{redisstore.New(client), redisTimeout}, client, nil
+}
+
+// oneLine keeps an error message on one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// timeoutStore gives each call to its store at most timeout.
+type timeoutStore struct {
+	store.SessionStore
+	timeout time.Duration
+}
+
+func (s timeoutStore) IsRevoked(ctx context.Context, sessionID string, now time.Time) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.SessionStore.IsRevoked(ctx, sessionID, now)
+}
+
+func (s timeoutStore) Revoke(ctx context.Context, sessionID string, now, keepUntil time.Time) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.SessionStore.Revoke(ctx, sessionID, now, keepUntil)
+}
+
+func (s timeoutStore) Create(ctx context.Context, sessionID string, refresh store.Digest, now, keepUntil time.Time) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.SessionStore.Create(ctx, sessionID, refresh, now, keepUntil)
+}
+
+func (s timeoutStore) Rotate(ctx context.Context, r store.Rotation) (store.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return s.SessionStore.Rotate(ctx, r)
+}
+
+// loginStore marks the errors of Create, so that Login can tell a store
+// that cannot answer (codes.Unavailable, try again later) from a bug
+// (codes.Internal). Every other method is the store's own.
+type loginStore struct {
+	store.SessionStore
+}
+
+// storeError marks an error of the session store; its message is the
+// store's own.
+type storeError struct{ error }
+
+func (e storeError) Unwrap() error { return e.error }
+
+func (s loginStore) Create(ctx context.Context, sessionID string, refresh store.Digest, now, keepUntil time.Time) error {
+	if err := s.SessionStore.Create(ctx, sessionID, refresh, now, keepUntil); err != nil {
+		return storeError{err}
+	}
+	return nil
 }
 
 // run serves until ctx is done. Start-up errors are returned; the one for
@@ -204,12 +339,24 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	sessionStore, client, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	storeName := "memory"
+	if client != nil {
+		defer client.Close()
+		storeName = "redis"
+		if cfg.secret == nil {
+			log.Warn("--redis without --secret-file: this replica signs with a random key, and other replicas refuse its tokens")
+		}
+	}
 	sessions, err := interceptor.NewServer(keys,
 		interceptor.WithPolicy(cfg.policy),
 		interceptor.WithIssuer(cfg.issuer),
 		interceptor.WithAudience(cfg.audience),
 		interceptor.WithLeeway(cfg.leeway),
-		interceptor.WithSessionStore(&memstore.SessionStore{}),
+		interceptor.WithSessionStore(loginStore{sessionStore}),
 		interceptor.WithRefreshTTL(cfg.refreshTTL),
 		interceptor.WithRefreshGrace(cfg.refreshGrace),
 		interceptor.WithExemptMethods(demov1.DemoService_Login_FullMethodName),
@@ -238,8 +385,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return &flagError{"addr", err.Error()}
 	}
 	p := sessions.Policy()
-	log.Info("listening", "addr", lis.Addr().String(), "ttl", p.TTL, "max_lifetime", p.MaxLifetime,
-		"renew_before", p.RenewBefore, "refresh_ttl", cfg.refreshTTL, "key", kid)
+	attrs := []any{"addr", lis.Addr().String(), "store", storeName}
+	if cfg.redis != nil {
+		// The addresses only: a URL's user info stays out of the log.
+		attrs = append(attrs, "redis", strings.Join(cfg.redis.InitAddress, ","))
+	}
+	attrs = append(attrs, "ttl", p.TTL, "max_lifetime", p.MaxLifetime, "renew_before", p.RenewBefore,
+		"refresh_ttl", cfg.refreshTTL, "key", kid)
+	log.Info("listening", attrs...)
 
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(lis) }()
@@ -305,6 +458,10 @@ func (d *demoService) Login(ctx context.Context, req *demov1.LoginRequest) (*dem
 		return nil, status.Error(codes.Unauthenticated, "invalid username or password")
 	}
 	s, err := d.sessions.StartSession(ctx, req.GetUsername(), nil)
+	if _, down := errors.AsType[storeError](err); down {
+		d.log.WarnContext(ctx, "login failed", "user", req.GetUsername(), "err", err)
+		return nil, status.Error(codes.Unavailable, "session store unavailable")
+	}
 	if err != nil {
 		return nil, status.Error(codes.Internal, "cannot start session")
 	}

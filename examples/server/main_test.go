@@ -4,19 +4,26 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
+	"github.com/slidejwt/slidejwt/interceptor"
+	"github.com/slidejwt/slidejwt/interceptor/memstore"
+	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
 // TestParseFlags_Errors: every bad value stops the server with one line
@@ -97,6 +104,239 @@ func TestParseFlags_Defaults(t *testing.T) {
 	cfg, err = parseFlags([]string{"--users", "alice:a,bob:b:c"}, io.Discard)
 	if err != nil || cfg.users["alice"] != "a" || cfg.users["bob"] != "b:c" {
 		t.Fatalf("users = %v, %v", cfg.users, err)
+	}
+}
+
+// TestParseFlags_Redis: --redis takes host:port or a URL, and without it
+// the server keeps the in-memory store.
+func TestParseFlags_Redis(t *testing.T) {
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil || cfg.redis != nil {
+		t.Fatalf("without --redis: redis option set = %t, err %v; want none", cfg.redis != nil, err)
+	}
+	tests := []struct {
+		value          string
+		addr           string
+		user, password string
+		db             int
+		tlsServerName  string // "" means no TLS
+	}{
+		{"127.0.0.1:6379", "127.0.0.1:6379", "", "", 0, ""},
+		{"[::1]:6380", "[::1]:6380", "", "", 0, ""},
+		{"redis.internal:6379", "redis.internal:6379", "", "", 0, ""},
+		{"redis://127.0.0.1:6380/2", "127.0.0.1:6380", "", "", 2, ""},
+		{"redis://alice:s3cret@redis.internal:6379", "redis.internal:6379", "alice", "s3cret", 0, ""},
+		{"redis://:s3cret@127.0.0.1:6379/0", "127.0.0.1:6379", "", "s3cret", 0, ""},
+		{"rediss://redis.internal", "redis.internal:6379", "", "", 0, "redis.internal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			cfg, err := parseFlags([]string{"--redis", tt.value}, io.Discard)
+			if err != nil {
+				t.Fatalf("parseFlags: %v", err)
+			}
+			o := cfg.redis
+			if o == nil {
+				t.Fatal("no redis option")
+			}
+			if !slices.Equal(o.InitAddress, []string{tt.addr}) {
+				t.Errorf("addresses = %q, want [%q]", o.InitAddress, tt.addr)
+			}
+			if o.Username != tt.user || o.Password != tt.password || o.SelectDB != tt.db {
+				t.Errorf("user %q, password set %t, db %d; want %q, %t, %d",
+					o.Username, o.Password != "", o.SelectDB, tt.user, tt.password != "", tt.db)
+			}
+			switch {
+			case tt.tlsServerName == "" && o.TLSConfig != nil:
+				t.Errorf("TLS configured, want plaintext")
+			case tt.tlsServerName != "" && (o.TLSConfig == nil || o.TLSConfig.ServerName != tt.tlsServerName):
+				t.Errorf("TLS config = %+v, want server name %q", o.TLSConfig, tt.tlsServerName)
+			}
+		})
+	}
+}
+
+// TestParseFlags_RedisErrors: a bad --redis value stops the server with
+// one line naming --redis (exit status 2) that never quotes the value,
+// which may carry a password.
+func TestParseFlags_RedisErrors(t *testing.T) {
+	tests := []struct {
+		value  string
+		secret string // must not appear in the message
+	}{
+		{"", ""},
+		{"localhost", "localhost"},
+		{"127.0.0.1", "127.0.0.1"},
+		{":6379", ""},
+		{"alice:s3cret@127.0.0.1:6379", "s3cret"},
+		{"127.0.0.1:6379/0", "6379/0"},
+		{"redis://alice:s3cret@127.0.0.1:port/0", "s3cret"},
+		{"redis://alice:s3%zzcret@127.0.0.1:6379", "%zz"},
+		{"redis://alice:s3cret@127.0.0.1:6379/x", "s3cret"},
+		{"redis://alice:s3cret@127.0.0.1:6379/1/2", "s3cret"},
+		{"http://alice:s3cret@127.0.0.1:6379", "s3cret"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			_, err := parseFlags([]string{"--redis", tt.value}, io.Discard)
+			var fe *flagError
+			if !errors.As(err, &fe) {
+				t.Fatalf("err = %v, want a *flagError", err)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "--redis: ") || strings.Contains(msg, "\n") {
+				t.Errorf("error %q: want one line starting with --redis", msg)
+			}
+			if tt.secret != "" && strings.Contains(msg, tt.secret) {
+				t.Errorf("error %q quotes %q from the value", msg, tt.secret)
+			}
+		})
+	}
+}
+
+// TestRun_RedisUnreachable: with nothing listening at --redis, the server
+// stops before it listens, with one line naming --redis that is not a
+// flag error (exit status 1, not 2) and never shows the URL's password.
+func TestRun_RedisUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	for _, value := range []string{addr, "redis://alice:s3cret@" + addr + "/0"} {
+		t.Run(value, func(t *testing.T) {
+			var log bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := run(ctx, []string{"--addr", "127.0.0.1:0", "--redis", value}, &log)
+			if err == nil {
+				t.Fatal("run succeeded, want a start-up error")
+			}
+			if _, isFlag := errors.AsType[*flagError](err); isFlag {
+				t.Errorf("err %q is a flag error (exit status 2), want exit status 1", err)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "--redis: ") || !strings.Contains(msg, addr) || strings.Contains(msg, "\n") {
+				t.Errorf("error %q: want one line naming --redis and %s", msg, addr)
+			}
+			if strings.Contains(msg+log.String(), "s3cret") {
+				t.Errorf("error %q or log %q shows the password", msg, log.String())
+			}
+			if strings.Contains(log.String(), "listening") {
+				t.Errorf("server listened: %s", log.String())
+			}
+		})
+	}
+}
+
+// TestHelp: --help lists --redis and says what replicas must share.
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseFlags([]string{"--help"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"-redis address", "replicas need the same --secret-file, --issuer and --audience"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help does not contain %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// failingStore is an in-memory store whose Create fails, as Redis's does
+// while it is unreachable.
+type failingStore struct{ memstore.SessionStore }
+
+func (*failingStore) Create(context.Context, string, store.Digest, time.Time, time.Time) error {
+	return errors.New("redisstore: create: dial tcp 127.0.0.1:6379: connect: connection refused")
+}
+
+// TestLogin_StoreUnavailable: a login whose session the store cannot
+// record fails with codes.Unavailable (try again later), not Internal.
+func TestLogin_StoreUnavailable(t *testing.T) {
+	key, err := interceptor.NewKey("k", jwt.SigningMethodHS256, []byte(strings.Repeat("s", 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := interceptor.NewKeySet(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		store store.SessionStore
+		want  codes.Code
+	}{
+		{"store down", &failingStore{}, codes.Unavailable},
+		{"store up", &memstore.SessionStore{}, codes.OK},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sessions, err := interceptor.NewServer(keys, interceptor.WithSessionStore(loginStore{tt.store}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := &demoService{sessions: sessions, users: map[string]string{"alice": "pw"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+			_, err = d.Login(context.Background(), &demov1.LoginRequest{Username: "alice", Password: "pw"})
+			if got := status.Code(err); got != tt.want {
+				t.Errorf("Login code = %v (%v), want %v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// blockingStore is a store whose every method waits for its context to
+// end, as rueidis does while it retries a read against a Redis that is
+// down and the call has no deadline.
+type blockingStore struct{}
+
+func (blockingStore) IsRevoked(ctx context.Context, _ string, _ time.Time) (bool, error) {
+	<-ctx.Done()
+	return true, ctx.Err()
+}
+
+func (blockingStore) Revoke(ctx context.Context, _ string, _, _ time.Time) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (blockingStore) Create(ctx context.Context, _ string, _ store.Digest, _, _ time.Time) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (blockingStore) Rotate(ctx context.Context, _ store.Rotation) (store.Result, error) {
+	<-ctx.Done()
+	return store.Result{}, ctx.Err()
+}
+
+// TestTimeoutStore: every method of the Redis store gets a deadline, so
+// that a call without one fails instead of hanging while Redis is down.
+func TestTimeoutStore(t *testing.T) {
+	s := timeoutStore{blockingStore{}, 50 * time.Millisecond}
+	now := time.Now()
+	calls := []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"IsRevoked", func(ctx context.Context) error { _, err := s.IsRevoked(ctx, "sid", now); return err }},
+		{"Revoke", func(ctx context.Context) error { return s.Revoke(ctx, "sid", now, now) }},
+		{"Create", func(ctx context.Context) error { return s.Create(ctx, "sid", store.Digest{}, now, now) }},
+		{"Rotate", func(ctx context.Context) error { _, err := s.Rotate(ctx, store.Rotation{}); return err }},
+	}
+	for _, c := range calls {
+		t.Run(c.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() { done <- c.call(context.Background()) }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("err = %v, want context.DeadlineExceeded", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no answer within 10s of a 50ms timeout")
+			}
+		})
 	}
 }
 

@@ -88,6 +88,11 @@ var (
 	// ErrMalformedToken is returned by [NewTokenHolder] for a token that does
 	// not decode as a session token of this package.
 	ErrMalformedToken = errors.New("slidejwt: malformed token")
+	// ErrStoreUnavailable is returned by [Server.StartSession] when the
+	// session store could not record the new session (wrapping the store's
+	// own error): the login may be tried again later, and a gRPC handler
+	// answers it with codes.Unavailable.
+	ErrStoreUnavailable = errors.New("slidejwt: session store unavailable")
 )
 
 // authError is a rejection decided by the server. Its detail is a fixed

@@ -914,3 +914,30 @@ func TestRefresh_RevokeResponseCarriesNoRenewal(t *testing.T) {
 		t.Fatalf("%d %v events for Revoke, want 1", n, EventAuthenticated)
 	}
 }
+
+// createFailsStore is a session store whose Create fails, as a store that
+// cannot be reached does.
+type createFailsStore struct {
+	*memstore.SessionStore
+	err error
+}
+
+func (s createFailsStore) Create(context.Context, string, store.Digest, time.Time, time.Time) error {
+	return s.err
+}
+
+// TestStartSession_StoreUnavailable: when the store cannot record a new
+// session, StartSession returns no tokens and an error that is
+// ErrStoreUnavailable and still the store's own, so that a login handler
+// can answer codes.Unavailable.
+func TestStartSession_StoreUnavailable(t *testing.T) {
+	cause := errors.New("connection refused")
+	e := newEnv(t, withStore(createFailsStore{&memstore.SessionStore{}, cause}))
+	s, err := e.server.StartSession(context.Background(), "alice", nil)
+	if !errors.Is(err, ErrStoreUnavailable) || !errors.Is(err, cause) {
+		t.Fatalf("StartSession err = %v, want ErrStoreUnavailable wrapping the store's error", err)
+	}
+	if s.AccessToken != "" || s.RefreshToken != "" {
+		t.Fatal("StartSession returned tokens for a session the store did not record")
+	}
+}

@@ -136,7 +136,7 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, s.cfg.policy.KeepUntil(now))
 		s.emitStore(ctx, StoreCreate, sess.SessionID, start, 0, err)
 		if err != nil {
-			return Session{}, fmt.Errorf("slidejwt: session store: %w", err)
+			return Session{}, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 		}
 	}
 	s.emit(ctx, Event{Kind: EventSessionStarted, Subject: subject, SessionID: sess.SessionID, Expiry: sess.Expiry})

@@ -236,13 +236,6 @@ func parseRedis(v string) (rueidis.ClientOption, error) {
 	return opt, nil
 }
 
-// redisTimeout bounds every call to Redis. rueidis retries a read that
-// failed on a network error for as long as the call's context allows,
-// which is forever for a call without a deadline (and for the checks of
-// open streams): with Redis down, a call would hang instead of failing
-// with codes.Unavailable.
-const redisTimeout = 2 * time.Second
-
 // openStore returns the session store of cfg: Redis with --redis, and
 // then the client to close at exit, or the in-memory store.
 func openStore(cfg config) (store.SessionStore, rueidis.Client, error) {
@@ -257,62 +250,15 @@ func openStore(cfg config) (store.SessionStore, rueidis.Client, error) {
 		}
 		return nil, nil, fmt.Errorf("--redis: cannot connect to %s: %s", strings.Join(cfg.redis.InitAddress, ","), msg)
 	}
-	return timeoutStore{redisstore.New(client), redisTimeout}, client, nil
+	// Every call to Redis is bounded by the store (redisstore.WithTimeout,
+	// default 1 s): with Redis down a call fails with codes.Unavailable
+	// rather than waiting on the client's retries.
+	return redisstore.New(client), client, nil
 }
 
 // oneLine keeps an error message on one line.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
-}
-
-// timeoutStore gives each call to its store at most timeout.
-type timeoutStore struct {
-	store.SessionStore
-	timeout time.Duration
-}
-
-func (s timeoutStore) IsRevoked(ctx context.Context, sessionID string, now time.Time) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	return s.SessionStore.IsRevoked(ctx, sessionID, now)
-}
-
-func (s timeoutStore) Revoke(ctx context.Context, sessionID string, now, keepUntil time.Time) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	return s.SessionStore.Revoke(ctx, sessionID, now, keepUntil)
-}
-
-func (s timeoutStore) Create(ctx context.Context, sessionID string, refresh store.Digest, now, keepUntil time.Time) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	return s.SessionStore.Create(ctx, sessionID, refresh, now, keepUntil)
-}
-
-func (s timeoutStore) Rotate(ctx context.Context, r store.Rotation) (store.Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	return s.SessionStore.Rotate(ctx, r)
-}
-
-// loginStore marks the errors of Create, so that Login can tell a store
-// that cannot answer (codes.Unavailable, try again later) from a bug
-// (codes.Internal). Every other method is the store's own.
-type loginStore struct {
-	store.SessionStore
-}
-
-// storeError marks an error of the session store; its message is the
-// store's own.
-type storeError struct{ error }
-
-func (e storeError) Unwrap() error { return e.error }
-
-func (s loginStore) Create(ctx context.Context, sessionID string, refresh store.Digest, now, keepUntil time.Time) error {
-	if err := s.SessionStore.Create(ctx, sessionID, refresh, now, keepUntil); err != nil {
-		return storeError{err}
-	}
-	return nil
 }
 
 // run serves until ctx is done. Start-up errors are returned; the one for
@@ -356,7 +302,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		interceptor.WithIssuer(cfg.issuer),
 		interceptor.WithAudience(cfg.audience),
 		interceptor.WithLeeway(cfg.leeway),
-		interceptor.WithSessionStore(loginStore{sessionStore}),
+		interceptor.WithSessionStore(sessionStore),
 		interceptor.WithRefreshTTL(cfg.refreshTTL),
 		interceptor.WithRefreshGrace(cfg.refreshGrace),
 		interceptor.WithExemptMethods(demov1.DemoService_Login_FullMethodName),
@@ -458,7 +404,7 @@ func (d *demoService) Login(ctx context.Context, req *demov1.LoginRequest) (*dem
 		return nil, status.Error(codes.Unauthenticated, "invalid username or password")
 	}
 	s, err := d.sessions.StartSession(ctx, req.GetUsername(), nil)
-	if _, down := errors.AsType[storeError](err); down {
+	if errors.Is(err, interceptor.ErrStoreUnavailable) {
 		d.log.WarnContext(ctx, "login failed", "user", req.GetUsername(), "err", err)
 		return nil, status.Error(codes.Unavailable, "session store unavailable")
 	}

@@ -76,3 +76,55 @@ func StartCluster(t testing.TB, n int, args ...string) []*Server {
 func SlotRange(i, n int) (lo, hi int) {
 	return i * Slots / n, (i+1)*Slots/n - 1
 }
+
+// StartClusterReplica starts a cluster-enabled server like master (same
+// binary), with its cluster bus on a free port of its own, joins it to
+// master's cluster (CLUSTER MEET) and makes it master's replica (CLUSTER
+// REPLICATE). It waits until master lists it online (a full sync: give
+// the masters --repl-diskless-sync no to skip the five-second wait of a
+// diskless one). args are more options.
+func StartClusterReplica(t testing.TB, master *Server, args ...string) *Server {
+	t.Helper()
+	addrs := FreeAddrs(t, 2)
+	_, bus, _ := net.SplitHostPort(addrs[1])
+	r := start(t, master.bin, addrs[0], "", append([]string{
+		"--cluster-enabled", "yes",
+		"--cluster-config-file", "nodes.conf",
+		"--cluster-port", bus,
+	}, args...))
+	cfg, _ := master.Do("CONFIG", "GET", "cluster-port").([]any)
+	if len(cfg) != 2 {
+		t.Fatalf("CONFIG GET cluster-port on %s = %v", master.Addr(), cfg)
+	}
+	masterBus, _ := cfg[1].(string)
+	if masterBus == "0" { // the default: client port + 10000
+		p, _ := strconv.Atoi(master.Port())
+		masterBus = strconv.Itoa(p + 10000)
+	}
+	id, _ := master.Do("CLUSTER", "MYID").(string)
+	r.Do("CLUSTER", "MEET", "127.0.0.1", master.Port(), masterBus)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// The replica must know master before it can replicate it.
+		if _, err := Do(r.Addr(), "CLUSTER", "REPLICATE", id); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not learn of master %s within 30s", r.Addr(), master.Addr())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for {
+		reply, _ := Do(master.Addr(), "INFO", "replication")
+		text, _ := reply.(string)
+		for _, rep := range Replicas(text) {
+			if rep["port"] == r.Port() && rep["state"] == "online" {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s of %s not online within 30s; INFO replication:\n%s", r.Addr(), master.Addr(), text)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,7 +1,10 @@
 package redistest
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -93,9 +96,10 @@ func TestSlotRange(t *testing.T) {
 }
 
 // TestCluster: three masters form one cluster in which each owns a third
-// of the slots, and a key is served by the owner of its slot only.
+// of the slots, and a key is served by the owner of its slot only. A
+// replica added to the owner replicates the key.
 func TestCluster(t *testing.T) {
-	nodes := StartCluster(t, 3)
+	nodes := StartCluster(t, 3, "--repl-diskless-sync", "no")
 	slot, ok := nodes[0].Do("CLUSTER", "KEYSLOT", "k").(int64)
 	if !ok {
 		t.Fatal("CLUSTER KEYSLOT k: not an integer")
@@ -114,6 +118,14 @@ func TestCluster(t *testing.T) {
 		if i != owner && (err == nil || !strings.HasPrefix(err.Error(), "redistest: redis replied MOVED ")) {
 			t.Errorf("SET on node %d, which does not own slot %d: %v, want MOVED", i, slot, err)
 		}
+	}
+	replica := StartClusterReplica(t, nodes[owner])
+	if role := replica.Info("replication", "role"); role != "slave" {
+		t.Fatalf("the cluster replica's role = %q, want slave", role)
+	}
+	WaitInSync(t, nodes[owner], 1, 30*time.Second)
+	if n := replica.Do("DBSIZE"); n != int64(1) {
+		t.Fatalf("DBSIZE on the owner's replica = %#v, want 1", n)
 	}
 }
 
@@ -136,5 +148,69 @@ func TestSentinel(t *testing.T) {
 			t.Fatalf("SENTINEL REPLICAS m = %#v after 20s, want the replica on port %s", replicas, replica.Port())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestProxy: a command through a proxy is answered; while the proxy is
+// stalled the answer is held back, and Resume delivers it; Close ends the
+// connection.
+func TestProxy(t *testing.T) {
+	s := Start(t)
+	p := StartProxy(t, s.Addr())
+	if got, err := Do(p.Addr(), "SET", "k", "v"); err != nil || got != "OK" {
+		t.Fatalf("SET through the proxy = %#v, %v; want OK", got, err)
+	}
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	p.Stall()
+	if _, err := io.WriteString(c, "GET k\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if line, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("read %q through a stalled proxy, want nothing", line)
+	}
+	if got := s.Do("GET", "k"); got != "v" {
+		t.Fatalf("GET k on the server = %#v; the stalled proxy must still forward to it", got)
+	}
+	p.Resume()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if reply, err := readReply(r); err != nil || reply != "v" {
+		t.Fatalf("GET k after Resume = %#v, %v; want v", reply, err)
+	}
+	p.Close()
+	if _, err := readReply(r); err == nil {
+		t.Fatal("a connection through a closed proxy still answers")
+	}
+}
+
+// TestReplicaVia: a replica through a proxy is in sync; while the proxy
+// is stalled it misses the master's writes, and receives them on Resume.
+func TestReplicaVia(t *testing.T) {
+	master := Start(t, "--repl-diskless-sync", "no")
+	p := StartProxy(t, master.Addr())
+	replica := StartReplicaVia(t, master, p.Addr())
+	master.Do("SET", "k", "1")
+	WaitInSync(t, master, 1, 30*time.Second)
+	if got := replica.Do("GET", "k"); got != "1" {
+		t.Fatalf("GET k on the replica in sync = %#v, want 1", got)
+	}
+	p.Stall()
+	master.Do("SET", "k", "2")
+	time.Sleep(100 * time.Millisecond)
+	if got := replica.Do("GET", "k"); got != "1" {
+		t.Fatalf("GET k on the replica behind a stalled proxy = %#v, want 1", got)
+	}
+	p.Resume()
+	deadline := time.Now().Add(10 * time.Second)
+	for replica.Do("GET", "k") != "2" {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica did not receive the held write within 10s of Resume")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

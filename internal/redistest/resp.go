@@ -21,21 +21,49 @@ func (e ReplyError) Error() string { return "redistest: redis replied " + string
 // string, an int64, nil for a null, a []any for an array, or a
 // [ReplyError]. It gives up after five seconds.
 func Do(addr string, args ...string) (any, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	replies, err := doAll(addr, 5*time.Second, args)
+	if err != nil {
+		return nil, err
+	}
+	if e, ok := replies[0].(ReplyError); ok {
+		return nil, e
+	}
+	return replies[0], nil
+}
+
+// doAll sends cmds to the server at addr on one new connection, in one
+// write, and returns their replies, an error reply as a [ReplyError]
+// element. It gives up after timeout.
+func doAll(addr string, timeout time.Duration, cmds ...[]string) ([]any, error) {
+	c, err := net.DialTimeout("tcp", addr, timeout)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(timeout))
 	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	for _, args := range cmds {
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
 	}
 	if _, err := io.WriteString(c, b.String()); err != nil {
 		return nil, err
 	}
-	return readReply(bufio.NewReader(c))
+	r := bufio.NewReader(c)
+	replies := make([]any, len(cmds))
+	for i := range replies {
+		reply, err := readReply(r)
+		if e, ok := err.(ReplyError); ok {
+			reply, err = e, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		replies[i] = reply
+	}
+	return replies, nil
 }
 
 func readReply(r *bufio.Reader) (any, error) {

@@ -17,10 +17,3 @@ func StartSentinel(t testing.TB, masterName string, master *Server, conf ...stri
 	lines := append([]string{fmt.Sprintf("sentinel monitor %s 127.0.0.1 %s 1", masterName, master.Port())}, conf...)
 	return start(t, master.bin, FreeAddr(t), strings.Join(lines, "\n")+"\n", []string{"--sentinel"})
 }
-
-// StartReplica starts a server like master (same binary) that replicates
-// it (--replicaof), with more options args.
-func StartReplica(t testing.TB, master *Server, args ...string) *Server {
-	t.Helper()
-	return StartBinary(t, master.bin, append([]string{"--replicaof", "127.0.0.1", master.Port()}, args...)...)
-}

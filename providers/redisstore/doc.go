@@ -15,7 +15,8 @@
 // to EVAL once after a Redis restart), so the check and the write of a
 // rotation cannot interleave with another replica's: two replicas that
 // rotate the same refresh token at the same instant mint exactly one
-// successor.
+// successor. With [WithReplicaAcks], a revocation's script is followed by
+// WAIT in the same round trip (see Replication).
 //
 // # Keys
 //
@@ -100,13 +101,106 @@
 // contract suite on valkey-server when it is on PATH, and is skipped
 // otherwise, also under CI, since Debian 12 has no Valkey package.
 //
-// Redis replicates asynchronously, and the store does not wait for
-// replicas (WAIT): a failover right after a write, to a replica that had
-// not received it, loses the write. A lost Create or Rotate logs the
-// session out (it is unknown, or its next refresh presents a token the
-// store never saw, which is reuse), but a lost Revoke makes the session
-// live again on the new master. TestSentinel covers the failover to a
-// replica in sync only.
+// A failover loses the writes its new master had not received; see
+// Replication for which of them matter and how [WithReplicaAcks] keeps
+// revocations. TestSentinel's failover is to a replica in sync;
+// TestReplicaAcks_Failover fails over to a lagging one.
+//
+// # Replication
+//
+// Redis replicates asynchronously: the master answers a write before its
+// replicas have it, and a failover to a replica that had not received it
+// loses it. The store is an allow-list, so most lost writes only log
+// sessions out:
+//
+//   - a lost Create: the session is unknown to the new master, and
+//     refused;
+//   - a lost rotation (outcome OK): the record is back in a state it
+//     had. The refresh token the client just received is unknown to it,
+//     so the client's next refresh is reuse, which revokes the session.
+//     The token the rotation retired is current again, which helps only
+//     whoever presents it first, as it could before the rotation; when the
+//     other holder presents its token, that is reuse, and the session is
+//     revoked.
+//
+// A lost revocation is different: the session is live again on the new
+// master. Without [WithReplicaAcks] that can happen to a Revoke, and to a
+// Rotate whose outcome is Reused, that a failover follows before the
+// replica it promotes received them (TestReplicaAcks_Failover shows it,
+// with the replica's link held back). With WithReplicaAcks(n), n >= 1:
+//
+//   - Revoke returns nil, and Rotate returns Reused, only once the
+//     revocation is on the master that ran the script and at least n of
+//     its replicas acknowledged receiving it. The store sends WAIT n after
+//     the script on the same connection, pipelined: Revoke stays one round
+//     trip, plus the time the replicas take to acknowledge. A Rotate that
+//     finds reuse then writes the revocation again with a WAIT, a second
+//     round trip (WAIT counts a connection's last write, and a reuse is
+//     known only from the script's answer). A failover to one of those
+//     replicas, or to any replica with a later replication offset, keeps
+//     the revocation.
+//   - When fewer replicas acknowledge within the store's timeout, the
+//     method returns an error wrapping [ErrNotReplicated] after that
+//     timeout, and the server answers codes.Unavailable. The master holds
+//     the revocation, so the session is refused already, but a failover
+//     before the replicas catch up would lose it: retry the revocation
+//     until it succeeds (it is idempotent). Any other error leaves open
+//     whether the master received the revocation: retry too. A client of
+//     the TokenService's Revoke should therefore retry on UNAVAILABLE. A
+//     reuse has nobody to retry it (whoever presented the retired token
+//     may be the thief, and gets UNAVAILABLE instead of SESSION_REVOKED):
+//     its revocation reaches the replicas only as they catch up.
+//
+// Create and the other outcomes of Rotate never wait, so logins and
+// refreshes stay fast, and available while a replica is down. Checking a
+// session (IsRevoked) is unchanged.
+//
+// Whether n is enough depends on which replica a failover promotes.
+// Sentinel promotes, among the replicas it considers fit, the one with the
+// best replica-priority, then the one with the largest replication offset
+// it last saw. With equal priorities, n = 1 thus protects a Sentinel
+// failover, unless the replica that acknowledged is one Sentinel rules out
+// (disconnected for too long, priority 0). n equal to the number of
+// replicas of each master protects against any choice: a manual
+// REPLICAOF NO ONE, a Cluster replica's election, unequal priorities. Its
+// price: while one replica is down, every revocation fails (fail closed)
+// until it is back or n is lowered.
+//
+// The default is 0: no waiting, as before this option. The store cannot
+// know how many replicas a deployment has. A standalone Redis has none,
+// and any n >= 1 would fail every revocation there (the example server,
+// a development setup). Waiting for the replicas connected at the time
+// instead would wait for none exactly when one is cut off, which is when
+// a failover is likeliest, and would cost an INFO per revocation. So the
+// deployment that has replicas says how many to wait for.
+//
+// What the acknowledgment does not give (as Redis says, WAIT does not
+// make Redis strongly consistent): it is of the replica's memory, not of
+// its disk, so a replica that acknowledged and then restarts without
+// persistence loses the revocation; a failover that promotes a replica
+// that did not acknowledge and is behind loses it; a revocation that
+// failed and is never retried may be lost.
+//
+// Each revocation that waits holds a connection of rueidis's blocking
+// pool (ClientOption.BlockingPoolSize) for its round trip, never the
+// shared pipelined connection, which a WAIT would stall. In a Cluster the
+// script and WAIT go on a dedicated connection to the master of the
+// session's slot, so that WAIT counts that master's replicas for that
+// write (TestReplicaAcks_Cluster); a MOVED or ASK during a resharding is
+// returned as an error to retry rather than followed, since following it
+// would leave WAIT on the node that redirected (an ASK repeats until the
+// slot's migration ends). WAIT must be allowed to
+// the client's ACL user. WAIT's own timeout is the time left less a margin
+// (a quarter, at least 200 ms), for getting a connection and for Redis to
+// notice the timeout at its next tick (every 100 ms at the default hz 10),
+// so that Redis answers with the count before the store gives up: with
+// the default timeout, a revocation that too few replicas acknowledge
+// fails after about 750 ms.
+//
+// On loopback, with one replica on a two-core machine under other load,
+// BenchmarkRevoke measured a Revoke at about 50 to 100 µs without waiting
+// and 130 to 180 µs with WithReplicaAcks(1); across a network, add one
+// round trip between the master and the replica.
 //
 // # Failing closed
 //
@@ -117,8 +211,9 @@
 // a replica that never received it) is refused, so lost data logs sessions
 // out and never revives a revoked one. The one exception is a revocation
 // lost on its own: Redis replicates asynchronously, so a failover right
-// after a Revoke, to a replica that has the session but not yet the
-// revocation, makes the session live again (see Topologies).
+// after a revocation, to a replica that has the session but not yet the
+// revocation, makes the session live again. [WithReplicaAcks] closes it
+// for every revocation that returned success (see Replication).
 //
 // Every call is bounded by the store's timeout ([WithTimeout], default
 // [DefaultTimeout]: one second), or by the call's context when that ends

@@ -23,3 +23,19 @@ func ExampleNew() {
 	opt := interceptor.WithSessionStore(sessions)
 	_ = opt
 }
+
+// A store on a Sentinel deployment whose master has two replicas: a
+// revocation succeeds only once both hold it, so that whichever a
+// failover promotes keeps it. Compiled but not run.
+func ExampleWithReplicaAcks() {
+	client, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{"127.0.0.1:26379"},
+		Sentinel:    rueidis.SentinelOption{MasterSet: "sessions"},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	sessions := redisstore.New(client, redisstore.WithReplicaAcks(2))
+	_ = interceptor.WithSessionStore(sessions)
+}

@@ -31,9 +31,10 @@ const DefaultKeyPrefix = "slidejwt"
 type Option func(*options)
 
 type options struct {
-	cacheTTL  time.Duration
-	timeout   time.Duration
-	keyPrefix string
+	cacheTTL    time.Duration
+	timeout     time.Duration
+	keyPrefix   string
+	replicaAcks int
 }
 
 func defaultOptions() options {
@@ -77,5 +78,30 @@ func WithKeyPrefix(prefix string) Option {
 		if prefix != "" && !strings.ContainsAny(prefix, "{}") {
 			o.keyPrefix = prefix
 		}
+	}
+}
+
+// WithReplicaAcks makes revocations survive a failover: Revoke, and a
+// Rotate whose outcome is Reused (which revokes the session), return
+// success only once at least n replicas of the master that took the write
+// acknowledged it (Redis WAIT, sent after the script in the same round
+// trip, on the same connection). When fewer acknowledge within the store's
+// timeout ([WithTimeout]) they return an error wrapping [ErrNotReplicated],
+// and the server answers codes.Unavailable: the master holds the
+// revocation, and the revocation should be retried. Create and the other
+// outcomes of Rotate do not wait: losing them logs a session out and
+// revives none.
+//
+// The default, 0, waits for no replica, which a standalone Redis (it has
+// none) needs: a revocation then survives only a failover to a replica
+// that had received it. Set n to the number of replicas of each master,
+// so that whichever a failover promotes holds every acknowledged
+// revocation; 1 is enough under Sentinel when the replicas have equal
+// replica-priority. A master with fewer than n replicas connected fails
+// every revocation. The package doc's Replication section says exactly
+// what is guaranteed. n of zero or less keeps the default.
+func WithReplicaAcks(n int) Option {
+	return func(o *options) {
+		o.replicaAcks = max(n, 0)
 	}
 }

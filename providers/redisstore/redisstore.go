@@ -12,15 +12,27 @@ import (
 	"github.com/slidejwt/slidejwt/interceptor/store"
 )
 
-// ErrUnexpectedReply means Redis answered something no script of this
-// package returns: another program writes the store's keys, or they were
-// written by an incompatible version.
-var ErrUnexpectedReply = errors.New("redisstore: unexpected reply from redis")
+var (
+	// ErrUnexpectedReply means Redis answered something no script of this
+	// package returns: another program writes the store's keys, or they
+	// were written by an incompatible version.
+	ErrUnexpectedReply = errors.New("redisstore: unexpected reply from redis")
+
+	// ErrNotReplicated means that the master holds a revocation (Revoke's,
+	// or the one of a Rotate that found reuse) but fewer replicas than
+	// [WithReplicaAcks] asks for acknowledged it within the store's
+	// timeout. The session is refused wherever the master's data is read,
+	// but a failover before the replicas catch up may lose the
+	// revocation: retry the revoke, which is idempotent, until it
+	// succeeds.
+	ErrNotReplicated = errors.New("redisstore: revocation not acknowledged by enough replicas")
+)
 
 // Store is a [store.SessionStore] in Redis. Its methods are safe for
 // concurrent use; each is one round trip to Redis (IsRevoked usually
-// none), and each returns an error when Redis cannot answer within the
-// store's timeout ([WithTimeout]).
+// none; a Rotate that finds reuse two with [WithReplicaAcks]), and each
+// returns an error when Redis cannot answer within the store's timeout
+// ([WithTimeout]).
 type Store struct {
 	client rueidis.Client
 	opts   options
@@ -93,7 +105,17 @@ func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, err
 			return store.Result{}, ErrUnexpectedReply
 		}
 		return store.Result{Outcome: o, Successor: succ}, nil
-	case store.Reused, store.Revoked, store.Unknown:
+	case store.Reused:
+		// The script revoked the session. With WithReplicaAcks, revoke it
+		// again on a connection that then waits for the replicas: reuse
+		// revived by a failover would let the thief's tokens through.
+		if s.opts.replicaAcks > 0 {
+			if err := s.revokeReplicated(ctx, r.SessionID, r.Now, r.KeepUntil); err != nil {
+				return store.Result{}, fmt.Errorf("redisstore: rotate: reuse revoked the session: %w", err)
+			}
+		}
+		return store.Result{Outcome: o}, nil
+	case store.Revoked, store.Unknown:
 		return store.Result{Outcome: o}, nil
 	}
 	return store.Result{}, ErrUnexpectedReply
@@ -101,10 +123,18 @@ func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, err
 
 // Revoke implements [store.Revoker]. Revoking a session the store does not
 // know records nothing: it is refused already. The revoked record is kept
-// until the later of its keep-until and keepUntil.
+// until the later of its keep-until and keepUntil. With [WithReplicaAcks]
+// it returns nil only once the replicas acknowledged the revocation, and
+// otherwise an error, which may wrap [ErrNotReplicated]: retry it.
 func (s *Store) Revoke(ctx context.Context, sessionID string, now, keepUntil time.Time) error {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
+	if s.opts.replicaAcks > 0 {
+		if err := s.revokeReplicated(ctx, sessionID, now, keepUntil); err != nil {
+			return fmt.Errorf("redisstore: revoke: %w", err)
+		}
+		return nil
+	}
 	res := revokeScript.Exec(ctx, s.client, []string{s.key(sessionID)}, []string{ms(now), ms(keepUntil)})
 	if err := res.Error(); err != nil {
 		return fmt.Errorf("redisstore: revoke: %w", err)

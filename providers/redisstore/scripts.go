@@ -1,6 +1,11 @@
 package redisstore
 
-import "github.com/redis/rueidis"
+import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/rueidis"
+)
 
 // The fields of a session's hash. Digests and the sealed successor are
 // stored as raw bytes; times as decimal Unix milliseconds from the server.
@@ -18,7 +23,7 @@ import "github.com/redis/rueidis"
 // number is ever formatted by Lua.
 
 // createScript: KEYS[1] the session; ARGV refresh, keepUntil.
-var createScript = rueidis.NewLuaScript(`
+var createScript = newScript(`
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'cur', ARGV[1], 'keep', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
@@ -28,7 +33,7 @@ return 1
 // rotateScript: KEYS[1] the session; ARGV presented, next, successor, now,
 // graceUntil, keepUntil. Returns {outcome} or {outcome, successor}, with
 // the outcomes numbered as store.Outcome.
-var rotateScript = rueidis.NewLuaScript(`
+var rotateScript = newScript(`
 local k = KEYS[1]
 local now = tonumber(ARGV[4])
 local s = redis.call('HMGET', k, 'cur', 'prev', 'grace', 'rev', 'keep', 'succ')
@@ -56,7 +61,7 @@ return {3}
 // revokeScript: KEYS[1] the session; ARGV now, keepUntil. An unknown
 // session records nothing: it is refused already. The mark is kept until
 // the later of the record's keep-until and the one given.
-var revokeScript = rueidis.NewLuaScript(`
+var revokeScript = newScript(`
 local k = KEYS[1]
 local keep = redis.call('HGET', k, 'keep')
 if not keep then return 0 end
@@ -70,3 +75,25 @@ redis.call('HDEL', k, 'succ')
 redis.call('PEXPIREAT', k, keep)
 return 1
 `)
+
+// A script is a Lua script of the store. Exec (rueidis's) sends it alone:
+// EVALSHA, then EVAL once after a NOSCRIPT. evalsha and eval build the
+// same commands for a caller that pipelines the script with another
+// command on one connection, and handles NOSCRIPT itself.
+type script struct {
+	*rueidis.Lua
+	src, sha string
+}
+
+func newScript(src string) *script {
+	sum := sha1.Sum([]byte(src)) // the script's name in Redis, as rueidis computes it
+	return &script{Lua: rueidis.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+func (sc *script) evalsha(b rueidis.Builder, keys, args []string) rueidis.Completed {
+	return b.Evalsha().Sha1(sc.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+}
+
+func (sc *script) eval(b rueidis.Builder, keys, args []string) rueidis.Completed {
+	return b.Eval().Script(sc.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+}

@@ -33,7 +33,7 @@ func TestRevocationPropagation(t *testing.T) {
 	srv := startRedis(t)
 	keys := testKeys(t)
 	opt := rueidis.ClientOption{InitAddress: []string{srv.Addr()}}
-	a := newReplica(t, keys, opt)
+	a := newReplica(t, keys, opt, WithRevokeSettle(0))
 	b := newReplica(t, keys, opt, WithCacheTTL(time.Hour))
 	ctx := context.Background()
 
@@ -103,6 +103,54 @@ func TestRevocationPropagation(t *testing.T) {
 		if p99 >= time.Second {
 			t.Errorf("%s: p99 %v, want under 1s (the invalidation is not arriving)", m.name, p99)
 		}
+	}
+}
+
+// TestRevokeSettle: with the default settle, a call on another replica
+// that starts after Revoke returned is refused: Revoke waits until the
+// replicas have had time to apply Redis's invalidation. Without the
+// settle (TestRevocationPropagation), most first calls on B are still let
+// through. The test counts the sessions whose first call on B after the
+// revocation was let through; a loaded machine may delay a replica's
+// reader past the settle now and then, so it allows a few.
+func TestRevokeSettle(t *testing.T) {
+	const sessions = 100
+	srv := startRedis(t)
+	keys := testKeys(t)
+	opt := rueidis.ClientOption{InitAddress: []string{srv.Addr()}}
+	a := newReplica(t, keys, opt)
+	b := newReplica(t, keys, opt, WithCacheTTL(time.Hour))
+	ctx := context.Background()
+
+	slipped := 0
+	for range sessions {
+		sess := a.login(t)
+		for range 2 {
+			if err := b.call(ctx, sess); err != nil {
+				t.Fatalf("call on B before the revocation: %v", err)
+			}
+		}
+		start := time.Now()
+		if err := a.srv.RevokeSession(ctx, sess.SessionID); err != nil {
+			t.Fatalf("RevokeSession on A: %v", err)
+		}
+		if took := time.Since(start); took < DefaultRevokeSettle {
+			t.Fatalf("RevokeSession returned after %v, before the settle of %v", took, DefaultRevokeSettle)
+		}
+		for _, r := range []*replica{b, a} {
+			err := r.call(ctx, sess)
+			if err == nil {
+				slipped++
+				continue
+			}
+			if !isRevokedReason(err) {
+				t.Fatalf("call after the revocation: %v, want SESSION_REVOKED", err)
+			}
+		}
+	}
+	t.Logf("%d of %d first calls after Revoke returned (on B, then on A) were let through", slipped, 2*sessions)
+	if slipped > 2*sessions/50 {
+		t.Errorf("%d of %d first calls after Revoke returned were let through, want at most 2%%", slipped, 2*sessions)
 	}
 }
 

@@ -114,6 +114,7 @@ func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, err
 				return store.Result{}, fmt.Errorf("redisstore: rotate: reuse revoked the session: %w", err)
 			}
 		}
+		s.settle(ctx)
 		return store.Result{Outcome: o}, nil
 	case store.Revoked, store.Unknown:
 		return store.Result{Outcome: o}, nil
@@ -122,7 +123,9 @@ func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, err
 }
 
 // Revoke implements [store.Revoker]. Revoking a session the store does not
-// know records nothing: it is refused already. The revoked record is kept
+// know records nothing: it is refused already. It returns
+// [WithRevokeSettle] after Redis applied the revocation, so that every
+// replica refuses the session by then. The revoked record is kept
 // until the later of its keep-until and keepUntil. With [WithReplicaAcks]
 // it returns nil only once the replicas acknowledged the revocation, and
 // otherwise an error, which may wrap [ErrNotReplicated]: retry it.
@@ -133,13 +136,29 @@ func (s *Store) Revoke(ctx context.Context, sessionID string, now, keepUntil tim
 		if err := s.revokeReplicated(ctx, sessionID, now, keepUntil); err != nil {
 			return fmt.Errorf("redisstore: revoke: %w", err)
 		}
-		return nil
+	} else {
+		res := revokeScript.Exec(ctx, s.client, []string{s.key(sessionID)}, []string{ms(now), ms(keepUntil)})
+		if err := res.Error(); err != nil {
+			return fmt.Errorf("redisstore: revoke: %w", err)
+		}
 	}
-	res := revokeScript.Exec(ctx, s.client, []string{s.key(sessionID)}, []string{ms(now), ms(keepUntil)})
-	if err := res.Error(); err != nil {
-		return fmt.Errorf("redisstore: revoke: %w", err)
-	}
+	s.settle(ctx)
 	return nil
+}
+
+// settle waits, after a revocation Redis applied, for the other replicas
+// to apply Redis's invalidation of their cached answers
+// ([WithRevokeSettle]), or until ctx ends.
+func (s *Store) settle(ctx context.Context) {
+	if s.opts.settle <= 0 {
+		return
+	}
+	t := time.NewTimer(s.opts.settle)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // IsRevoked implements [store.RevocationList] as an allow-list: a session

@@ -124,6 +124,10 @@ func TestReplicaAcks_RevokeWaitsForReplica(t *testing.T) {
 	}
 }
 
+// ackTestTimeout is the store timeout of the tests that wait for WAIT to
+// give up (see TestReplicaAcks_FailsClosed).
+const ackTestTimeout = 3 * time.Second
+
 // TestReplicaAcks_FailsClosed: with the replica hung (SIGSTOP), a Revoke
 // that needs its acknowledgment fails with ErrNotReplicated within the
 // store's timeout plus slack, and the master still holds the revocation:
@@ -134,12 +138,13 @@ func TestReplicaAcks_RevokeWaitsForReplica(t *testing.T) {
 // they succeed with the replica hung. Once the replica answers again the
 // retried Revoke succeeds and the replica holds it.
 func TestReplicaAcks_FailsClosed(t *testing.T) {
-	// A second: getting a new connection, the race detector and a loaded
-	// machine take some of it before WAIT's own timeout starts, and a
+	// Three seconds, so that WAIT's margin is 750 ms: getting a new
+	// connection, the race detector and a machine loaded by the whole test
+	// suite take some of the time before WAIT's own timeout starts, and a
 	// WAIT that outlives the store's timeout fails with the context's
-	// error instead of ErrNotReplicated.
+	// error instead of ErrNotReplicated (seen in CI with one second).
 	const (
-		timeout = time.Second
+		timeout = ackTestTimeout
 		slack   = time.Second
 	)
 	r := startReplicated(t)
@@ -242,7 +247,7 @@ func TestReplicaAcks_Failover(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := startReplicated(t)
-			s := r.store(t, WithReplicaAcks(tc.acks), WithTimeout(time.Second))
+			s := r.store(t, WithReplicaAcks(tc.acks), WithTimeout(ackTestTimeout))
 			mustCreate(t, s, "s", "r1", t0, t0.Add(keep))
 			redistest.WaitInSync(t, r.master, 1, 30*time.Second)
 
@@ -303,7 +308,7 @@ func TestReplicaAcks_Cluster(t *testing.T) {
 	if mode := c.Mode(); mode != rueidis.ClientModeCluster {
 		t.Fatalf("client mode = %v, want %v", mode, rueidis.ClientModeCluster)
 	}
-	s := New(c, WithReplicaAcks(1), WithTimeout(time.Second)) // see TestReplicaAcks_FailsClosed
+	s := New(c, WithReplicaAcks(1), WithTimeout(ackTestTimeout)) // see TestReplicaAcks_FailsClosed
 
 	// A session id in each master's slots.
 	sids := make([]string, len(nodes))

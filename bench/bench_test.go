@@ -76,7 +76,7 @@ func benchFamily(b *testing.B, family string, op func(*fixture) error) {
 	keys := mustKeys(b)
 	for _, alg := range algs {
 		b.Run(alg, func(b *testing.B) {
-			for _, c := range casesOf(family) {
+			for _, c := range allCasesOf(family) {
 				b.Run(c, func(b *testing.B) {
 					f := newFixture(b, context.Background(), keys[alg], c)
 					if err := f.check(family); err != nil {
@@ -115,7 +115,7 @@ func TestBenchSetup(t *testing.T) {
 	keys := mustKeys(t)
 	for _, family := range families {
 		for _, alg := range algs {
-			for _, c := range casesOf(family) {
+			for _, c := range allCasesOf(family) {
 				t.Run(family+"/"+alg+"/"+c, func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 					defer cancel()
@@ -135,7 +135,7 @@ func TestBenchSetup(t *testing.T) {
 func TestBenchSetup_ForgedToken(t *testing.T) {
 	keys := mustKeys(t)
 	for _, alg := range algs {
-		for _, c := range casesOf(familyUnary) {
+		for _, c := range allCasesOf(familyUnary) {
 			t.Run(alg+"/"+c, func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 				defer cancel()
@@ -243,13 +243,15 @@ type fixture struct {
 
 	// The Redis cases only: the case's redis-server.
 	redis *benchRedis
+	// steady-otel only: its MeterProvider's reader and hooks.
+	otel *benchOtel
 
 	presented   string // the access token the client starts with
 	wantRenewal bool   // whether every call gets a renewed token back
 
 	// renew-every only: the fake clock of server and client, advanced one
-	// second before every call; the calls made, the renewals the server
-	// reported and the tokens the holder swapped in.
+	// second before every call; the calls made (also steady-otel's), the
+	// renewals the server reported and the tokens the holder swapped in.
 	clock           *benchClock
 	calls           int64
 	renewals, swaps atomic.Int64
@@ -306,6 +308,12 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string, opts .
 		minter = sessions
 		srvOpts = ours(sessions)
 		fixed = false
+	case caseSteadyOtel:
+		f.otel = newBenchOtel(tb)
+		sessions = mustServer(f.otel.server)
+		minter = sessions
+		srvOpts = ours(sessions)
+		fixed = false
 	case caseSteadyRedis:
 		var rs *redisstore.Store
 		f.redis, rs = newRedisStore(tb, opts...)
@@ -358,8 +366,11 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string, opts .
 		tb.Fatal(err)
 	}
 	f.presented = sess.AccessToken
-	if c == caseSteady || c == caseSteadyRedis || c == caseRenewEvery {
+	if c == caseSteady || c == caseSteadyOtel || c == caseSteadyRedis || c == caseRenewEvery {
 		opts := []interceptor.ClientOption{interceptor.AllowInsecureTransport()}
+		if f.otel != nil {
+			opts = append(opts, f.otel.client)
+		}
 		if f.clock != nil {
 			opts = append(opts, interceptor.WithClock(f.clock.now),
 				interceptor.OnSwap(func(string, time.Time) { f.swaps.Add(1) }))
@@ -430,6 +441,8 @@ func dial(tb testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn 
 func (f *fixture) callContext() (context.Context, error) {
 	if f.clock != nil {
 		f.clock.advance(time.Second)
+	}
+	if f.clock != nil || f.otel != nil {
 		f.calls++
 	}
 	if f.tokens == nil {
@@ -568,8 +581,13 @@ func (f *fixture) check(family string) error {
 // checkEvery reports, for renew-every, whether every call so far was
 // renewed by the server and its renewal swapped in by the holder; the
 // holder swaps only a token with a later exp, so each call presented a
-// token that no call had presented before. It is nil for the other cases.
+// token that no call had presented before. For steady-otel, it reports
+// whether the metrics counted every call so far. It is nil for the other
+// cases.
 func (f *fixture) checkEvery() error {
+	if f.otel != nil {
+		return f.otel.check(f.name, f.calls)
+	}
 	if f.clock == nil {
 		return nil
 	}

@@ -7,7 +7,8 @@
 // Login, health and reflection are exempt from authentication. Every other
 // call needs "authorization: Bearer <access token>" and may get a renewed
 // token back in the "renewed-token" response metadata. The server logs one
-// line per login, renewal, refresh and rejection, and never a token.
+// line per login, renewal, refresh, rejection and ended stream, and never
+// a token.
 //
 // Each process keeps its sessions in memory unless --redis names a Redis
 // server: then refresh rotation and revocation live in Redis
@@ -23,6 +24,16 @@
 // unreachable at start-up the server exits with status 1 and one line
 // naming --redis; later outages fail the calls that need the store with
 // codes.Unavailable, and the server recovers when Redis is back.
+//
+// With --metrics-addr it also serves its OpenTelemetry metrics
+// (providers/otelslidejwt, through OpenTelemetry's Prometheus exporter) in
+// the Prometheus format at http://<address>/metrics, and the "listening"
+// line names that URL; without it no metrics server starts. Its log lines
+// name their attributes as the metrics do (rpc.method, slidejwt.reason,
+// slidejwt.refresh.outcome).
+//
+//	go run ./examples/server --ttl 1m --renew-before 1m --metrics-addr 127.0.0.1:9464
+//	curl -s 127.0.0.1:9464/metrics | grep ^slidejwt_
 //
 // It serves plaintext gRPC, which is only fit for loopback: put TLS in
 // front of it (or add grpc.Creds) anywhere else.
@@ -92,6 +103,7 @@ type config struct {
 	audience     string
 	users        map[string]string
 	redis        *rueidis.ClientOption // nil: the in-memory store; may hold a password, never print it
+	metricsAddr  string                // "": no metrics server
 }
 
 // flagError is a bad flag value; its message names the flag.
@@ -121,6 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	issuer := fs.String("issuer", "slidejwt-demo", "token issuer (iss); the same on every replica")
 	audience := fs.String("audience", "demo", "token audience (aud); the same on every replica")
 	redisAddr := fs.String("redis", "", "`address` of the Redis that keeps the sessions, shared by replicas: host:port, or a redis:// or rediss:// URL (credentials may go in the URL; it is never logged); default: a store in this process's memory")
+	metricsAddr := fs.String("metrics-addr", "", "`address` (host:port) of an HTTP server for /metrics in the Prometheus format (OpenTelemetry metrics of the sessions); default: none")
 	users := fs.String("users", "alice:alice-password", "comma-separated user:password pairs")
 	leeway := fs.Duration("leeway", interceptor.DefaultLeeway, "clock-skew allowance")
 	if err := fs.Parse(args); err != nil {
@@ -190,6 +203,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return config{}, &flagError{"secret-file", fmt.Sprintf("key has %d bytes, need at least 32", len(b))}
 		}
 		cfg.secret = b
+	}
+	if set["metrics-addr"] {
+		if err := checkMetricsAddr(*metricsAddr); err != nil {
+			return config{}, err
+		}
+		cfg.metricsAddr = *metricsAddr
 	}
 	if set["redis"] {
 		opt, err := parseRedis(*redisAddr)
@@ -297,6 +316,28 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Warn("--redis without --secret-file: this replica signs with a random key, and other replicas refuse its tokens")
 		}
 	}
+	// With --metrics-addr, every event goes to otelslidejwt's hook (the
+	// metrics) and to the log; without it, to the log alone.
+	hook := logEvent(log)
+	var m *metrics
+	if cfg.metricsAddr != "" {
+		if m, err = startMetrics(cfg.metricsAddr); err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			m.shutdown(ctx)
+		}()
+		logHook := hook
+		hook = func(ctx context.Context, e interceptor.Event) {
+			m.hook(ctx, e)
+			logHook(ctx, e)
+		}
+		if !isLoopback(m.addr()) {
+			log.Warn("--metrics-addr is not a loopback address: anyone who reaches it can read the metrics (method names and counts, no tokens)")
+		}
+	}
 	sessions, err := interceptor.NewServer(keys,
 		interceptor.WithPolicy(cfg.policy),
 		interceptor.WithIssuer(cfg.issuer),
@@ -306,7 +347,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		interceptor.WithRefreshTTL(cfg.refreshTTL),
 		interceptor.WithRefreshGrace(cfg.refreshGrace),
 		interceptor.WithExemptMethods(demov1.DemoService_Login_FullMethodName),
-		interceptor.WithEventHook(logEvent(log)),
+		interceptor.WithEventHook(hook),
 	)
 	if err != nil {
 		return err
@@ -338,12 +379,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	attrs = append(attrs, "ttl", p.TTL, "max_lifetime", p.MaxLifetime, "renew_before", p.RenewBefore,
 		"refresh_ttl", cfg.refreshTTL, "key", kid)
+	if m != nil {
+		attrs = append(attrs, "metrics", "http://"+m.addr()+metricsPath)
+	}
 	log.Info("listening", attrs...)
 
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- srv.Serve(lis) }()
+	if m != nil {
+		go func() {
+			if err := m.serve(); err != nil {
+				done <- err
+			}
+		}()
+	}
 	select {
 	case err := <-done:
+		srv.Stop()
 		return err
 	case <-ctx.Done():
 		stopped := make(chan struct{})
@@ -355,27 +407,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Info("stopped")
 		return nil
-	}
-}
-
-// logEvent logs one line per login, renewal, refresh, revocation and
-// rejection. Events carry no token, so nothing here can print one.
-func logEvent(log *slog.Logger) func(context.Context, interceptor.Event) {
-	return func(ctx context.Context, e interceptor.Event) {
-		switch e.Kind {
-		case interceptor.EventSessionStarted:
-			log.InfoContext(ctx, "login", "sub", e.Subject, "sid", e.SessionID, "exp", e.Expiry)
-		case interceptor.EventRenewed:
-			log.InfoContext(ctx, "renewed", "method", e.Method, "sub", e.Subject, "sid", e.SessionID, "exp", e.Expiry)
-		case interceptor.EventRefreshed:
-			log.InfoContext(ctx, "refreshed", "sub", e.Subject, "sid", e.SessionID, "exp", e.Expiry)
-		case interceptor.EventRevoked:
-			log.InfoContext(ctx, "revoked", "sid", e.SessionID)
-		case interceptor.EventRenewalFailed:
-			log.WarnContext(ctx, "renewal failed", "method", e.Method, "sid", e.SessionID, "err", e.Err)
-		case interceptor.EventRejected:
-			log.InfoContext(ctx, "rejected", "method", e.Method, "reason", interceptor.WireReason(e.Reason), "sid", e.SessionID, "err", e.Err)
-		}
 	}
 }
 

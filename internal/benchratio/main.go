@@ -6,7 +6,8 @@
 // allocations as a difference from floor, and then the performance targets,
 // judged on the ratios of the medians and each marked pass or MISS, with
 // refresh-rpc-redis as a ratio to refresh-rpc (a comparison, not a
-// target).
+// target). steady-otel (steady with OpenTelemetry metrics) has steady's
+// target and is reported beside it, with its ratio to steady.
 //
 //	go test -run '^$' -bench . -benchmem -count 6 ./bench | go run ./internal/benchratio
 //
@@ -47,6 +48,8 @@ const (
 	// The cases with the Redis session store (BenchmarkUnary only).
 	steadyRedisCase  = "steady-redis"
 	refreshRedisCase = "refresh-rpc-redis"
+	// steady with OpenTelemetry metrics (BenchmarkUnary only).
+	steadyOtelCase = "steady-otel"
 )
 
 // result is one line of benchmark output.
@@ -245,12 +248,15 @@ func write(w io.Writer, gs []*group) {
 
 	fmt.Fprintln(w, "### Targets")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc |")
-	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- |")
+	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, g := range gs {
 		floor, steady, renew, refresh := g.get(floorCase), g.get(steadyCase), g.get(renewCase), g.get(refreshCase)
-		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s | %s | %s | %s |\n", g.family, g.alg,
+		steadyOtel := g.get(steadyOtelCase)
+		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g.family, g.alg,
 			ratioTarget(floor, steady, func(r float64) bool { return r <= 1.10 }),
+			ratioTarget(floor, steadyOtel, func(r float64) bool { return r <= 1.10 }),
+			ratio(steady, steadyOtel),
 			ratioTarget(floor, renew, func(r float64) bool { return r <= 1.20 }),
 			ratioTarget(g.get(middlewareCase), g.get(renewEveryCase), func(r float64) bool { return r <= 1.5 }),
 			allocTarget(floor, steady),

@@ -79,6 +79,29 @@
 //		interceptor.WithSessionEnd(pair.GetSessionEndsAt().AsTime()),
 //		interceptor.WithRefreshToken(pair.GetRefreshToken()))
 //
+// # One signer, verify-only services
+//
+// In a mesh, only the service that starts sessions holds a private key
+// (ES256 or EdDSA) and publishes the public halves as a JWKS; the other
+// services verify against it and cannot mint a token:
+//
+//	// The auth service signs and serves its JWKS.
+//	key, err := interceptor.NewKey("2026-11", jwt.SigningMethodES256, ecPrivateKey)
+//	keys, err := interceptor.NewKeySet(key)
+//	sessions, err := interceptor.NewServer(keys, interceptor.WithIssuer("auth"), interceptor.WithAudience("mesh"))
+//	jwks, err := sessions.JWKSHandler()
+//	mux.Handle(interceptor.JWKSPath, jwks)
+//
+//	// Every other service verifies against it.
+//	remote, err := interceptor.NewRemoteKeySet("https://auth.internal" + interceptor.JWKSPath)
+//	sessions, err := interceptor.NewServer(remote.KeySet(), interceptor.WithIssuer("auth"), interceptor.WithAudience("mesh"))
+//
+// A verify-only server ([NewVerifyKeySet], [RemoteKeySet]) never renews:
+// sessions slide when their clients call the service that signs. To keep
+// a signing server from renewing, use [NeverRenew]. See [RemoteKeySet] for
+// how the JWKS is fetched, cached and refused, and PROTOCOL.md §9 for
+// rotating keys through it.
+//
 // # Cost per call
 //
 // A token that verified once is served from a bounded cache while it is

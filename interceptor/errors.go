@@ -69,9 +69,11 @@ var (
 	// algorithm (an RSA key for ES256, a P-384 key for ES256, ...).
 	ErrKeyType = errors.New("slidejwt: key type does not match algorithm")
 	// ErrInvalidKeySet is returned by [NewKeySet] for a set without a
-	// signing key, with two keys sharing a kid or with a nil or zero [Key],
-	// by [NewServer] and [Server.RotateKeys] for a nil or zero [KeySet],
-	// and by [NewKey] for an empty kid.
+	// signing key, by [NewKeySet] and [NewVerifyKeySet] for two keys
+	// sharing a kid or a nil or zero [Key] (and by NewVerifyKeySet for no
+	// key), by [NewServer] and [Server.RotateKeys] for a nil or zero
+	// [KeySet], by [NewKey] for an empty kid, and by [Key.Public],
+	// [Key.JWK] and [KeySet.JWKS] for a zero Key or KeySet.
 	ErrInvalidKeySet = errors.New("slidejwt: invalid key set")
 	// ErrInvalidPolicy is returned for a [Policy] whose durations are
 	// negative or inconsistent.
@@ -93,6 +95,17 @@ var (
 	// own error): the login may be tried again later, and a gRPC handler
 	// answers it with codes.Unavailable.
 	ErrStoreUnavailable = errors.New("slidejwt: session store unavailable")
+	// ErrNoPublicKey is returned by [Key.Public] and [Key.JWK] for an HMAC
+	// secret, which has no public half to publish.
+	ErrNoPublicKey = errors.New("slidejwt: key has no public half")
+	// ErrVerifyOnly is returned by [Server.StartSession] on a server whose
+	// key set cannot sign ([NewVerifyKeySet], [RemoteKeySet]).
+	ErrVerifyOnly = errors.New("slidejwt: key set cannot sign")
+	// ErrInvalidJWKS is what a [RemoteKeySet] reports (see [OnJWKSError])
+	// for a JWKS response it refuses as a whole (a bad status, too large,
+	// not a JSON object with a "keys" array) and for each entry of one
+	// that it refuses.
+	ErrInvalidJWKS = errors.New("slidejwt: invalid JWKS")
 )
 
 // authError is a rejection decided by the server. Its detail is a fixed
@@ -105,6 +118,10 @@ type authError struct {
 	// handler did not run. It travels as ErrorInfo metadata (see
 	// [MetadataHandlerRan]).
 	beforeHandler bool
+	// keysDown marks a token that could not be checked because a remote
+	// key set has no usable keys: the server answers codes.Unavailable
+	// instead (see errKeysUnavailableStatus).
+	keysDown bool
 }
 
 // MetadataHandlerRan is the google.rpc.ErrorInfo metadata key by which a

@@ -159,33 +159,74 @@ func (k *Key) usable() bool {
 // token it signed can be accepted: after the refresh tokens' lifetime
 // ([Policy].RefreshTTL) plus the leeway, not after one access-token TTL.
 // Sessions survive because each renewal and refresh is signed with the
-// new active key.
+// new active key. Through a JWKS ([Server.JWKSHandler], [RemoteKeySet]),
+// wait for the JWKS's max-age between the two phases (PROTOCOL.md §9).
 //
-// A KeySet is immutable and safe for concurrent use.
+// A set made by [NewVerifyKeySet] or [RemoteKeySet.KeySet] has no active
+// key: a server given it only verifies (see [NewServer]).
+//
+// A KeySet is immutable and safe for concurrent use; a remote set's keys
+// change only by fetches of its JWKS.
 type KeySet struct {
-	active *Key
+	active *Key // nil for a set that cannot sign
 	byID   map[string]*Key
+	list   []*Key // the keys in order, active first, for the JWKS
 	algs   []string
+	// remote, if set, is asked for a key that byID does not hold (see
+	// [RemoteKeySet.KeySet]).
+	remote *RemoteKeySet
 }
 
 // NewKeySet returns a set that signs with active and verifies with active
-// and every key in verifyOnly. active must hold private material. Key ids
-// must be unique. Every key must come from [NewKey]: a nil or zero Key is
-// refused with [ErrInvalidKeySet].
+// and every key in verifyOnly. active must hold private material; a
+// service that only verifies uses [NewVerifyKeySet] or a [RemoteKeySet].
+// Key ids must be unique. Every key must come from [NewKey]: a nil or zero
+// Key is refused with [ErrInvalidKeySet].
 func NewKeySet(active *Key, verifyOnly ...*Key) (*KeySet, error) {
 	if active != nil && !active.usable() {
 		return nil, fmt.Errorf("%w: the active key was not made by NewKey", ErrInvalidKeySet)
 	}
 	if !active.CanSign() {
-		return nil, fmt.Errorf("%w: the active key must be able to sign", ErrInvalidKeySet)
+		return nil, fmt.Errorf("%w: the active key must be able to sign (a service that only verifies uses NewVerifyKeySet)", ErrInvalidKeySet)
 	}
-	ks := &KeySet{active: active, byID: make(map[string]*Key, 1+len(verifyOnly))}
-	for i, k := range append([]*Key{active}, verifyOnly...) {
+	return newKeySet(active, append([]*Key{active}, verifyOnly...))
+}
+
+// NewVerifyKeySet returns a set that verifies with every key in keys and
+// cannot sign: a server given it verifies tokens and never mints one (see
+// [NewServer]). It keeps only the public half of an asymmetric key, so a
+// private key passed by mistake is not held. An HMAC secret verifies and
+// signs alike: a verify-only set keeps this package from minting with it,
+// but whoever holds the secret can sign, so in a mesh use asymmetric keys
+// and give the secret half to the signing service only. Key ids must be
+// unique; keys must come from [NewKey]; at least one is needed.
+func NewVerifyKeySet(keys ...*Key) (*KeySet, error) {
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%w: no keys", ErrInvalidKeySet)
+	}
+	pub := make([]*Key, len(keys))
+	for i, k := range keys {
+		if !k.usable() {
+			return nil, fmt.Errorf("%w: key %d was not made by NewKey", ErrInvalidKeySet, i)
+		}
+		pub[i] = k.verifyOnly()
+	}
+	return newKeySet(nil, pub)
+}
+
+// newKeySet builds a set of keys, whose first key is active unless active
+// is nil.
+func newKeySet(active *Key, keys []*Key) (*KeySet, error) {
+	ks := &KeySet{active: active, byID: make(map[string]*Key, len(keys)), list: keys}
+	for i, k := range keys {
+		if active != nil {
+			i-- // verify-only keys are numbered from 0 after the active one
+		}
 		if k == nil {
 			return nil, fmt.Errorf("%w: nil key", ErrInvalidKeySet)
 		}
 		if !k.usable() {
-			return nil, fmt.Errorf("%w: verify-only key %d was not made by NewKey", ErrInvalidKeySet, i-1)
+			return nil, fmt.Errorf("%w: verify-only key %d was not made by NewKey", ErrInvalidKeySet, i)
 		}
 		if _, dup := ks.byID[k.id]; dup {
 			return nil, fmt.Errorf("%w: duplicate key id %q", ErrInvalidKeySet, k.id)
@@ -198,7 +239,8 @@ func NewKeySet(active *Key, verifyOnly ...*Key) (*KeySet, error) {
 	return ks, nil
 }
 
-// Active returns the signing key; nil for a nil or zero KeySet.
+// Active returns the signing key; nil for a set that cannot sign and for
+// a nil or zero KeySet.
 func (ks *KeySet) Active() *Key {
 	if ks == nil {
 		return nil
@@ -206,10 +248,16 @@ func (ks *KeySet) Active() *Key {
 	return ks.active
 }
 
+// CanSign reports whether the set has an active key: false for a set made
+// by [NewVerifyKeySet] or [RemoteKeySet.KeySet], and for a nil or zero
+// KeySet.
+func (ks *KeySet) CanSign() bool { return ks != nil && ks.active.usable() }
+
 // checkKeySet returns an [ErrInvalidKeySet] error unless ks was made by
-// [NewKeySet]: a nil or zero KeySet has no key to sign with.
+// [NewKeySet], [NewVerifyKeySet] or [RemoteKeySet.KeySet]: a nil or zero
+// KeySet has no key.
 func checkKeySet(ks *KeySet) error {
-	if ks == nil || !ks.active.usable() || ks.byID == nil {
+	if ks == nil || ks.byID == nil || ks.active != nil && !ks.active.usable() {
 		return fmt.Errorf("%w: nil key set or one not made by NewKeySet", ErrInvalidKeySet)
 	}
 	return nil
@@ -237,7 +285,13 @@ func (ks *KeySet) keyFunc(typ string) jwt.Keyfunc {
 		kid, _ := t.Header["kid"].(string)
 		k := ks.byID[kid]
 		if k == nil {
-			return nil, errUnknownKey
+			if ks.remote == nil {
+				return nil, errUnknownKey
+			}
+			var err error
+			if k, err = ks.remote.key(kid); err != nil {
+				return nil, err
+			}
 		}
 		if t.Method == nil || t.Method.Alg() != k.method.Alg() {
 			return nil, errAlgMismatch

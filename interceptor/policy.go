@@ -37,6 +37,12 @@ const (
 	DefaultStreamCheckInterval = time.Second
 )
 
+// NeverRenew, as [Policy].RenewBefore, turns renewal off: the server never
+// sends a renewed token, so a session lasts one TTL from its login or last
+// refresh. Any negative RenewBefore means the same. A server whose key set
+// cannot sign renews nothing whatever its policy.
+const NeverRenew time.Duration = -1
+
 // maxLeeway bounds the leeway: a leeway this large is a configuration
 // error, not clock skew.
 const maxLeeway = 5 * time.Minute
@@ -56,7 +62,8 @@ const maxLeeway = 5 * time.Minute
 //     counted from login (auth_time). No token outlives it.
 //   - RenewBefore: TTL/2. A token is renewed when its remaining lifetime
 //     (exp − now) is below it: TTL renews on every call, a small value
-//     only near expiry (fewer tokens minted); negative never renews.
+//     only near expiry (fewer tokens minted); [NeverRenew] (or any
+//     negative value) never renews.
 //   - RefreshTTL: [DefaultRefreshTTL]. The idle lifetime of a refresh
 //     token; it never outlives the session either.
 //   - RefreshGrace: [DefaultRefreshGrace], or RefreshTTL if shorter. How

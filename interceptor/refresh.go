@@ -26,7 +26,8 @@ const revokeMethod = slidejwtv1.TokenService_Revoke_FullMethodName
 // SESSION_EXPIRED (past the absolute end, or the refresh token itself
 // lapsed), SESSION_REVOKED (revoked, reused after the grace period, or
 // unknown to the store), codes.Unavailable when the store fails and
-// codes.FailedPrecondition without a store.
+// codes.FailedPrecondition without a store or on a server that only
+// verifies (see [NewServer]).
 //
 // The store is asked whether the session is live before anything is
 // signed, so a refresh token of a revoked or unknown session costs a
@@ -49,6 +50,10 @@ func (s *Server) Refresh(ctx context.Context, refreshToken string) (Session, err
 }
 
 func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, store.Outcome, error) {
+	v := s.ver.Load() // one key set verifies and signs
+	if !v.keys.CanSign() {
+		return Session{}, nil, 0, errRefreshVerifyOnly
+	}
 	if s.cfg.store == nil {
 		return Session{}, nil, 0, status.Error(codes.FailedPrecondition, "slidejwt: refresh tokens need a session store")
 	}
@@ -60,7 +65,6 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 	case !isCompactJWS(raw):
 		return Session{}, nil, 0, reject(ReasonTokenInvalid, "malformed token")
 	}
-	v := s.ver.Load() // one key set verifies and signs
 	p := s.cfg.policy
 	c, aerr := v.verifyRefresh(raw)
 	now := s.cfg.now()
@@ -131,6 +135,8 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 }
 
 var errStoreUnavailable = status.Error(codes.Unavailable, "slidejwt: session store unavailable")
+
+var errRefreshVerifyOnly = status.Error(codes.FailedPrecondition, "slidejwt: this server only verifies; refresh at the service that signs")
 
 // sessionFromPair is the Session of a stored successor pair of the
 // session whose refresh claims are c.

@@ -43,6 +43,14 @@ type Server struct {
 
 // NewServer returns a Server that trusts keys. It fails on an invalid
 // option or [Policy].
+//
+// A key set that cannot sign ([NewVerifyKeySet], [RemoteKeySet.KeySet])
+// makes a verify-only server, for a service in a mesh where one service
+// signs: it verifies every call as a signing server does but never mints a
+// token. [Server.StartSession] fails with [ErrVerifyOnly],
+// [Server.Refresh] with codes.FailedPrecondition, and no call is renewed
+// (its event is [EventAuthenticated]): the session slides only at the
+// services that sign.
 func NewServer(keys *KeySet, opts ...ServerOption) (*Server, error) {
 	if err := checkKeySet(keys); err != nil {
 		return nil, err
@@ -60,7 +68,8 @@ func NewServer(keys *KeySet, opts ...ServerOption) (*Server, error) {
 }
 
 // RotateKeys replaces the trusted key set. Calls in flight finish with the
-// old set; later calls verify with, and renew under, the new one.
+// old set; later calls verify with, and renew under, the new one. The new
+// set may be one that cannot sign (see [NewServer]).
 func (s *Server) RotateKeys(keys *KeySet) error {
 	if err := checkKeySet(keys); err != nil {
 		return err
@@ -117,6 +126,9 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	}
 	now := s.cfg.now().Truncate(jwt.TimePrecision)
 	v := s.ver.Load() // one key set for the whole session start
+	if v.keys.active == nil {
+		return Session{}, fmt.Errorf("%w: this server only verifies; sessions start at the service that signs", ErrVerifyOnly)
+	}
 	c := &Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:   s.cfg.issuer,
@@ -191,6 +203,9 @@ func (s *Server) sign(v *verifier, c *Claims, typ string) (string, error) {
 		s.signHook()
 	}
 	k := v.keys.active
+	if k == nil {
+		return "", ErrVerifyOnly
+	}
 	tok, err := signCompact(k, c, typ)
 	if err != nil {
 		return "", fmt.Errorf("slidejwt: sign token: %w", err)
@@ -225,6 +240,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		start = s.startTimer()
 	}
 	v := s.ver.Load()
+	if v.remote != nil {
+		v = s.syncRemote(v)
+	}
 	c, key, cache, err := s.check(ctx, v, now)
 	if err != nil {
 		ev := Event{Kind: EventRejected, Method: method, Err: err, Cache: cache}
@@ -283,6 +301,9 @@ func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifi
 		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "malformed token")
 	}
 	c, key, cache, aerr := v.verifyCached(raw, now)
+	if aerr != nil && aerr.keysDown {
+		return nil, key, cache, errKeysUnavailableStatus
+	}
 	if c != nil && s.cfg.policy.SessionEnded(now, c.authTime()) {
 		return c, key, cache, reject(ReasonSessionExpired, "")
 	}
@@ -321,6 +342,25 @@ func (s *Server) checkLive(ctx context.Context, sid string, now time.Time) error
 
 var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revocation list unavailable")
 
+// errKeysUnavailableStatus answers a call whose token cannot be checked
+// because a remote key set has no usable keys (see [RemoteKeySet]).
+var errKeysUnavailableStatus = status.Error(codes.Unavailable, "slidejwt: signing keys unavailable")
+
+// syncRemote returns v, or, if v's remote key set dropped or replaced a
+// key since v was made, a verifier with empty caches that replaces it: no
+// token verified with a withdrawn key is served from a cache, as after
+// RotateKeys. A RotateKeys in between wins.
+func (s *Server) syncRemote(v *verifier) *verifier {
+	if v.remote.gen() == v.gen {
+		return v
+	}
+	nv := newVerifier(v.keys, &s.cfg)
+	if s.ver.CompareAndSwap(v, nv) {
+		return nv
+	}
+	return s.ver.Load()
+}
+
 // renew mints, under v, the renewed token for the verified claims c of the
 // token whose cache key is key when the policy says one is due; it returns
 // nil otherwise.
@@ -332,6 +372,9 @@ var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revoca
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
 func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Time) *renewal {
+	if v.keys.active == nil {
+		return nil // a verify-only server renews nothing
+	}
 	d := s.cfg.policy.Decide(now, c.exp(), c.authTime())
 	if !d.Renew {
 		return nil

@@ -70,6 +70,12 @@ type verifier struct {
 	// renewals maps a presented token's digest to its renewal; nil when
 	// disabled.
 	renewals tokenCache[*renewal]
+
+	// remote is the key set's RemoteKeySet, if it has one, and gen its
+	// generation when the caches were made: they are the keys' only as
+	// long as it is current (see Server.syncRemote).
+	remote *RemoteKeySet
+	gen    uint64
 }
 
 func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
@@ -93,6 +99,10 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		accessKey:  ks.keyFunc(accessTokenType),
 		refreshKey: ks.keyFunc(refreshTokenType),
 		policy:     cfg.policy,
+		remote:     ks.remote,
+	}
+	if v.remote != nil {
+		v.gen = v.remote.gen()
 	}
 	if cfg.cacheSize > 0 {
 		v.verified = newTokenCache[*verifiedClaims](cfg.cacheSize, cfg.now)
@@ -126,7 +136,10 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tok
 	cache := CacheNone
 	if v.verified != nil {
 		k = keyOf(raw)
-		if c, ok := v.verified.get(k, now); ok && !now.Before(c.iat().Add(-v.policy.leeway())) {
+		// A remote key set past its maximum staleness serves no hit: the
+		// token is verified again, which fails closed.
+		if c, ok := v.verified.get(k, now); ok && !now.Before(c.iat().Add(-v.policy.leeway())) &&
+			(v.remote == nil || v.remote.hitOK(now)) {
 			return c, k, CacheHit, nil
 		}
 		cache = CacheMiss
@@ -156,6 +169,9 @@ func (v *verifier) parse(raw string, key jwt.Keyfunc) (*Claims, *authError) {
 	}
 	if onlyExpired(err) {
 		return c, reject(ReasonTokenExpired, "")
+	}
+	if errors.Is(err, errKeysUnavailable) {
+		return nil, &authError{reason: ReasonTokenInvalid, detail: "signing keys unavailable", keysDown: true}
 	}
 	return nil, reject(ReasonTokenInvalid, invalidDetail(err))
 }

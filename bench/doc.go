@@ -39,7 +39,11 @@
 //
 // Both report redis-rt/op, the round trips to Redis per call, counted by
 // Redis (INFO commandstats); TestSteadyRedis_LookupsFromCache checks that
-// steady-redis's lookups come from the cache.
+// steady-redis's lookups come from the cache. Like every case of
+// BenchmarkUnary, steady-redis presents one session, called some 15,000
+// times a second: the best case for the client-side cache, which fetches
+// its answer once per cache TTL. What many sessions cost is the sweep's
+// Redis cases, below.
 //
 // BenchmarkSessions/<alg>/<n>/<load>/<case> sweeps n = 1,000, 10,000 and
 // 100,000 live sessions, each presenting its own token on Echo calls,
@@ -47,8 +51,17 @@
 // 32 sharing one connection (-par32). Its cases are floor and
 // middleware-verify as above, rotating the same tokens, steady (a cache of
 // n entries) and steady-default (the default size); the steady cases
-// report hit%, the share of calls that verified no signature. It runs only
-// when asked for: BENCH=Sessions bash scripts/bench.
+// report hit%, the share of calls that verified no signature. For HS256,
+// in the rand loads, three more cases attach the Redis store to steady,
+// on a redis-server where the n sessions are registered: steady-redis
+// (the store's default cache TTL, 1 s), steady-redis-ttl5s and
+// steady-redis-ttl30s (redisstore.WithCacheTTL). They report redis-rt/op,
+// the per-session call interval (interval-ms: n × the time per call, since
+// the sweep calls as fast as it can), the TTL, and the memory the
+// client-side cache holds per session (csc-B/session); before the timed
+// loop, the cache is put into the steady state of sessions called at
+// random with that interval (sessions_redis_test.go says how and why). It
+// runs only when asked for: BENCH=Sessions bash scripts/bench.
 //
 // The keys are generated once per test binary run.
 package bench

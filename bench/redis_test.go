@@ -31,6 +31,13 @@ import (
 // Both report redis-rt/op: the round trips to Redis per call during the
 // timed loop, counted by Redis itself (INFO commandstats; see
 // commandStats.roundTrips).
+//
+// steady-redis presents one session, as steady and floor do, so that
+// steady-redis ÷ steady is the store's cost alone: that session is called
+// far more often than once per cache TTL, the best case for the cache.
+// Many sessions, each called less often, are the sessions sweep's Redis
+// cases (sessions_redis_test.go), against floor and steady with the same
+// n tokens.
 const (
 	caseSteadyRedis     = "steady-redis"
 	caseRefreshRPCRedis = "refresh-rpc-redis"
@@ -53,7 +60,7 @@ type fixtureOption func(*rueidis.ClientOption)
 // statistics.
 type benchRedis struct {
 	server *redistest.Server
-	admin  rueidis.Client // without client-side cache; only for INFO
+	admin  rueidis.Client // without client-side cache; for INFO (and the sweep's setup)
 }
 
 // newRedisStore starts a redis-server for tb and returns it with a store

@@ -24,17 +24,35 @@ import (
 // calls. load is the order of the sessions, rr (round-robin) or rand
 // (uniformly at random), on one goroutine or, with -par32, on 32
 // goroutines sharing one connection. case is floor, middleware-verify,
-// steady (a cache of n entries) or steady-default (the default size).
+// steady (a cache of n entries) or steady-default (the default size),
+// and, for HS256 in the rand loads only, the Redis cases
+// (sessions_redis_test.go).
 var (
 	sessionCounts = []int{1_000, 10_000, 100_000}
 	sessionLoads  = []string{"rr", "rand", "rr-par32", "rand-par32"}
 	sessionCases  = []string{caseFloor, caseMiddleware, caseSteady, caseSteadyDefault}
 )
 
+// sessionCasesOf returns the cases of alg and load: the Redis cases run in
+// the rand loads only (see sessionRedisCases for why), and only for HS256:
+// their cache of verified tokens holds every session, so no call verifies
+// a signature and the alg changes nothing that the store does; running
+// them for every alg would triple the sweep's longest part.
+func sessionCasesOf(alg, load string) []string {
+	if alg == sessionRedisAlg && isRandLoad(load) {
+		return append(sessionCases[:len(sessionCases):len(sessionCases)], sessionRedisCaseNames()...)
+	}
+	return sessionCases
+}
+
+func isRandLoad(load string) bool { return load == "rand" || load == "rand-par32" }
+
 const (
 	caseSteadyDefault = "steady-default"
 	// sessionGoroutines is the number of goroutines of the -par32 loads.
 	sessionGoroutines = 32
+	// sessionRedisAlg is the one alg the Redis cases run for.
+	sessionRedisAlg = "HS256"
 )
 
 // verifications counts the signature verifications of the whole test
@@ -70,7 +88,7 @@ func BenchmarkSessions(b *testing.B) {
 					sw := newSweep(b, keys[alg], n)
 					for _, load := range sessionLoads {
 						b.Run(load, func(b *testing.B) {
-							for _, c := range sessionCases {
+							for _, c := range sessionCasesOf(alg, load) {
 								b.Run(c, func(b *testing.B) { sw.run(b, c, load) })
 							}
 						})
@@ -88,10 +106,18 @@ type sweep struct {
 	tb    testing.TB
 	k     *algKeys
 	ctxs  []context.Context // one per session, carrying its token
+	sids  []string          // the sessions' ids, in the order of ctxs
 	demos map[string]demov1.DemoServiceClient
 	// pos is each case's round-robin position, kept across loads so that
 	// round-robin goes on where the last load left off.
 	pos map[string]*atomic.Int64
+	// lastNs is, by load, the time per call of the case that ran last in
+	// it (a first guess of a Redis case's rate; see redisCase.settle).
+	lastNs map[string]float64
+	// redis is the sweep's redis-server with the sessions registered, and
+	// redisCases the Redis cases' stores, both set up on first use.
+	redis      *benchRedis
+	redisCases map[string]*redisCase
 }
 
 func newSweep(tb testing.TB, k *algKeys, n int) *sweep {
@@ -99,13 +125,18 @@ func newSweep(tb testing.TB, k *algKeys, n int) *sweep {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	sw := &sweep{tb: tb, k: k, ctxs: make([]context.Context, n), demos: map[string]demov1.DemoServiceClient{}, pos: map[string]*atomic.Int64{}}
+	sw := &sweep{
+		tb: tb, k: k, ctxs: make([]context.Context, n), sids: make([]string, n),
+		demos: map[string]demov1.DemoServiceClient{}, pos: map[string]*atomic.Int64{},
+		lastNs: map[string]float64{}, redisCases: map[string]*redisCase{},
+	}
 	for i := range sw.ctxs {
 		s, err := minter.StartSession(context.Background(), benchSubject, nil)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		sw.ctxs[i] = metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+s.AccessToken))
+		sw.sids[i] = s.SessionID
 	}
 	return sw
 }
@@ -137,7 +168,8 @@ func (sw *sweep) client(c string) demov1.DemoServiceClient {
 	case caseSteadyDefault:
 		ours()
 	default:
-		sw.tb.Fatalf("unknown case %q", c)
+		rc := sw.redisCase(c)
+		ours(interceptor.WithCacheSize(len(sw.ctxs)), interceptor.WithSessionStore(rc.store))
 	}
 	addr := serve(sw.tb, srvOpts, svc, func(*grpc.Server) {})
 	d := demov1.NewDemoServiceClient(dial(sw.tb, addr))
@@ -175,20 +207,20 @@ func (sw *sweep) call(d demov1.DemoServiceClient, i int) error {
 // run is one timed case: Echo calls presenting the sessions in load's
 // order. It reports the share of calls that verified no signature.
 func (sw *sweep) run(b *testing.B, c, load string) {
+	rc := sw.redisCaseOf(b, c) // nil but for a Redis case; skips b without redis-server
 	d := sw.client(c)
-	n := len(sw.ctxs)
-	random := load == "rand" || load == "rand-par32"
+	if rc != nil {
+		rc.settle(b, sw, load)
+	}
 	b.ReportAllocs()
 	before := verifications.Load()
-	calls := sw.pos[c] // shared by the goroutines
-	pick := func(r *rand.Rand) int {
-		if random {
-			return r.IntN(n)
-		}
-		return int((calls.Add(1) - 1) % int64(n))
+	var trips commandStats
+	if rc != nil {
+		trips = sw.redis.mustCommands(b)
 	}
 	b.ResetTimer()
 	if load == "rr" || load == "rand" {
+		pick := sw.picker(c, load)
 		r := rand.New(rand.NewPCG(1, 2))
 		for b.Loop() {
 			if err := sw.call(d, pick(r)); err != nil {
@@ -197,6 +229,7 @@ func (sw *sweep) run(b *testing.B, c, load string) {
 		}
 	} else {
 		b.SetParallelism(max(1, sessionGoroutines/runtime.GOMAXPROCS(0)))
+		pick := sw.picker(c, load)
 		var seed atomic.Uint64
 		b.RunParallel(func(pb *testing.PB) {
 			r := rand.New(rand.NewPCG(seed.Add(1), 2))
@@ -209,8 +242,26 @@ func (sw *sweep) run(b *testing.B, c, load string) {
 		})
 	}
 	b.StopTimer()
-	if c == caseSteady || c == caseSteadyDefault {
+	if b.N > 0 {
+		sw.lastNs[load] = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	}
+	if c != caseFloor && c != caseMiddleware {
 		v := verifications.Load() - before
 		b.ReportMetric(100*(1-float64(v)/float64(b.N)), "hit%")
 	}
+	if rc != nil {
+		rc.report(b, sw, trips)
+	}
+}
+
+// picker returns the function that picks the next session of case c in
+// load, from a goroutine's own random source. Round-robin goes on from
+// the case's position, which the goroutines share.
+func (sw *sweep) picker(c, load string) func(*rand.Rand) int {
+	n := len(sw.ctxs)
+	if isRandLoad(load) {
+		return func(r *rand.Rand) int { return r.IntN(n) }
+	}
+	calls := sw.pos[c]
+	return func(*rand.Rand) int { return int((calls.Add(1) - 1) % int64(n)) }
 }

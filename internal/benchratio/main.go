@@ -7,7 +7,11 @@
 // judged on the ratios of the medians and each marked pass or MISS, with
 // refresh-rpc-redis as a ratio to refresh-rpc (a comparison, not a
 // target). steady-otel (steady with OpenTelemetry metrics) has steady's
-// target and is reported beside it, with its ratio to steady.
+// target and is reported beside it, with its ratio to steady. Where cases report redis-rt/op (the Redis cases), a last table
+// gives their round trips per call with the other metrics they report and,
+// where they report the per-session call interval I and the cache TTL T,
+// the share I/(I+T) of calls that the steady state of sessions called at
+// random predicts to make a round trip.
 //
 //	go test -run '^$' -bench . -benchmem -count 6 ./bench | go run ./internal/benchratio
 //
@@ -59,7 +63,20 @@ type result struct {
 	bytesPerOp       float64
 	allocsPerOp      float64
 	hasMem           bool
+	// extra holds the metrics the benchmark reported itself, by unit
+	// (hit%, redis-rt/op, …).
+	extra map[string]float64
 }
+
+// The metrics of the Redis table (the units the benchmarks report).
+const (
+	unitRoundTrips    = "redis-rt/op"
+	unitInterval      = "interval-ms"
+	unitPrimeInterval = "prime-interval-ms"
+	unitTTL           = "ttl-s"
+	unitHit           = "hit%"
+	unitCacheBytes    = "csc-B/session"
+)
 
 // parse reads the results of benchmarks named
 // Benchmark<family>/<alg>/<case>[-<gomaxprocs>]; it skips every other line.
@@ -93,6 +110,11 @@ func parse(r io.Reader) ([]result, error) {
 				res.bytesPerOp, haveB = v, true
 			case "allocs/op":
 				res.allocsPerOp, haveAllocs = v, true
+			default:
+				if res.extra == nil {
+					res.extra = map[string]float64{}
+				}
+				res.extra[f[i+1]] = v
 			}
 		}
 		if !haveNs {
@@ -123,6 +145,17 @@ type stat struct {
 	ns, bytes, allocs            float64
 	hasMem                       bool
 	nsVals, bytesVals, allocVals []float64
+	extraVals                    map[string][]float64
+}
+
+// extra returns the median of the metric unit over the runs that reported
+// it, and whether any did.
+func (s *stat) extra(unit string) (float64, bool) {
+	vs := s.extraVals[unit]
+	if len(vs) == 0 {
+		return 0, false
+	}
+	return median(vs), true
 }
 
 // group is one family and alg, its cases in the order they first appear.
@@ -166,6 +199,12 @@ func summarize(rs []result) []*group {
 		s.bytesVals = append(s.bytesVals, r.bytesPerOp)
 		s.allocVals = append(s.allocVals, r.allocsPerOp)
 		s.hasMem = s.hasMem && r.hasMem
+		for unit, v := range r.extra {
+			if s.extraVals == nil {
+				s.extraVals = map[string][]float64{}
+			}
+			s.extraVals[unit] = append(s.extraVals[unit], v)
+		}
 	}
 	for _, g := range gs {
 		for _, s := range g.cases {
@@ -265,6 +304,68 @@ func write(w io.Writer, gs []*group) {
 			ratio(refresh, g.get(refreshRedisCase)),
 		)
 	}
+	writeRedis(w, gs)
+}
+
+// writeRedis prints the cases that report round trips to Redis: time as a
+// multiple of floor and of steady (the same cache of verified tokens
+// without the store), round trips per call, and what the case reports of
+// its conditions. "I/(I+T)" is the share of calls that would make a round
+// trip in the steady state of sessions each called at random with mean
+// interval I, under a cache TTL T: an answer is fetched, lives T, and the
+// next call after that fetches it again.
+func writeRedis(w io.Writer, gs []*group) {
+	var rows []string
+	for _, g := range gs {
+		floor, steady := g.get(floorCase), g.get(steadyCase)
+		for _, s := range g.cases {
+			rt, ok := s.extra(unitRoundTrips)
+			if !ok {
+				continue
+			}
+			predicted := "–"
+			iv, okI := s.extra(unitInterval)
+			ttl, okT := s.extra(unitTTL)
+			if okI && okT && iv+ttl*1000 > 0 {
+				predicted = fmt.Sprintf("%.3f", iv/(iv+ttl*1000))
+			}
+			rows = append(rows, fmt.Sprintf("| %s/%s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |",
+				g.family, g.alg, s.cas, s.runs, ratio(floor, s), pairedOrDash(floor, s), ratio(steady, s),
+				metric(s, unitTTL, "%g"), metric(s, unitInterval, "%.0f"), metric(s, unitPrimeInterval, "%.0f"),
+				fmt.Sprintf("%.4f", rt), predicted, metric(s, unitHit, "%.1f"), metric(s, unitCacheBytes, "%.0f")))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "### Redis round trips (medians)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| benchmark | case | runs | × floor | × floor, paired | × steady | TTL (s) | interval I (ms) | primed for I (ms) | redis-rt/op | I/(I+T) | hit% | csc-B/session |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, r := range rows {
+		fmt.Fprintln(w, r)
+	}
+}
+
+// metric formats the median of s's metric unit, or "–" without one.
+func metric(s *stat, unit, format string) string {
+	v, ok := s.extra(unit)
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+// pairedOrDash is pairedRatio formatted, "–" without floor.
+func pairedOrDash(floor, s *stat) string {
+	if floor == nil {
+		return "–"
+	}
+	if r, ok := pairedRatio(floor, s); ok {
+		return fmt.Sprintf("%.2f", r)
+	}
+	return "–"
 }
 
 // ratio formats b's median time as a ratio to a's, with no target; "–"

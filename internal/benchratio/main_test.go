@@ -1,6 +1,7 @@
 package main
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -41,7 +42,7 @@ func TestParse(t *testing.T) {
 		{8, result{family: "StreamOpen", alg: "EdDSA", cas: "steady", nsPerOp: 230000, bytesPerOp: 13000, allocsPerOp: 220, hasMem: true}},
 	}
 	for _, tt := range tests {
-		if got := rs[tt.i]; got != tt.want {
+		if got := rs[tt.i]; !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("result %d: got %+v, want %+v", tt.i, got, tt.want)
 		}
 	}
@@ -253,5 +254,43 @@ BenchmarkStreamOpen/HS256/floor-2 100 50000 ns/op 9000 B/op 150 allocs/op
 		if !strings.Contains(b.String(), want+"\n") {
 			t.Errorf("output lacks the line %q; got:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestWrite_RedisSessions checks the Redis table: a row for every case
+// that reports redis-rt/op, with its ratios to floor and steady, its
+// metrics, and the share I/(I+T) from its interval and TTL; the Unary
+// case, which reports neither, gets "–" there; cases without round trips
+// get no row.
+func TestWrite_RedisSessions(t *testing.T) {
+	rs, err := parse(strings.NewReader(`BenchmarkSessions/HS256/100000/rand/floor-2 20000 50000 ns/op 9000 B/op 150 allocs/op
+BenchmarkSessions/HS256/100000/rand/steady-2 20000 55000 ns/op 100.0 hit% 9400 B/op 158 allocs/op
+BenchmarkSessions/HS256/100000/rand/steady-redis-ttl30s-2 20000 100000 ns/op 800.0 csc-B/session 100.0 hit% 10000 interval-ms 9000 prime-interval-ms 0.26 redis-rt/op 30.00 ttl-s 10600 B/op 172 allocs/op
+BenchmarkSessions/HS256/100000/rand/steady-redis-ttl30s-2 20000 120000 ns/op 800.0 csc-B/session 100.0 hit% 12000 interval-ms 11000 prime-interval-ms 0.30 redis-rt/op 30.00 ttl-s 10600 B/op 172 allocs/op
+BenchmarkUnary/HS256/floor-2 100 50000 ns/op 9000 B/op 150 allocs/op
+BenchmarkUnary/HS256/steady-redis-2 100 56000 ns/op 0.0001 redis-rt/op 10200 B/op 168 allocs/op
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rs[2].extra, map[string]float64{"csc-B/session": 800, "hit%": 100, "interval-ms": 10000, "prime-interval-ms": 9000, "redis-rt/op": 0.26, "ttl-s": 30}; !reflect.DeepEqual(got, want) {
+		t.Errorf("extra metrics: got %v, want %v", got, want)
+	}
+	var b strings.Builder
+	write(&b, summarize(rs))
+	out := b.String()
+	for _, want := range []string{
+		"### Redis round trips (medians)",
+		// I = 11,000 ms (the median of two runs), T = 30 s: 11/41; paired
+		// with floor's one run, the first run only.
+		"| Sessions/HS256/100000/rand | steady-redis-ttl30s | 2 | 2.20 | 2.00 | 2.00 | 30 | 11000 | 10000 | 0.2800 | 0.268 | 100.0 | 800 |",
+		"| Unary/HS256 | steady-redis | 1 | 1.12 | 1.12 | – | – | – | – | 0.0001 | – | – | – |",
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("output lacks the line %q; got:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "| Sessions/HS256/100000/rand | steady |") {
+		t.Errorf("steady, without round trips, has a row in the Redis table:\n%s", out)
 	}
 }

@@ -54,7 +54,7 @@
 // report hit%, the share of calls that verified no signature. For HS256,
 // in the rand loads, three more cases attach the Redis store to steady,
 // on a redis-server where the n sessions are registered: steady-redis
-// (the store's default cache TTL, 1 s), steady-redis-ttl5s and
+// (the store's default cache TTL, 5 s), steady-redis-ttl1s and
 // steady-redis-ttl30s (redisstore.WithCacheTTL). They report redis-rt/op,
 // the per-session call interval (interval-ms: n × the time per call, since
 // the sweep calls as fast as it can), the TTL, and the memory the

@@ -66,8 +66,8 @@ var sessionRedisCases = []struct {
 	name string
 	ttl  time.Duration // 0: the store's default
 }{
+	{"steady-redis-ttl1s", time.Second},
 	{caseSteadyRedis, 0},
-	{"steady-redis-ttl5s", 5 * time.Second},
 	{"steady-redis-ttl30s", 30 * time.Second},
 }
 

@@ -7,8 +7,15 @@ import (
 
 // DefaultCacheTTL is how long IsRevoked may answer from the client-side
 // cache without asking Redis again, unless [WithCacheTTL] says otherwise.
-// It bounds the staleness of a revocation whose invalidation was lost.
-const DefaultCacheTTL = time.Second
+// It bounds the staleness of a revocation whose invalidation was lost
+// (normally a revocation is seen within milliseconds, by Redis's
+// invalidation), and it sets how often a session asks Redis: a session
+// that calls every I makes a round trip on a share of about I/(I+T) of its
+// calls (measured by the sessions sweep, bench/RESULTS.md). At 1 s, a
+// session calling every second asked Redis on half its calls; 5 s cuts
+// that share 2-4 times for sessions calling every 0.5-2 s and keeps the
+// bound on a lost invalidation in single-digit seconds.
+const DefaultCacheTTL = 5 * time.Second
 
 // DefaultTimeout bounds every store operation, unless [WithTimeout] says
 // otherwise. A healthy Redis answers each of the store's one-key scripts in
@@ -18,9 +25,8 @@ const DefaultCacheTTL = time.Second
 // second. Without a bound, a call waits out rueidis's read retries (about
 // four seconds) with Redis down, and with Redis hung as long as it hangs
 // (each new connection's handshake waits for the client's write timeout,
-// ten seconds, and reads are retried). It equals [DefaultCacheTTL], so a
-// replica stops answering from a hung Redis's cache within about two
-// seconds at worst.
+// ten seconds, and reads are retried). A replica stops answering from a
+// hung Redis's cache within [DefaultCacheTTL] plus this timeout at worst.
 const DefaultTimeout = time.Second
 
 // DefaultRevokeSettle is how long a revocation waits after Redis applied

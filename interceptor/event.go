@@ -19,7 +19,9 @@ const (
 	// EventRenewed: a call was authenticated and a renewed token was sent.
 	EventRenewed
 	// EventRenewalFailed: a call was authenticated, a renewal was due but
-	// could not be minted (Err says why); the call went on.
+	// could not be minted, or, on a server with [WithDelegatedRenewal],
+	// was not obtained from the renewal service in time (Err says why,
+	// wrapping [ErrDelegatedRenewal]); the call went on.
 	EventRenewalFailed
 	// EventRejected: a call was rejected (Reason and Err say why) and its
 	// handler did not run.
@@ -40,6 +42,15 @@ const (
 	// authenticated call with a store makes one (IsRevoked) before its
 	// own event; so does every check of an open stream.
 	EventStoreCall
+	// EventDelegatedRenewal: a verify-only server asked the renewal
+	// service of [WithDelegatedRenewal] for a renewal: one event per
+	// internal call, however many requests share it. Duration is how
+	// long the call took, Expiry the exp of the renewed token it got
+	// (zero if none was due), and Err, wrapping [ErrDelegatedRenewal],
+	// why the call failed or its answer was refused. Method is
+	// TokenService/Renew. It runs on the internal call's goroutine,
+	// with a context that carries no request's values.
+	EventDelegatedRenewal
 )
 
 // The kinds of [Event] that a [TokenHolder] reports to the hook set with
@@ -87,6 +98,8 @@ func (k EventKind) String() string {
 		return "stream-ended"
 	case EventStoreCall:
 		return "store-call"
+	case EventDelegatedRenewal:
+		return "delegated-renewal"
 	case EventSwapped:
 		return "swapped"
 	case EventFellBack:
@@ -112,7 +125,7 @@ type Event struct {
 	Subject   string
 	SessionID string
 	Reason    Reason    // for EventRejected, EventStreamEnded and the client's kinds
-	Err       error     // for EventRejected, EventRenewalFailed, EventStoreCall and EventClientRefreshed; never holds token text
+	Err       error     // for EventRejected, EventRenewalFailed, EventStoreCall, EventDelegatedRenewal and EventClientRefreshed; never holds token text
 	Expiry    time.Time // exp of the presented token, or of the minted one; on the client, of the token held after the step
 	// Outcome is what the session store did with a refresh (for
 	// EventRefreshed, and EventRejected from Refresh once the store was
@@ -122,9 +135,12 @@ type Event struct {
 	// clock (never the clock of [WithClock]): authenticating a call, from
 	// reading its metadata to deciding its renewal, signature included
 	// (EventAuthenticated, EventRenewed, EventRenewalFailed, and
-	// EventRejected of a call); the whole of [Server.Refresh] (its
-	// EventRefreshed or EventRejected); one store call (EventStoreCall);
-	// the refresh call (EventClientRefreshed). Zero for the other kinds.
+	// EventRejected of a call; for a renewal asked of a renewal service,
+	// up to the asking, not the answer); the whole of [Server.Refresh]
+	// (its EventRefreshed or EventRejected); one store call
+	// (EventStoreCall); one call to the renewal service
+	// (EventDelegatedRenewal); the refresh call (EventClientRefreshed).
+	// Zero for the other kinds.
 	// It is measured only when a hook is set.
 	Duration time.Duration
 	// Cache says whether the verified-token cache held the presented

@@ -53,6 +53,12 @@ type serverConfig struct {
 	cacheSize     int
 	streamCheck   time.Duration
 	clockSet      bool // WithClock was given: now is not the wall clock
+	// WithDelegatedRenewal and WithDelegatedRenewalTimeout, from which
+	// validate builds delegation (see delegate.go).
+	renewalService    grpc.ClientConnInterface
+	renewalServiceSet bool
+	renewalTimeout    *time.Duration
+	delegation        *delegator
 	// Overrides of policy fields by WithLeeway, WithRefreshTTL and
 	// WithRefreshGrace, applied after every option, in whatever order the
 	// options came.
@@ -106,6 +112,9 @@ func (c *serverConfig) validate() error {
 	}
 	if c.streamCheck <= 0 {
 		return fmt.Errorf("%w: stream check interval %v is not positive", ErrInvalidOption, c.streamCheck)
+	}
+	if err := c.validateDelegation(); err != nil {
+		return err
 	}
 	if c.store != nil {
 		if c.revocations != nil {
@@ -309,6 +318,12 @@ func WithExemptMethods(fullMethods ...string) ServerOption {
 // stream watcher) and must be safe for concurrent use. An [Event] never
 // carries a token. Switch on [Event].Kind and ignore the kinds you do not
 // know: kinds may be added. Default: none.
+//
+// A call whose renewal a verify-only server asks of its renewal service
+// ([WithDelegatedRenewal]) reports its one event once the answer came or
+// the wait for it ended: after a unary handler returned, when a stream
+// sends its header or ends. Each call to the renewal service reports an
+// [EventDelegatedRenewal] of its own, on its own goroutine.
 //
 // Without a hook the server reads no clock and builds no event for it;
 // with one, it reads the monotonic clock about twice per event to fill in

@@ -184,7 +184,10 @@ func (s *Server) revoke(ctx context.Context, sessionID string, authTime time.Tim
 // TokenService returns the server's implementation of
 // slidejwt.v1.TokenService, to register beside the application's
 // services. Refresh is exempt from authentication; Revoke needs the
-// caller's access token and ends the caller's own session.
+// caller's access token and ends the caller's own session; Renew needs it
+// too and answers, in its body, the renewal the call earns as any call
+// does (PROTOCOL.md §2), for the verify-only services that delegate their
+// renewals to this one ([WithDelegatedRenewal]).
 func (s *Server) TokenService() slidejwtv1.TokenServiceServer { return tokenService{s: s} }
 
 type tokenService struct {

@@ -49,8 +49,8 @@ type Server struct {
 // signs: it verifies every call as a signing server does but never mints a
 // token. [Server.StartSession] fails with [ErrVerifyOnly],
 // [Server.Refresh] with codes.FailedPrecondition, and no call is renewed
-// (its event is [EventAuthenticated]): the session slides only at the
-// services that sign.
+// (its event is [EventAuthenticated]) unless [WithDelegatedRenewal] names
+// the signing service to ask for renewals.
 func NewServer(keys *KeySet, opts ...ServerOption) (*Server, error) {
 	if err := checkKeySet(keys); err != nil {
 		return nil, err
@@ -259,11 +259,23 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	ctx = context.WithValue(ctx, claimsKey{}, c)
 	ev := Event{Kind: EventAuthenticated, Method: method, Subject: c.sub(), SessionID: c.sid(), Expiry: c.exp(), Cache: cache}
 	var r *renewal
-	if method != revokeMethod { // a logout gets no renewal of the session it ends
+	switch {
+	case method == revokeMethod: // a logout gets no renewal of the session it ends
+	case v.keys.active == nil:
+		r = s.delegate(ctx, v, c, key, now) // nil without WithDelegatedRenewal
+	default:
 		r = s.renew(v, c, key, now)
+	}
+	if method == renewMethod {
+		ctx = context.WithValue(ctx, renewalKey{}, r) // TokenService.Renew answers it
 	}
 	switch {
 	case r == nil:
+	case r.call != nil:
+		// Asked of the renewal service, which has not answered yet: the
+		// call's event waits for the answer (see delegatedCall.await).
+		r.call.hold(ev, start)
+		return ctx, c, r, nil
 	case r.err != nil:
 		// The presented token is still good; the call goes on and the
 		// client keeps its token. Report the failure.
@@ -420,6 +432,9 @@ type renewal struct {
 	exp  time.Time
 	md   metadata.MD
 	err  error
+	// call, if set, is one call's wait for a delegated renewal that is
+	// still in flight; the other fields are unset (see delegate.go).
+	call *delegatedCall
 }
 
 // token returns the renewed token, or "" for a nil renewal.
@@ -448,11 +463,17 @@ func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		if err != nil {
 			return nil, err
 		}
-		if r != nil {
+		if r != nil && r.call == nil {
 			// Set before the handler runs; handler trailers are joined to it.
 			_ = grpc.SetTrailer(ctx, r.md)
 		}
 		resp, err := handler(ctx, req)
+		if r != nil && r.call != nil {
+			// Asked of the renewal service while the handler ran.
+			if got, _ := r.call.await(ctx); got != nil {
+				_ = grpc.SetTrailer(ctx, got.md)
+			}
+		}
 		return resp, markHandlerRan(err)
 	}
 }
@@ -476,6 +497,14 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		if err != nil {
 			return err
 		}
+		if r != nil && r.call != nil {
+			// Asked of the renewal service while the handler runs: the
+			// header waits for it, the trailer carries it.
+			ds := r.call.stream(ctx, ss)
+			err := s.guardStream(ctx, c, srv, ds, info.FullMethod, handler)
+			ds.finish()
+			return markHandlerRan(err)
+		}
 		if r != nil {
 			// The header may be gone already (an earlier interceptor sent
 			// it): the trailer still carries the renewal.
@@ -494,8 +523,11 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 // An AuthFunc sees a call only before its handler runs, so two promises of
 // the interceptors do not hold through it: an open stream does not end
 // with its session, and a slidejwt rejection that a handler relays is not
-// marked as having run the handler. Prefer the interceptors wherever they
-// fit; go-grpc-middleware's selector composes with them just as well.
+// marked as having run the handler. On a server with
+// [WithDelegatedRenewal], it waits for a renewal asked of the renewal
+// service before the handler runs (the interceptors wait after it, or
+// while it runs). Prefer the interceptors wherever they fit;
+// go-grpc-middleware's selector composes with them just as well.
 func (s *Server) AuthFunc() auth.AuthFunc {
 	return func(ctx context.Context) (context.Context, error) {
 		method, _ := grpc.Method(ctx)
@@ -505,6 +537,9 @@ func (s *Server) AuthFunc() auth.AuthFunc {
 		ctx, _, r, err := s.authenticate(ctx, method)
 		if err != nil {
 			return nil, err
+		}
+		if r != nil && r.call != nil {
+			r, _ = r.call.await(ctx) // before the handler: an AuthFunc cannot wait after it
 		}
 		if r != nil {
 			_ = grpc.SetHeader(ctx, r.md)

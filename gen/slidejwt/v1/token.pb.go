@@ -347,6 +347,110 @@ func (*RevokeResponse) Descriptor() ([]byte, []int) {
 	return file_slidejwt_v1_token_proto_rawDescGZIP(), []int{4}
 }
 
+// RenewRequest is empty: the token to renew is the caller's.
+type RenewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_slidejwt_v1_token_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_slidejwt_v1_token_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_slidejwt_v1_token_proto_rawDescGZIP(), []int{5}
+}
+
+// RenewResponse carries the caller's renewed access token, or nothing when
+// no renewal is due.
+type RenewResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The renewed access token; empty when no renewal is due.
+	AccessToken string `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// When the renewed access token expires (its exp claim); unset without
+	// one.
+	AccessTokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=access_token_expires_at,json=accessTokenExpiresAt,proto3" json:"access_token_expires_at,omitempty"`
+	// The session's absolute end (login time + maximum lifetime); unset
+	// without a renewed token.
+	SessionEndsAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=session_ends_at,json=sessionEndsAt,proto3" json:"session_ends_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_slidejwt_v1_token_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_slidejwt_v1_token_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_slidejwt_v1_token_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RenewResponse) GetAccessToken() string {
+	if x != nil {
+		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *RenewResponse) GetAccessTokenExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AccessTokenExpiresAt
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetSessionEndsAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SessionEndsAt
+	}
+	return nil
+}
+
 var File_slidejwt_v1_token_proto protoreflect.FileDescriptor
 
 const file_slidejwt_v1_token_proto_rawDesc = "" +
@@ -363,7 +467,12 @@ const file_slidejwt_v1_token_proto_rawDesc = "" +
 	"\x0fRefreshResponse\x12.\n" +
 	"\x06tokens\x18\x01 \x01(\v2\x16.slidejwt.v1.TokenPairR\x06tokens\"\x0f\n" +
 	"\rRevokeRequest\"\x10\n" +
-	"\x0eRevokeResponse*\xf6\x01\n" +
+	"\x0eRevokeResponse\"\x0e\n" +
+	"\fRenewRequest\"\xc9\x01\n" +
+	"\rRenewResponse\x12!\n" +
+	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12Q\n" +
+	"\x17access_token_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x14accessTokenExpiresAt\x12B\n" +
+	"\x0fsession_ends_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\rsessionEndsAt*\xf6\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_REASON_TOKEN_MISSING\x10\x01\x12\x1e\n" +
@@ -371,10 +480,11 @@ const file_slidejwt_v1_token_proto_rawDesc = "" +
 	"\x1aERROR_REASON_TOKEN_EXPIRED\x10\x03\x12 \n" +
 	"\x1cERROR_REASON_SESSION_EXPIRED\x10\x04\x12 \n" +
 	"\x1cERROR_REASON_SESSION_REVOKED\x10\x05\x12%\n" +
-	"!ERROR_REASON_FRESH_TOKEN_REQUIRED\x10\x062\x97\x01\n" +
+	"!ERROR_REASON_FRESH_TOKEN_REQUIRED\x10\x062\xd7\x01\n" +
 	"\fTokenService\x12D\n" +
 	"\aRefresh\x12\x1b.slidejwt.v1.RefreshRequest\x1a\x1c.slidejwt.v1.RefreshResponse\x12A\n" +
-	"\x06Revoke\x12\x1a.slidejwt.v1.RevokeRequest\x1a\x1b.slidejwt.v1.RevokeResponseB\xa3\x01\n" +
+	"\x06Revoke\x12\x1a.slidejwt.v1.RevokeRequest\x1a\x1b.slidejwt.v1.RevokeResponse\x12>\n" +
+	"\x05Renew\x12\x19.slidejwt.v1.RenewRequest\x1a\x1a.slidejwt.v1.RenewResponseB\xa3\x01\n" +
 	"\x0fcom.slidejwt.v1B\n" +
 	"TokenProtoP\x01Z7github.com/slidejwt/slidejwt/gen/slidejwt/v1;slidejwtv1\xa2\x02\x03SXX\xaa\x02\vSlidejwt.V1\xca\x02\vSlidejwt\\V1\xe2\x02\x17Slidejwt\\V1\\GPBMetadata\xea\x02\fSlidejwt::V1b\x06proto3"
 
@@ -391,7 +501,7 @@ func file_slidejwt_v1_token_proto_rawDescGZIP() []byte {
 }
 
 var file_slidejwt_v1_token_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_slidejwt_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_slidejwt_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_slidejwt_v1_token_proto_goTypes = []any{
 	(ErrorReason)(0),              // 0: slidejwt.v1.ErrorReason
 	(*TokenPair)(nil),             // 1: slidejwt.v1.TokenPair
@@ -399,22 +509,28 @@ var file_slidejwt_v1_token_proto_goTypes = []any{
 	(*RefreshResponse)(nil),       // 3: slidejwt.v1.RefreshResponse
 	(*RevokeRequest)(nil),         // 4: slidejwt.v1.RevokeRequest
 	(*RevokeResponse)(nil),        // 5: slidejwt.v1.RevokeResponse
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*RenewRequest)(nil),          // 6: slidejwt.v1.RenewRequest
+	(*RenewResponse)(nil),         // 7: slidejwt.v1.RenewResponse
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_slidejwt_v1_token_proto_depIdxs = []int32{
-	6, // 0: slidejwt.v1.TokenPair.access_token_expires_at:type_name -> google.protobuf.Timestamp
-	6, // 1: slidejwt.v1.TokenPair.refresh_token_expires_at:type_name -> google.protobuf.Timestamp
-	6, // 2: slidejwt.v1.TokenPair.session_ends_at:type_name -> google.protobuf.Timestamp
+	8, // 0: slidejwt.v1.TokenPair.access_token_expires_at:type_name -> google.protobuf.Timestamp
+	8, // 1: slidejwt.v1.TokenPair.refresh_token_expires_at:type_name -> google.protobuf.Timestamp
+	8, // 2: slidejwt.v1.TokenPair.session_ends_at:type_name -> google.protobuf.Timestamp
 	1, // 3: slidejwt.v1.RefreshResponse.tokens:type_name -> slidejwt.v1.TokenPair
-	2, // 4: slidejwt.v1.TokenService.Refresh:input_type -> slidejwt.v1.RefreshRequest
-	4, // 5: slidejwt.v1.TokenService.Revoke:input_type -> slidejwt.v1.RevokeRequest
-	3, // 6: slidejwt.v1.TokenService.Refresh:output_type -> slidejwt.v1.RefreshResponse
-	5, // 7: slidejwt.v1.TokenService.Revoke:output_type -> slidejwt.v1.RevokeResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 4: slidejwt.v1.RenewResponse.access_token_expires_at:type_name -> google.protobuf.Timestamp
+	8, // 5: slidejwt.v1.RenewResponse.session_ends_at:type_name -> google.protobuf.Timestamp
+	2, // 6: slidejwt.v1.TokenService.Refresh:input_type -> slidejwt.v1.RefreshRequest
+	4, // 7: slidejwt.v1.TokenService.Revoke:input_type -> slidejwt.v1.RevokeRequest
+	6, // 8: slidejwt.v1.TokenService.Renew:input_type -> slidejwt.v1.RenewRequest
+	3, // 9: slidejwt.v1.TokenService.Refresh:output_type -> slidejwt.v1.RefreshResponse
+	5, // 10: slidejwt.v1.TokenService.Revoke:output_type -> slidejwt.v1.RevokeResponse
+	7, // 11: slidejwt.v1.TokenService.Renew:output_type -> slidejwt.v1.RenewResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_slidejwt_v1_token_proto_init() }
@@ -428,7 +544,7 @@ func file_slidejwt_v1_token_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_slidejwt_v1_token_proto_rawDesc), len(file_slidejwt_v1_token_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

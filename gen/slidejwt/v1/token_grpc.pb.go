@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	TokenService_Refresh_FullMethodName = "/slidejwt.v1.TokenService/Refresh"
 	TokenService_Revoke_FullMethodName  = "/slidejwt.v1.TokenService/Revoke"
+	TokenService_Renew_FullMethodName   = "/slidejwt.v1.TokenService/Renew"
 )
 
 // TokenServiceClient is the client API for TokenService service.
@@ -46,6 +47,16 @@ type TokenServiceClient interface {
 	// From then on the session's access and refresh tokens are rejected with
 	// SESSION_REVOKED by every server that shares the session store.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// Renew returns the caller's access token renewed, for a service that
+	// verifies tokens but cannot sign them. It is authenticated by the token
+	// to renew, in the "authorization" metadata like any other call, and it
+	// renews exactly as any authenticated call does: under the same policy
+	// (only when a renewal is due), with the same renewed token for every
+	// request that presents the same token, and never past the session's
+	// end. The renewed token is in the response body, and, as on any call,
+	// in the response trailer. A response with no token means that no
+	// renewal is due.
+	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
 }
 
 type tokenServiceClient struct {
@@ -76,6 +87,16 @@ func (c *tokenServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts
 	return out, nil
 }
 
+func (c *tokenServiceClient) Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewResponse)
+	err := c.cc.Invoke(ctx, TokenService_Renew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
@@ -95,6 +116,16 @@ type TokenServiceServer interface {
 	// From then on the session's access and refresh tokens are rejected with
 	// SESSION_REVOKED by every server that shares the session store.
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// Renew returns the caller's access token renewed, for a service that
+	// verifies tokens but cannot sign them. It is authenticated by the token
+	// to renew, in the "authorization" metadata like any other call, and it
+	// renews exactly as any authenticated call does: under the same policy
+	// (only when a renewal is due), with the same renewed token for every
+	// request that presents the same token, and never past the session's
+	// end. The renewed token is in the response body, and, as on any call,
+	// in the response trailer. A response with no token means that no
+	// renewal is due.
+	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -110,6 +141,9 @@ func (UnimplementedTokenServiceServer) Refresh(context.Context, *RefreshRequest)
 }
 func (UnimplementedTokenServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedTokenServiceServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Renew not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -168,6 +202,24 @@ func _TokenService_Revoke_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_Renew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).Renew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_Renew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).Renew(ctx, req.(*RenewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -182,6 +234,10 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Revoke",
 			Handler:    _TokenService_Revoke_Handler,
+		},
+		{
+			MethodName: "Renew",
+			Handler:    _TokenService_Renew_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

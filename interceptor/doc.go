@@ -96,9 +96,15 @@
 //	remote, err := interceptor.NewRemoteKeySet("https://auth.internal" + interceptor.JWKSPath)
 //	sessions, err := interceptor.NewServer(remote.KeySet(), interceptor.WithIssuer("auth"), interceptor.WithAudience("mesh"))
 //
-// A verify-only server ([NewVerifyKeySet], [RemoteKeySet]) never renews:
-// sessions slide when their clients call the service that signs. To keep
-// a signing server from renewing, use [NeverRenew]. See [RemoteKeySet] for
+// A verify-only server ([NewVerifyKeySet], [RemoteKeySet]) cannot sign.
+// With [WithDelegatedRenewal] it still renews: when a call's renewal is
+// due, it asks the signing service's TokenService/Renew with the caller's
+// token (one internal call per session per renewal window, shared by
+// concurrent calls), checks the answer and returns it in its own response
+// metadata, as a signing server would; if the signing service is down the
+// call succeeds without a renewal. Without that option it never renews,
+// and sessions slide only when their clients call the service that signs.
+// To keep a signing server from renewing, use [NeverRenew]. See [RemoteKeySet] for
 // how the JWKS is fetched, cached and refused, and PROTOCOL.md §9 for
 // rotating keys through it.
 //

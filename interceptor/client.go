@@ -31,9 +31,11 @@ import (
 // by the session's issuer from one made up by the server it called. It
 // limits what a renewal can do instead: a renewed token is swapped in
 // only if it is a signed access token (typ at+jwt) whose iss, aud, sub,
-// sid and auth_time are identical to the held token's, and whose exp is
-// later than the held one but not past the session's end ([WithSessionEnd],
-// learnt from a refresh, or else auth_time + [DefaultMaxLifetime]). A
+// sid, auth_time and session_exp are identical to the held token's, and
+// whose exp is later than the held one but not past the session's end
+// (the earlier of [WithSessionEnd] or the end learnt from a refresh, and
+// the token's own session_exp; with neither, auth_time +
+// [DefaultMaxLifetime]). A
 // response that arrives late never downgrades the token. If a server then
 // rejects the swapped-in token as TOKEN_INVALID before its handler ran,
 // the holder falls back once to the token it replaced. A holder used with
@@ -84,12 +86,26 @@ func (t *heldToken) withCallOpt() *heldToken {
 }
 
 // bound returns the latest exp a token of this session may have: the
-// session's end when known, or else auth_time + DefaultMaxLifetime.
+// session's end when known (see knownEnd), or else auth_time +
+// DefaultMaxLifetime.
 func (t *heldToken) bound() time.Time {
-	if !t.end.IsZero() {
-		return t.end
+	if end := t.knownEnd(); !end.IsZero() {
+		return end
 	}
 	return t.authTime.Add(DefaultMaxLifetime)
+}
+
+// knownEnd returns the session's end as far as the holder knows it: the
+// earlier of the end it was told or learnt from a refresh, and the
+// token's own session_exp; the zero time when it knows neither.
+func (t *heldToken) knownEnd() time.Time {
+	switch {
+	case t.end.IsZero():
+		return t.sessionExp
+	case t.sessionExp.IsZero() || t.end.Before(t.sessionExp):
+		return t.end
+	}
+	return t.sessionExp
 }
 
 // GetRequestMetadata implements [credentials.PerRPCCredentials].
@@ -122,7 +138,7 @@ func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	t := h.newHeld(token, c)
 	t.end = cfg.sessionEnd
 	if t.exp.After(t.bound()) {
-		return nil, fmt.Errorf("%w: the token expires after the session's end (WithSessionEnd, or auth_time + DefaultMaxLifetime)", ErrInvalidOption)
+		return nil, fmt.Errorf("%w: the token expires after the session's end (WithSessionEnd, session_exp, or auth_time + DefaultMaxLifetime)", ErrInvalidOption)
 	}
 	if cfg.refreshToken != "" {
 		rc, err := decodeSession(cfg.refreshToken, refreshTokenType, cfg.maxTokenSize)
@@ -161,8 +177,10 @@ func (h *TokenHolder) Expiry() time.Time { return h.cur.Load().exp }
 func (h *TokenHolder) SessionID() string { return h.cur.Load().sid }
 
 // SessionEnd returns the session's absolute end, or the zero time while
-// the holder does not know it (see [WithSessionEnd]).
-func (h *TokenHolder) SessionEnd() time.Time { return h.cur.Load().end }
+// the holder does not know it (see [WithSessionEnd]): the earlier of the
+// end it was told or learnt from a refresh, and the end the token itself
+// carries (session_exp, see [WithMaxLifetime]).
+func (h *TokenHolder) SessionEnd() time.Time { return h.cur.Load().knownEnd() }
 
 // sessionClaims are the claims of a session token that the holder checks.
 type sessionClaims struct {
@@ -170,13 +188,15 @@ type sessionClaims struct {
 	aud           []string
 	authTime      time.Time
 	exp           time.Time
+	sessionExp    time.Time // the session_exp claim; zero without one
 }
 
 // sameSession reports whether c names the same session as s: identical
-// iss, aud, sub, sid and auth_time.
+// iss, aud, sub, sid, auth_time and session_exp (so that no renewal can
+// move the session's own end).
 func (s *sessionClaims) sameSession(c *sessionClaims) bool {
 	return c.sid == s.sid && c.sub == s.sub && c.iss == s.iss &&
-		c.authTime.Equal(s.authTime) && slices.Equal(c.aud, s.aud)
+		c.authTime.Equal(s.authTime) && c.sessionExp.Equal(s.sessionExp) && slices.Equal(c.aud, s.aud)
 }
 
 // wireHeader is the part of a JOSE header the holder reads.
@@ -189,12 +209,13 @@ type wireHeader struct {
 // Dates are float64 so that a quoted date fails to decode, as RFC 7519
 // wants; the other claims (custom ones too) are skipped, not kept.
 type wireClaims struct {
-	Iss      string   `json:"iss"`
-	Sub      string   `json:"sub"`
-	Aud      audience `json:"aud"`
-	Exp      float64  `json:"exp"`
-	AuthTime float64  `json:"auth_time"`
-	Sid      string   `json:"sid"`
+	Iss        string   `json:"iss"`
+	Sub        string   `json:"sub"`
+	Aud        audience `json:"aud"`
+	Exp        float64  `json:"exp"`
+	AuthTime   float64  `json:"auth_time"`
+	SessionExp float64  `json:"session_exp"` // 0 when absent
+	Sid        string   `json:"sid"`
 }
 
 // audience is the "aud" claim: one string or an array of strings.
@@ -246,7 +267,7 @@ var (
 	errUnsigned      = errors.New("not signed")
 	errWrongTokenTyp = errors.New("typ is not that of a session token of the expected kind")
 	errNotDecodable  = errors.New("header or claims do not decode")
-	errNoSession     = errors.New("sub, sid, exp or auth_time missing or out of range")
+	errNoSession     = errors.New("sub, sid, exp, auth_time or session_exp missing or out of range")
 )
 
 // decodeSession reads the claims the holder checks from raw, a session
@@ -290,14 +311,19 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], w); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
-	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) {
+	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) ||
+		w.SessionExp != 0 && (!validDate(w.SessionExp) || w.SessionExp <= w.AuthTime) {
 		return sessionClaims{}, errNoSession
 	}
-	return sessionClaims{
+	c := sessionClaims{
 		iss: w.Iss, sub: w.Sub, sid: w.Sid, aud: w.Aud,
 		authTime: numericDate(w.AuthTime),
 		exp:      numericDate(w.Exp),
-	}, nil
+	}
+	if w.SessionExp != 0 {
+		c.sessionExp = numericDate(w.SessionExp)
+	}
+	return c, nil
 }
 
 // decodeSegment decodes seg, one strict base64url segment of a JWS, into

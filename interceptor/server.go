@@ -96,8 +96,9 @@ type Session struct {
 // user's credentials. The token carries a new random sid, auth_time = now,
 // the freshness marker (see [RequireFresh]), and the custom claims, which
 // every renewal copies unchanged. A custom claim must not use a name of the
-// session model ([ErrReservedClaim]) and must marshal to JSON.
-func (s *Server) StartSession(ctx context.Context, subject string, custom map[string]any) (Session, error) {
+// session model ([ErrReservedClaim]) and must marshal to JSON. Options
+// shape the session: [WithMaxLifetime] gives it an end of its own.
+func (s *Server) StartSession(ctx context.Context, subject string, custom map[string]any, opts ...SessionOption) (Session, error) {
 	if subject == "" {
 		return Session{}, fmt.Errorf("%w: empty subject", ErrInvalidOption)
 	}
@@ -115,7 +116,15 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		}
 		raw[name] = b
 	}
+	var sc sessionConfig
+	for _, o := range opts {
+		o.applySession(&sc)
+	}
 	now := s.cfg.now().Truncate(jwt.TimePrecision)
+	end, err := sc.sessionEnd(s.cfg.policy, now)
+	if err != nil {
+		return Session{}, err
+	}
 	v := s.ver.Load() // one key set for the whole session start
 	c := &Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
@@ -123,9 +132,10 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 			Subject:  subject,
 			Audience: s.cfg.audience,
 		},
-		SessionID: randomID(),
-		AuthTime:  jwt.NewNumericDate(now),
-		Custom:    raw,
+		SessionID:     randomID(),
+		AuthTime:      jwt.NewNumericDate(now),
+		SessionExpiry: end,
+		Custom:        raw,
 	}
 	sess, refreshID, err := s.mint(v, c, now, true)
 	if err != nil {
@@ -133,7 +143,7 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	}
 	if s.cfg.store != nil {
 		start := s.startTimer()
-		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, s.cfg.policy.KeepUntil(now))
+		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, claimsPolicy(s.cfg.policy, c).KeepUntil(now))
 		s.emitStore(ctx, StoreCreate, sess.SessionID, start, 0, err)
 		if err != nil {
 			return Session{}, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
@@ -145,10 +155,10 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 
 // mint signs, with v's active key, a session's access token at now, and
 // its refresh token when a session store is configured, from the session
-// claims in base (iss, aud, sub, sid, auth_time, custom). It returns the
-// refresh token's id.
+// claims in base (iss, aud, sub, sid, auth_time, session_exp, custom). It
+// returns the refresh token's id.
 func (s *Server) mint(v *verifier, base *Claims, now time.Time, fresh bool) (Session, string, error) {
-	p := s.cfg.policy
+	p := claimsPolicy(s.cfg.policy, base)
 	authTime := base.AuthTime.Time
 
 	access := *base
@@ -283,7 +293,7 @@ func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifi
 		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "malformed token")
 	}
 	c, key, cache, aerr := v.verifyCached(raw, now)
-	if c != nil && s.cfg.policy.SessionEnded(now, c.authTime()) {
+	if c != nil && s.policyFor(c).SessionEnded(now, c.authTime()) {
 		return c, key, cache, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
@@ -332,7 +342,8 @@ var errRevocationUnavailable = status.Error(codes.Unavailable, "slidejwt: revoca
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
 func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Time) *renewal {
-	d := s.cfg.policy.Decide(now, c.exp(), c.authTime())
+	p := s.policyFor(c)
+	d := p.Decide(now, c.exp(), c.authTime())
 	if !d.Renew {
 		return nil
 	}
@@ -358,7 +369,7 @@ func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Ti
 	// expired. Whoever runs the Once mints at a time no earlier than the
 	// entry's creation, so the token's exp is no earlier than d.Expiry.
 	r := v.renewals.getOrPut(key, now, func() (*renewal, time.Time) {
-		until := s.cfg.policy.AcceptExpiryUntil(c.exp())
+		until := p.AcceptExpiryUntil(c.exp())
 		if d.Expiry.Before(until) {
 			until = d.Expiry
 		}

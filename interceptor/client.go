@@ -125,11 +125,19 @@ func (t *heldToken) RequireTransportSecurity() bool { return !t.insecure }
 func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	cfg := defaultClientConfig()
 	for _, o := range opts {
+		if _, ok := o.(serviceOption); ok {
+			return nil, fmt.Errorf("%w: a ServiceHolder's option given to NewTokenHolder", ErrInvalidOption)
+		}
 		o.applyClient(&cfg)
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	return newTokenHolder(token, cfg)
+}
+
+// newTokenHolder returns a holder for token under cfg, which is valid.
+func newTokenHolder(token string, cfg clientConfig) (*TokenHolder, error) {
 	c, err := decodeSession(token, accessTokenType, cfg.maxTokenSize)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrMalformedToken, err.Error())
@@ -444,6 +452,27 @@ func (h *TokenHolder) PerRPCCredentials() credentials.PerRPCCredentials { return
 // a change of the program can cure it (neither a retry nor a new login).
 var ErrUnboundTarget = errors.New("slidejwt: the token holder is bound to another target")
 
+// checkNoAuthorization fails with ErrDuplicateAuthorization when the
+// outgoing metadata of ctx already carries an authorization value.
+func checkNoAuthorization(ctx context.Context) error {
+	if len(metadata.ValueFromOutgoingContext(ctx, "authorization")) > 0 {
+		return &conflictError{"the outgoing metadata already carries one"}
+	}
+	return nil
+}
+
+// conflictError is an ErrDuplicateAuthorization for one call; detail is a
+// fixed phrase.
+type conflictError struct{ detail string }
+
+func (e *conflictError) Error() string { return ErrDuplicateAuthorization.Error() + ": " + e.detail }
+
+func (e *conflictError) Unwrap() error { return ErrDuplicateAuthorization }
+
+func (e *conflictError) GRPCStatus() *status.Status {
+	return status.New(codes.FailedPrecondition, e.Error())
+}
+
 // targetError is an ErrUnboundTarget for one call.
 type targetError struct{ target string }
 
@@ -459,8 +488,11 @@ func (e *targetError) GRPCStatus() *status.Status {
 
 // checkTarget fails unless the holder is unbound or cc is a connection to
 // its bound target, named as given to grpc.NewClient or in canonical form.
-func (h *TokenHolder) checkTarget(cc *grpc.ClientConn) error {
-	want := h.cfg.target
+func (h *TokenHolder) checkTarget(cc *grpc.ClientConn) error { return checkTarget(h.cfg.target, cc) }
+
+// checkTarget fails unless want is "" (unbound) or cc is a connection to
+// want, named as given to grpc.NewClient or in canonical form.
+func checkTarget(want string, cc *grpc.ClientConn) error {
 	if want == "" {
 		return nil
 	}
@@ -519,13 +551,21 @@ func (h *TokenHolder) mayRetry(held *heldToken) bool { return h.canRefresh() || 
 // expires within the margin ([WithRefreshMargin]).
 //
 // A holder bound to a target ([BindTarget]) fails a call on a connection
-// to any other target with [ErrUnboundTarget], before sending anything.
+// to any other target with [ErrUnboundTarget], before sending anything. A
+// call whose outgoing metadata already carries an "authorization" value
+// (copied from the incoming metadata by hand, or set by a [Forwarder]
+// chained before the holder's interceptors) fails with
+// [ErrDuplicateAuthorization], before sending anything: a call has one
+// principal, and the holder does not guess which.
 func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if isRefreshCall(ctx) {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		if err := h.checkTarget(cc); err != nil {
+			return err
+		}
+		if err := checkNoAuthorization(ctx); err != nil {
 			return err
 		}
 		held := h.beforeCall(ctx, cc, method)
@@ -565,13 +605,17 @@ func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string
 // unary interceptor retries on, and only before any response message
 // arrived. It then replays the messages sent so far: the rejection says
 // that no handler consumed them. A stream that has received a message or
-// header is never replayed. [BindTarget] applies as for unary calls.
+// header is never replayed. [BindTarget] and [ErrDuplicateAuthorization]
+// apply as for unary calls.
 func (h *TokenHolder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		if isRefreshCall(ctx) {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
 		if err := h.checkTarget(cc); err != nil {
+			return nil, err
+		}
+		if err := checkNoAuthorization(ctx); err != nil {
 			return nil, err
 		}
 		held := h.beforeCall(ctx, cc, method)

@@ -263,6 +263,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		r = nil
 	default:
 		ev.Kind, ev.Expiry = EventRenewed, r.exp
+		// For a Forwarder: the call's own renewal is the token to forward,
+		// and it wins over a downstream one.
+		ctx = context.WithValue(ctx, renewedKey{}, r)
 	}
 	s.emitTimed(ctx, ev, start)
 	return ctx, c, r, nil
@@ -404,9 +407,10 @@ func (s *Server) exempt(method string) bool {
 
 // UnaryServerInterceptor authenticates unary calls. A renewed token goes
 // into the response trailer, also when the handler returns an error. A
-// slidejwt rejection that the handler returns (relayed from a downstream
-// call, say) is marked as having run the handler (see
-// [MetadataHandlerRan]), so that no client retries it.
+// slidejwt rejection of the caller's token that the handler returns
+// (relayed by a [Forwarder], say) is marked as having run the handler (see
+// [MetadataHandlerRan]), so that no client retries it; one about another
+// token becomes codes.Unavailable without a reason (PROTOCOL.md §3).
 func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if s.exempt(info.FullMethod) {
@@ -461,9 +465,11 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 //
 // An AuthFunc sees a call only before its handler runs, so two promises of
 // the interceptors do not hold through it: an open stream does not end
-// with its session, and a slidejwt rejection that a handler relays is not
-// marked as having run the handler. Prefer the interceptors wherever they
-// fit; go-grpc-middleware's selector composes with them just as well.
+// with its session, and a slidejwt rejection that a handler relays is
+// neither marked as having run the handler nor, when it is about another
+// token than the caller's, turned into codes.Unavailable. Prefer the
+// interceptors wherever they fit; go-grpc-middleware's selector composes
+// with them just as well.
 func (s *Server) AuthFunc() auth.AuthFunc {
 	return func(ctx context.Context) (context.Context, error) {
 		method, _ := grpc.Method(ctx)

@@ -18,8 +18,10 @@ import (
 // The registered claims iss, sub, aud, exp, iat and jti come from the
 // embedded [jwt.RegisteredClaims]; jti is new for every token. SessionID
 // (sid) and AuthTime (auth_time, the OIDC login time) are set at login and
-// stay the same across renewals. Fresh is true only on the token minted at
-// login. Custom holds the application's own claims as raw JSON; renewals
+// stay the same across renewals, as does SessionExpiry (session_exp), the
+// session's own end when it was started shorter than the server's
+// [Policy].MaxLifetime (see [WithMaxLifetime]). Fresh is true only on the
+// token minted at login. Custom holds the application's own claims as raw JSON; renewals
 // copy them byte for byte.
 //
 // [ClaimsFromContext] hands each caller its own deep copy, so a handler
@@ -29,7 +31,12 @@ type Claims struct {
 	jwt.RegisteredClaims
 	SessionID string           `json:"sid,omitempty"`
 	AuthTime  *jwt.NumericDate `json:"auth_time,omitempty"`
-	Fresh     bool             `json:"fresh,omitempty"`
+	// SessionExpiry is the session's own absolute end (session_exp), or
+	// nil when the session ends at auth_time + the server's MaxLifetime.
+	// A server ends the session at the earlier of the two: the claim can
+	// shorten a session, never lengthen it.
+	SessionExpiry *jwt.NumericDate `json:"session_exp,omitempty"`
+	Fresh         bool             `json:"fresh,omitempty"`
 	// Custom holds the application's claims, keyed by claim name. It never
 	// holds a name from the session model; see [Server.StartSession].
 	Custom map[string]json.RawMessage `json:"-"`
@@ -39,7 +46,7 @@ type Claims struct {
 // not use them, and they are never copied into Claims.Custom.
 var reservedClaims = map[string]bool{
 	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true,
-	"jti": true, "sid": true, "auth_time": true, "fresh": true,
+	"jti": true, "sid": true, "auth_time": true, "fresh": true, "session_exp": true,
 }
 
 // isReservedClaim reports whether name is, in any case, a name of the
@@ -74,6 +81,10 @@ func (c *Claims) Validate() error {
 	case c.AuthTime.After(c.IssuedAt.Time):
 		return errClaimRange
 	case !c.ExpiresAt.After(c.IssuedAt.Time):
+		return errClaimRange
+	case c.SessionExpiry != nil && (!c.SessionExpiry.After(c.AuthTime.Time) || c.ExpiresAt.After(c.SessionExpiry.Time)):
+		// A session that ends before it began, or a token that outlives
+		// its own session, was not minted by this package.
 		return errClaimRange
 	}
 	return nil
@@ -142,7 +153,7 @@ func sharedClaims(ctx context.Context) *verifiedClaims {
 // for the usual claims.
 type claimsCopy struct {
 	c     Claims
-	dates [4]jwt.NumericDate
+	dates [numDates]jwt.NumericDate
 	aud   [1]string
 }
 
@@ -152,6 +163,7 @@ const (
 	dateNbf
 	dateIat
 	dateAuthTime
+	dateSessionExp
 	numDates
 )
 
@@ -241,7 +253,7 @@ func compactClaims(c *Claims) *verifiedClaims {
 			start = end
 		}
 	}
-	for i, d := range [...]*jwt.NumericDate{c.ExpiresAt, c.NotBefore, c.IssuedAt, c.AuthTime} {
+	for i, d := range [...]*jwt.NumericDate{c.ExpiresAt, c.NotBefore, c.IssuedAt, c.AuthTime, c.SessionExpiry} {
 		if d != nil {
 			out.dates |= 1 << i
 			out.sec[i], out.nsec[i] = d.Unix(), int32(d.Nanosecond())
@@ -278,6 +290,14 @@ func (c *verifiedClaims) exp() time.Time      { return c.date(dateExp) }
 func (c *verifiedClaims) iat() time.Time      { return c.date(dateIat) }
 func (c *verifiedClaims) authTime() time.Time { return c.date(dateAuthTime) }
 
+// sessionExp returns the session_exp claim, or the zero time without one.
+func (c *verifiedClaims) sessionExp() time.Time {
+	if c.dates&(1<<dateSessionExp) == 0 {
+		return time.Time{}
+	}
+	return c.date(dateSessionExp)
+}
+
 // claims returns a new Claims with c's claims: nothing but immutable
 // strings is shared with c, so that the caller may modify it.
 func (c *verifiedClaims) claims() *Claims {
@@ -285,7 +305,7 @@ func (c *verifiedClaims) claims() *Claims {
 	out := &cc.c
 	out.Subject, out.SessionID, out.ID, out.Issuer = c.sub(), c.sid(), c.jti(), c.iss()
 	out.Fresh = c.fresh
-	for i, d := range [...]**jwt.NumericDate{&out.ExpiresAt, &out.NotBefore, &out.IssuedAt, &out.AuthTime} {
+	for i, d := range [...]**jwt.NumericDate{&out.ExpiresAt, &out.NotBefore, &out.IssuedAt, &out.AuthTime, &out.SessionExpiry} {
 		if c.dates&(1<<i) != 0 {
 			cc.dates[i] = jwt.NumericDate{Time: c.date(i)}
 			*d = &cc.dates[i]

@@ -23,7 +23,7 @@ import (
 // claimsStorage is what the pointers and the one-element audience of
 // decoded Claims point into, so that they take one allocation.
 type claimsStorage struct {
-	dates [4]jwt.NumericDate // exp, nbf, iat, auth_time
+	dates [5]jwt.NumericDate // exp, nbf, iat, auth_time, session_exp
 	aud   [1]string
 }
 
@@ -167,6 +167,8 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 			date = 2
 		case "auth_time":
 			date = 3
+		case "session_exp":
+			date = 4
 		default:
 			start := len(buf)
 			buf = append(buf, v...)
@@ -191,6 +193,8 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 				out.IssuedAt = d
 			case 3:
 				out.AuthTime = d
+			case 4:
+				out.SessionExpiry = d
 			}
 		}
 	}
@@ -271,7 +275,7 @@ func mayBeReserved(name string) bool {
 		}
 	}
 	switch len(name) {
-	case 3, 5, len("auth_time"):
+	case 3, 5, len("auth_time"), len("session_exp"):
 		return true
 	}
 	return false
@@ -562,6 +566,9 @@ func (c Claims) MarshalJSON() ([]byte, error) {
 	str("jti", c.ID)
 	str("sid", c.SessionID)
 	if err := date("auth_time", c.AuthTime); err != nil {
+		return nil, err
+	}
+	if err := date("session_exp", c.SessionExpiry); err != nil {
 		return nil, err
 	}
 	if c.Fresh {

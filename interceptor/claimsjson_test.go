@@ -19,9 +19,10 @@ import (
 // oracle below.
 type oracleRegistered struct {
 	jwt.RegisteredClaims
-	SessionID string           `json:"sid,omitempty"`
-	AuthTime  *jwt.NumericDate `json:"auth_time,omitempty"`
-	Fresh     bool             `json:"fresh,omitempty"`
+	SessionID     string           `json:"sid,omitempty"`
+	AuthTime      *jwt.NumericDate `json:"auth_time,omitempty"`
+	SessionExpiry *jwt.NumericDate `json:"session_exp,omitempty"`
+	Fresh         bool             `json:"fresh,omitempty"`
 }
 
 // oracleUnmarshal is Claims.UnmarshalJSON as it was before the one-pass
@@ -44,7 +45,7 @@ func oracleUnmarshal(c *Claims, data []byte) error {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return err
 	}
-	for _, name := range [...]string{"exp", "iat", "nbf", "auth_time"} {
+	for _, name := range [...]string{"exp", "iat", "nbf", "auth_time", "session_exp"} {
 		if v, ok := all[name]; ok {
 			v = bytes.TrimSpace(v)
 			if len(v) == 0 || !(v[0] == '-' || v[0] >= '0' && v[0] <= '9') {
@@ -58,14 +59,14 @@ func oracleUnmarshal(c *Claims, data []byte) error {
 	if len(all) == 0 {
 		all = nil
 	}
-	*c = Claims{RegisteredClaims: r.RegisteredClaims, SessionID: r.SessionID, AuthTime: r.AuthTime, Fresh: r.Fresh, Custom: all}
+	*c = Claims{RegisteredClaims: r.RegisteredClaims, SessionID: r.SessionID, AuthTime: r.AuthTime, SessionExpiry: r.SessionExpiry, Fresh: r.Fresh, Custom: all}
 	return nil
 }
 
 // oracleMarshal is Claims.MarshalJSON as it was before: encoding/json of
 // the registered claims, then the custom claims spliced in.
 func oracleMarshal(c Claims) ([]byte, error) {
-	base, err := json.Marshal(oracleRegistered{c.RegisteredClaims, c.SessionID, c.AuthTime, c.Fresh})
+	base, err := json.Marshal(oracleRegistered{c.RegisteredClaims, c.SessionID, c.AuthTime, c.SessionExpiry, c.Fresh})
 	if err != nil || len(c.Custom) == 0 {
 		return base, err
 	}
@@ -259,6 +260,7 @@ func FuzzClaimsUnmarshalJSON(f *testing.F) {
 		`{"s\u0075b":"a","sub":"b"}`, `{"Sub":1}`, `{"ſid":1}`, `{"exp":"1"}`, `{"exp":null}`, `{"aud":"a","z":null}`,
 		`{"a":1,"a":2}`, `{"x":{"a":1,"a":2}}`, "{\"\xff\":1,\"\\ufffd\":2}", `{"exp":1e400}`, `{"iss":"\u00e9\""}`,
 		manyNames(20, false), `{"nbf":12345678901234567890}`, `{"x" : [ 1 , 2 ] } `, `{"fresh":null,"aud":null}`,
+		`{"auth_time":1,"session_exp":7200}`, `{"session_exp":"7200"}`, `{"Session_exp":1}`, `{"session_exp":1.5e3}`,
 	} {
 		f.Add([]byte(s))
 	}

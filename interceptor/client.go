@@ -31,9 +31,11 @@ import (
 // by the session's issuer from one made up by the server it called. It
 // limits what a renewal can do instead: a renewed token is swapped in
 // only if it is a signed access token (typ at+jwt) whose iss, aud, sub,
-// sid and auth_time are identical to the held token's, and whose exp is
-// later than the held one but not past the session's end ([WithSessionEnd],
-// learnt from a refresh, or else auth_time + [DefaultMaxLifetime]). A
+// sid, auth_time and session_exp are identical to the held token's, and
+// whose exp is later than the held one but not past the session's end
+// (the earlier of [WithSessionEnd] or the end learnt from a refresh, and
+// the token's own session_exp; with neither, auth_time +
+// [DefaultMaxLifetime]). A
 // response that arrives late never downgrades the token. If a server then
 // rejects the swapped-in token as TOKEN_INVALID before its handler ran,
 // the holder falls back once to the token it replaced. A holder used with
@@ -84,12 +86,26 @@ func (t *heldToken) withCallOpt() *heldToken {
 }
 
 // bound returns the latest exp a token of this session may have: the
-// session's end when known, or else auth_time + DefaultMaxLifetime.
+// session's end when known (see knownEnd), or else auth_time +
+// DefaultMaxLifetime.
 func (t *heldToken) bound() time.Time {
-	if !t.end.IsZero() {
-		return t.end
+	if end := t.knownEnd(); !end.IsZero() {
+		return end
 	}
 	return t.authTime.Add(DefaultMaxLifetime)
+}
+
+// knownEnd returns the session's end as far as the holder knows it: the
+// earlier of the end it was told or learnt from a refresh, and the
+// token's own session_exp; the zero time when it knows neither.
+func (t *heldToken) knownEnd() time.Time {
+	switch {
+	case t.end.IsZero():
+		return t.sessionExp
+	case t.sessionExp.IsZero() || t.end.Before(t.sessionExp):
+		return t.end
+	}
+	return t.sessionExp
 }
 
 // GetRequestMetadata implements [credentials.PerRPCCredentials].
@@ -109,11 +125,19 @@ func (t *heldToken) RequireTransportSecurity() bool { return !t.insecure }
 func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	cfg := defaultClientConfig()
 	for _, o := range opts {
+		if _, ok := o.(serviceOption); ok {
+			return nil, fmt.Errorf("%w: a ServiceHolder's option given to NewTokenHolder", ErrInvalidOption)
+		}
 		o.applyClient(&cfg)
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	return newTokenHolder(token, cfg)
+}
+
+// newTokenHolder returns a holder for token under cfg, which is valid.
+func newTokenHolder(token string, cfg clientConfig) (*TokenHolder, error) {
 	c, err := decodeSession(token, accessTokenType, cfg.maxTokenSize)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrMalformedToken, err.Error())
@@ -122,7 +146,7 @@ func NewTokenHolder(token string, opts ...ClientOption) (*TokenHolder, error) {
 	t := h.newHeld(token, c)
 	t.end = cfg.sessionEnd
 	if t.exp.After(t.bound()) {
-		return nil, fmt.Errorf("%w: the token expires after the session's end (WithSessionEnd, or auth_time + DefaultMaxLifetime)", ErrInvalidOption)
+		return nil, fmt.Errorf("%w: the token expires after the session's end (WithSessionEnd, session_exp, or auth_time + DefaultMaxLifetime)", ErrInvalidOption)
 	}
 	if cfg.refreshToken != "" {
 		rc, err := decodeSession(cfg.refreshToken, refreshTokenType, cfg.maxTokenSize)
@@ -161,8 +185,10 @@ func (h *TokenHolder) Expiry() time.Time { return h.cur.Load().exp }
 func (h *TokenHolder) SessionID() string { return h.cur.Load().sid }
 
 // SessionEnd returns the session's absolute end, or the zero time while
-// the holder does not know it (see [WithSessionEnd]).
-func (h *TokenHolder) SessionEnd() time.Time { return h.cur.Load().end }
+// the holder does not know it (see [WithSessionEnd]): the earlier of the
+// end it was told or learnt from a refresh, and the end the token itself
+// carries (session_exp, see [WithMaxLifetime]).
+func (h *TokenHolder) SessionEnd() time.Time { return h.cur.Load().knownEnd() }
 
 // sessionClaims are the claims of a session token that the holder checks.
 type sessionClaims struct {
@@ -170,13 +196,15 @@ type sessionClaims struct {
 	aud           []string
 	authTime      time.Time
 	exp           time.Time
+	sessionExp    time.Time // the session_exp claim; zero without one
 }
 
 // sameSession reports whether c names the same session as s: identical
-// iss, aud, sub, sid and auth_time.
+// iss, aud, sub, sid, auth_time and session_exp (so that no renewal can
+// move the session's own end).
 func (s *sessionClaims) sameSession(c *sessionClaims) bool {
 	return c.sid == s.sid && c.sub == s.sub && c.iss == s.iss &&
-		c.authTime.Equal(s.authTime) && slices.Equal(c.aud, s.aud)
+		c.authTime.Equal(s.authTime) && c.sessionExp.Equal(s.sessionExp) && slices.Equal(c.aud, s.aud)
 }
 
 // wireHeader is the part of a JOSE header the holder reads.
@@ -189,12 +217,13 @@ type wireHeader struct {
 // Dates are float64 so that a quoted date fails to decode, as RFC 7519
 // wants; the other claims (custom ones too) are skipped, not kept.
 type wireClaims struct {
-	Iss      string   `json:"iss"`
-	Sub      string   `json:"sub"`
-	Aud      audience `json:"aud"`
-	Exp      float64  `json:"exp"`
-	AuthTime float64  `json:"auth_time"`
-	Sid      string   `json:"sid"`
+	Iss        string   `json:"iss"`
+	Sub        string   `json:"sub"`
+	Aud        audience `json:"aud"`
+	Exp        float64  `json:"exp"`
+	AuthTime   float64  `json:"auth_time"`
+	SessionExp float64  `json:"session_exp"` // 0 when absent
+	Sid        string   `json:"sid"`
 }
 
 // audience is the "aud" claim: one string or an array of strings.
@@ -246,7 +275,7 @@ var (
 	errUnsigned      = errors.New("not signed")
 	errWrongTokenTyp = errors.New("typ is not that of a session token of the expected kind")
 	errNotDecodable  = errors.New("header or claims do not decode")
-	errNoSession     = errors.New("sub, sid, exp or auth_time missing or out of range")
+	errNoSession     = errors.New("sub, sid, exp, auth_time or session_exp missing or out of range")
 )
 
 // decodeSession reads the claims the holder checks from raw, a session
@@ -290,14 +319,19 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], w); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
-	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) {
+	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) ||
+		w.SessionExp != 0 && (!validDate(w.SessionExp) || w.SessionExp <= w.AuthTime) {
 		return sessionClaims{}, errNoSession
 	}
-	return sessionClaims{
+	c := sessionClaims{
 		iss: w.Iss, sub: w.Sub, sid: w.Sid, aud: w.Aud,
 		authTime: numericDate(w.AuthTime),
 		exp:      numericDate(w.Exp),
-	}, nil
+	}
+	if w.SessionExp != 0 {
+		c.sessionExp = numericDate(w.SessionExp)
+	}
+	return c, nil
 }
 
 // decodeSegment decodes seg, one strict base64url segment of a JWS, into
@@ -418,6 +452,27 @@ func (h *TokenHolder) PerRPCCredentials() credentials.PerRPCCredentials { return
 // a change of the program can cure it (neither a retry nor a new login).
 var ErrUnboundTarget = errors.New("slidejwt: the token holder is bound to another target")
 
+// checkNoAuthorization fails with ErrDuplicateAuthorization when the
+// outgoing metadata of ctx already carries an authorization value.
+func checkNoAuthorization(ctx context.Context) error {
+	if len(metadata.ValueFromOutgoingContext(ctx, "authorization")) > 0 {
+		return &conflictError{"the outgoing metadata already carries one"}
+	}
+	return nil
+}
+
+// conflictError is an ErrDuplicateAuthorization for one call; detail is a
+// fixed phrase.
+type conflictError struct{ detail string }
+
+func (e *conflictError) Error() string { return ErrDuplicateAuthorization.Error() + ": " + e.detail }
+
+func (e *conflictError) Unwrap() error { return ErrDuplicateAuthorization }
+
+func (e *conflictError) GRPCStatus() *status.Status {
+	return status.New(codes.FailedPrecondition, e.Error())
+}
+
 // targetError is an ErrUnboundTarget for one call.
 type targetError struct{ target string }
 
@@ -433,8 +488,11 @@ func (e *targetError) GRPCStatus() *status.Status {
 
 // checkTarget fails unless the holder is unbound or cc is a connection to
 // its bound target, named as given to grpc.NewClient or in canonical form.
-func (h *TokenHolder) checkTarget(cc *grpc.ClientConn) error {
-	want := h.cfg.target
+func (h *TokenHolder) checkTarget(cc *grpc.ClientConn) error { return checkTarget(h.cfg.target, cc) }
+
+// checkTarget fails unless want is "" (unbound) or cc is a connection to
+// want, named as given to grpc.NewClient or in canonical form.
+func checkTarget(want string, cc *grpc.ClientConn) error {
 	if want == "" {
 		return nil
 	}
@@ -493,13 +551,21 @@ func (h *TokenHolder) mayRetry(held *heldToken) bool { return h.canRefresh() || 
 // expires within the margin ([WithRefreshMargin]).
 //
 // A holder bound to a target ([BindTarget]) fails a call on a connection
-// to any other target with [ErrUnboundTarget], before sending anything.
+// to any other target with [ErrUnboundTarget], before sending anything. A
+// call whose outgoing metadata already carries an "authorization" value
+// (copied from the incoming metadata by hand, or set by a [Forwarder]
+// chained before the holder's interceptors) fails with
+// [ErrDuplicateAuthorization], before sending anything: a call has one
+// principal, and the holder does not guess which.
 func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if isRefreshCall(ctx) {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		if err := h.checkTarget(cc); err != nil {
+			return err
+		}
+		if err := checkNoAuthorization(ctx); err != nil {
 			return err
 		}
 		held := h.beforeCall(ctx, cc, method)
@@ -539,13 +605,17 @@ func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string
 // unary interceptor retries on, and only before any response message
 // arrived. It then replays the messages sent so far: the rejection says
 // that no handler consumed them. A stream that has received a message or
-// header is never replayed. [BindTarget] applies as for unary calls.
+// header is never replayed. [BindTarget] and [ErrDuplicateAuthorization]
+// apply as for unary calls.
 func (h *TokenHolder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		if isRefreshCall(ctx) {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
 		if err := h.checkTarget(cc); err != nil {
+			return nil, err
+		}
+		if err := checkNoAuthorization(ctx); err != nil {
 			return nil, err
 		}
 		held := h.beforeCall(ctx, cc, method)

@@ -121,7 +121,7 @@ func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn, metho
 	if h.failedBefore(held) != nil {
 		return held // this generation already failed to refresh; don't hammer the server
 	}
-	if !held.end.IsZero() && !held.exp.Before(held.end) {
+	if end := held.knownEnd(); !end.IsZero() && !held.exp.Before(end) {
 		return held // at the session's end: no refresh can extend it
 	}
 	_ = h.refreshFrom(ctx, cc, method, 0, held)

@@ -1018,6 +1018,15 @@ func crfRejection(t testing.TB, reason Reason, handlerRan string) error {
 	return st.Err()
 }
 
+// crfRelayed is crfRejection as a handler passes it on when a Forwarder
+// relayed it: a rejection of the caller's own token, which the server
+// interceptor lets through to the caller (any other slidejwt rejection a
+// handler returns becomes codes.Unavailable without a reason).
+func crfRelayed(t testing.TB, reason Reason, handlerRan string) error {
+	t.Helper()
+	return &forwardedError{crfRejection(t, reason, handlerRan)}
+}
+
 // crfRogueTokenService records every Refresh call that reaches it.
 type crfRogueTokenService struct {
 	slidejwtv1.UnimplementedTokenServiceServer
@@ -1155,7 +1164,7 @@ func TestClientRefresh_RetryNeedsMarker(t *testing.T) {
 				var n atomic.Int64
 				svc := crfRejectingService{&testService{}, func() error {
 					if n.Add(1) == 1 {
-						return crfRejection(t, ReasonTokenExpired, tc.marker)
+						return crfRelayed(t, ReasonTokenExpired, tc.marker)
 					}
 					return nil
 				}}

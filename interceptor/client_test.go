@@ -1473,7 +1473,7 @@ func TestUnary_FallbackAfterRejectedRenewal(t *testing.T) {
 func TestUnary_NoFallbackWithoutMarker(t *testing.T) {
 	for _, marker := range []string{"", "true"} {
 		t.Run("marker "+strconv.Quote(marker), func(t *testing.T) {
-			svc := crfRejectingService{&testService{}, func() error { return crfRejection(t, ReasonTokenInvalid, marker) }}
+			svc := crfRejectingService{&testService{}, func() error { return crfRelayed(t, ReasonTokenInvalid, marker) }}
 			e := newEnv(t, withMemStore(), withService(svc))
 			s := e.startSession(t, nil)
 			h, swaps := cliHolder(t, s.AccessToken, AllowInsecureTransport(), WithClock(e.clock.Now))

@@ -269,11 +269,13 @@ func (s *Server) acceptDelegated(v *verifier, c *verifiedClaims, tok string) *re
 	case n.Issuer != c.iss(), n.Subject != c.sub(), n.SessionID != c.sid(),
 		!n.AuthTime.Equal(c.authTime()), !slices.Equal(n.Audience, c.claims().Audience):
 		return refuse("token of another session")
+	case !sameSessionExp(n, c):
+		return refuse("token of another session")
 	case n.Fresh:
 		return refuse("token claims a fresh login")
 	case !n.ExpiresAt.After(c.exp()):
 		return refuse("token does not expire later than the presented one")
-	case n.ExpiresAt.After(s.cfg.policy.SessionEnd(c.authTime())):
+	case n.ExpiresAt.After(s.policyFor(c).SessionEnd(c.authTime())):
 		return refuse("token outlives the session")
 	}
 	return &renewal{tok: tok, exp: n.ExpiresAt.Time, md: metadata.Pairs(s.cfg.renewalHeader, tok)}
@@ -386,4 +388,14 @@ func (w *delegatedStream) finish() {
 		_ = w.ServerStream.SetHeader(r.md)
 	}
 	w.ServerStream.SetTrailer(r.md)
+}
+
+// sameSessionExp reports whether n carries the session_exp of c, or
+// neither has one: a renewal never moves a session's own end (PROTOCOL.md
+// §6).
+func sameSessionExp(n *Claims, c *verifiedClaims) bool {
+	if n.SessionExpiry == nil {
+		return c.sessionExp().IsZero()
+	}
+	return n.SessionExpiry.Time.Equal(c.sessionExp())
 }

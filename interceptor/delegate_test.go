@@ -498,6 +498,10 @@ func TestDelegated_RefusesForeignAnswers(t *testing.T) {
 			return sign(c)
 		}, false},
 		{"fresh", func(c *Claims, _ string) string { c.Fresh = true; return sign(c) }, false},
+		{"a session_exp added", func(c *Claims, _ string) string {
+			c.SessionExpiry = jwt.NewNumericDate(c.AuthTime.Add(delPolicy.MaxLifetime / 2))
+			return sign(c)
+		}, false},
 		{"refresh token", func(c *Claims, _ string) string {
 			tok, err := signCompact(m.key, c, refreshTokenType)
 			if err != nil {

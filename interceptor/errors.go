@@ -106,6 +106,36 @@ var (
 	// not a JSON object with a "keys" array) and for each entry of one
 	// that it refuses.
 	ErrInvalidJWKS = errors.New("slidejwt: invalid JWKS")
+	// ErrDuplicateAuthorization is the error, wrapped, of a call that would
+	// carry two "authorization" values: a [TokenHolder]'s or a
+	// [ServiceHolder]'s interceptors given a call whose outgoing metadata
+	// already has one (or that a [Forwarder] forwards), or a [Forwarder]
+	// given a call with another authorization value or with per-call
+	// credentials. It is a codes.FailedPrecondition status, returned before
+	// anything is sent: a server refuses two values, and a client must not
+	// pick one of two principals for the program.
+	ErrDuplicateAuthorization = errors.New("slidejwt: the call would carry two authorization values")
+	// ErrNoCallerToken is the error, wrapped, of a call through a
+	// [Forwarder] whose context holds no caller token that a slidejwt
+	// server interceptor verified: outside a handler, or in a method
+	// exempt from authentication. It is a codes.Unauthenticated status
+	// without a slidejwt reason. Nothing is sent.
+	ErrNoCallerToken = errors.New("slidejwt: no verified caller token to forward")
+	// ErrServiceRejected is the error, wrapped, of a call through a
+	// [ServiceHolder] that the downstream server rejected with a slidejwt
+	// reason about the service's own session, after the holder's own
+	// remedies (refresh, a new login and one retry where the handler did
+	// not run). It is a codes.Unavailable status without a slidejwt
+	// reason, so that a handler that returns it does not tell its own
+	// caller something about the caller's session that is not true.
+	// errors.Unwrap gives the downstream status error.
+	ErrServiceRejected = errors.New("slidejwt: a downstream service rejected this service's own token")
+	// ErrServiceLogin is the error, wrapped, of a call through a
+	// [ServiceHolder] that needed a session and could not log in: the
+	// login function failed (errors.Unwrap gives its error), returned a
+	// token pair the holder cannot use, or is backing off after such a
+	// failure. It is a codes.Unavailable status without a slidejwt reason.
+	ErrServiceLogin = errors.New("slidejwt: service login failed")
 )
 
 // authError is a rejection decided by the server. Its detail is a fixed
@@ -127,8 +157,11 @@ type authError struct {
 // MetadataHandlerRan is the google.rpc.ErrorInfo metadata key by which a
 // server says whether the method's handler ran: "false" on every rejection
 // made by the slidejwt interceptors before the handler, and "true" on a
-// slidejwt error that a handler returned (a relayed downstream rejection)
-// or that ended a stream whose handler was running. A client may safely
+// slidejwt error about the caller's token that a handler returned (a
+// downstream rejection of the token a [Forwarder] forwarded, say) or that
+// ended a stream whose handler was running. Any other slidejwt error a
+// handler returns carries neither the reason nor the marker: see
+// PROTOCOL.md §3. A client may safely
 // retry a call, or replay a stream's messages, only on "false".
 const MetadataHandlerRan = "handler_ran"
 
@@ -177,10 +210,20 @@ func (e *authError) GRPCStatus() *status.Status {
 	return st
 }
 
-// markHandlerRan returns err with the MetadataHandlerRan of its slidejwt
-// ErrorInfo, if it has one, set to "true": err came from a handler, which
-// may have relayed a rejection that a downstream slidejwt server made
-// before its own handler ran. Other errors are returned as they are.
+// markHandlerRan is what the server interceptors do with the error a
+// handler returned. An error with a slidejwt ErrorInfo is about some
+// token; the caller may only learn it when the token is the caller's own:
+//
+//   - a rejection made in this process ([RequireFresh], a stream ended
+//     with its session) or relayed by a [Forwarder] (a downstream server
+//     refused the caller's token) keeps its reason, with the
+//     MetadataHandlerRan set to "true": the handler ran;
+//   - any other (a downstream rejection of a service's own token, or of a
+//     token that a handler sent by hand) becomes a codes.Unavailable
+//     status without details ([errForeignRejection]): the caller must not
+//     refresh, log in or log out over another principal's token.
+//
+// Errors without a slidejwt ErrorInfo are returned as they are.
 func markHandlerRan(err error) error {
 	if err == nil {
 		return nil
@@ -188,6 +231,9 @@ func markHandlerRan(err error) error {
 	st, ok := status.FromError(err)
 	if !ok || len(st.Proto().GetDetails()) == 0 {
 		return err
+	}
+	if hasSlidejwtInfo(st) && !aboutCaller(err) {
+		return errForeignRejection
 	}
 	p := st.Proto() // a copy
 	changed := false
@@ -214,6 +260,33 @@ func markHandlerRan(err error) error {
 		return err
 	}
 	return status.ErrorProto(p)
+}
+
+// errForeignRejection replaces a slidejwt rejection that a handler
+// returned and that is not about the caller's own token (see
+// markHandlerRan). It carries no details: no reason, and no handler_ran
+// marker, which a client reads as "the handler may have run".
+var errForeignRejection = status.Error(codes.Unavailable,
+	"slidejwt: a downstream call failed on credentials other than the caller's")
+
+// aboutCaller reports whether err, a slidejwt rejection returned by a
+// handler, is about the caller's own token: made by this package in this
+// process (an *authError never crosses the wire as one), or relayed by a
+// Forwarder from a call that carried the caller's token.
+func aboutCaller(err error) bool {
+	var ae *authError
+	var fe *forwardedError
+	return errors.As(err, &ae) || errors.As(err, &fe)
+}
+
+// hasSlidejwtInfo reports whether st carries an ErrorInfo in ErrorDomain.
+func hasSlidejwtInfo(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return true
+		}
+	}
+	return false
 }
 
 // handlerNotRun reports whether err says that the server rejected the call

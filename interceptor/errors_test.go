@@ -74,6 +74,11 @@ func errsSameStatus(t testing.TB, got, want error) {
 	}
 }
 
+// TestMarkHandlerRan: a slidejwt rejection that a handler returns keeps
+// its reason, marked handler_ran "true", only when it is about the
+// caller's token: made in this process, or relayed by a Forwarder. Any
+// other slidejwt rejection becomes codes.Unavailable without details;
+// errors without a slidejwt ErrorInfo pass unchanged.
 func TestMarkHandlerRan(t *testing.T) {
 	const msg = "slidejwt: token expired"
 	expired := WireReason(ReasonTokenExpired)
@@ -82,6 +87,7 @@ func TestMarkHandlerRan(t *testing.T) {
 	plain := errors.New("disk full")
 	before := reject(ReasonTokenExpired, "")
 	before.beforeHandler = true
+	forwarded := func(err error) error { return &forwardedError{err} }
 
 	for _, tc := range []struct {
 		name string
@@ -96,23 +102,44 @@ func TestMarkHandlerRan(t *testing.T) {
 		{"other detail only", errsStatus(t, codes.Unavailable, "busy", retry), nil},
 		{"other-domain ErrorInfo saying false",
 			errsStatus(t, codes.Unauthenticated, "nope", errsInfo("example.com", "TOKEN_EXPIRED", ran("false"))), nil},
-		{"slidejwt ErrorInfo already true",
-			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true"))), nil},
+		{"a service's own rejection", &rejectedError{errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("false")))}, nil},
+
+		// Not about the caller: another principal's rejection.
 		{"slidejwt ErrorInfo saying false",
-			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("false"))),
+			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("false"))), errForeignRejection},
+		{"slidejwt ErrorInfo already true",
+			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true"))), errForeignRejection},
+		{"slidejwt ErrorInfo with an unknown reason",
+			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, "NEW_REASON", ran("false"))), errForeignRejection},
+		{"slidejwt ErrorInfo among others",
+			errsStatus(t, codes.PermissionDenied, msg, retry, errsInfo(ErrorDomain, expired, nil)), errForeignRejection},
+		{"wrapped slidejwt status", fmt.Errorf("inventory: %w",
+			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("false")))), errForeignRejection},
+
+		// About the caller: relayed by a Forwarder.
+		{"forwarded, already true",
+			forwarded(errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true")))),
 			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true")))},
-		{"slidejwt ErrorInfo without metadata",
-			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, nil)),
+		{"forwarded, saying false",
+			forwarded(errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("false")))),
 			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true")))},
-		{"slidejwt ErrorInfo with a garbled marker",
-			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("no"))),
+		{"forwarded, wrapped by the handler",
+			fmt.Errorf("inventory: %w", forwarded(errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("false"))))),
+			errsStatus(t, codes.Unauthenticated, "inventory: rpc error: code = Unauthenticated desc = "+msg, errsInfo(ErrorDomain, expired, ran("true")))},
+		{"forwarded, without metadata",
+			forwarded(errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, nil))),
 			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true")))},
-		{"slidejwt ErrorInfo with other metadata",
-			errsStatus(t, codes.PermissionDenied, msg, errsInfo(ErrorDomain, expired, map[string]string{"k": "v", MetadataHandlerRan: "false"})),
+		{"forwarded, with a garbled marker",
+			forwarded(errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("no")))),
+			errsStatus(t, codes.Unauthenticated, msg, errsInfo(ErrorDomain, expired, ran("true")))},
+		{"forwarded, with other metadata",
+			forwarded(errsStatus(t, codes.PermissionDenied, msg, errsInfo(ErrorDomain, expired, map[string]string{"k": "v", MetadataHandlerRan: "false"}))),
 			errsStatus(t, codes.PermissionDenied, msg, errsInfo(ErrorDomain, expired, map[string]string{"k": "v", MetadataHandlerRan: "true"}))},
-		{"mixed details: only slidejwt's changes",
-			errsStatus(t, codes.Unauthenticated, msg, retry, errsInfo("example.com", "X", ran("false")), errsInfo(ErrorDomain, expired, ran("false"))),
+		{"forwarded, mixed details: only slidejwt's changes",
+			forwarded(errsStatus(t, codes.Unauthenticated, msg, retry, errsInfo("example.com", "X", ran("false")), errsInfo(ErrorDomain, expired, ran("false")))),
 			errsStatus(t, codes.Unauthenticated, msg, retry, errsInfo("example.com", "X", ran("false")), errsInfo(ErrorDomain, expired, ran("true")))},
+
+		// About the caller: made in this process.
 		{"this server's rejection before a handler", before,
 			errsStatus(t, codes.Unauthenticated, before.Error(), errsInfo(ErrorDomain, expired, ran("true")))},
 		{"a rejection without the marker", reject(ReasonSessionRevoked, ""),
@@ -128,7 +155,11 @@ func TestMarkHandlerRan(t *testing.T) {
 				return
 			}
 			errsSameStatus(t, got, tc.want)
-			if v, ok := errsHandlerRan(got); !ok || v != "true" {
+			if tc.want == errForeignRejection {
+				if _, ok := ReasonOf(got); ok {
+					t.Errorf("ReasonOf(%v) reports a reason, want none", got)
+				}
+			} else if v, ok := errsHandlerRan(got); !ok || v != "true" {
 				t.Errorf("%s = %q (present %v), want \"true\"", MetadataHandlerRan, v, ok)
 			}
 			// The input is not modified in place.
@@ -183,10 +214,12 @@ func errsCall(ctx context.Context, c testpb.TestServiceClient, kind string) erro
 }
 
 // TestRelayedError_HandlerRan: a slidejwt rejection that a handler relays
-// from a downstream slidejwt server, which rejected before its own handler
-// ran, reaches the client marked handler_ran "true", with its code,
-// message and reason; an error without a slidejwt ErrorInfo passes
-// unchanged.
+// from a downstream slidejwt server, of a token that is not the caller's
+// (here another session's, sent by hand), reaches the client as
+// codes.Unavailable without a reason, never as a reason about the
+// client's own session; an error without a slidejwt ErrorInfo passes
+// unchanged. (A Forwarder's relay of the caller's own token keeps its
+// reason: see TestForward_RejectionKeepsReason.)
 func TestRelayedError_HandlerRan(t *testing.T) {
 	// The downstream server rejects a lapsed token before its handler.
 	down := newEnv(t)
@@ -198,8 +231,7 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 	if v, ok := errsHandlerRan(downErr); !ok || v != "false" {
 		t.Fatalf("downstream %s = %q (present %v), want \"false\"", MetadataHandlerRan, v, ok)
 	}
-	wantRelayed := errsStatus(t, codes.Unauthenticated, status.Convert(downErr).Message(),
-		errsInfo(ErrorDomain, WireReason(ReasonTokenExpired), map[string]string{MetadataHandlerRan: "true"}))
+	wantRelayed := errForeignRejection
 
 	foreign := errsStatus(t, codes.FailedPrecondition, "quota exceeded",
 		errsInfo("example.com", "QUOTA", map[string]string{MetadataHandlerRan: "false"}),
@@ -230,10 +262,11 @@ func TestRelayedError_HandlerRan(t *testing.T) {
 	}
 }
 
-// TestRelayedError_HolderDoesNotRetry: a TOKEN_EXPIRED that a handler
-// relays from a downstream server reaches a holder with a refresh token
-// marked handler_ran "true", so the holder neither refreshes nor retries
-// the call or reopens the stream: the handler runs once.
+// TestRelayedError_HolderDoesNotRetry: a TOKEN_EXPIRED of another token
+// that a handler relays from a downstream server reaches a holder with a
+// refresh token as codes.Unavailable without a reason, so the holder
+// neither refreshes nor retries the call or reopens the stream: the
+// handler runs once, and the refresh token is not rotated.
 func TestRelayedError_HolderDoesNotRetry(t *testing.T) {
 	down := newEnv(t)
 	downTok := down.startSession(t, nil).AccessToken
@@ -262,9 +295,12 @@ func TestRelayedError_HolderDoesNotRetry(t *testing.T) {
 				grpc.WithChainUnaryInterceptor(h.UnaryClientInterceptor()),
 				grpc.WithChainStreamInterceptor(h.StreamClientInterceptor()))
 			err = errsCall(context.Background(), testpb.NewTestServiceClient(conn), kind)
-			wantReason(t, err, ReasonTokenExpired)
-			if v, ok := errsHandlerRan(err); !ok || v != "true" {
-				t.Errorf("%s = %q (present %v), want \"true\"", MetadataHandlerRan, v, ok)
+			errsSameStatus(t, err, errForeignRejection)
+			if r, ok := ReasonOf(err); ok {
+				t.Errorf("client sees reason %v about a token it did not send", r)
+			}
+			if h.RefreshToken() != s.RefreshToken {
+				t.Error("the refresh token was rotated")
 			}
 			if n := refreshes.Load(); n != 0 {
 				t.Errorf("holder refreshed %d times, want 0", n)

@@ -227,6 +227,27 @@ func (p Policy) GraceUntil(now time.Time) time.Time { return now.Add(p.norm().gr
 // rule through golang-jwt; the caches drop an entry then.
 func (p Policy) AcceptExpiryUntil(exp time.Time) time.Time { return exp.Add(p.norm().leeway()) }
 
+// ForSession returns p for one session that began at authTime and carries
+// its own end (the session_exp claim; zero for none): p with MaxLifetime
+// shortened so that the session ends at end, when that is earlier than
+// authTime + MaxLifetime. It never lengthens a session: an end at or after
+// the policy's is ignored, and an end at or before authTime leaves a
+// session that is already over. Every method of the result then applies
+// the session's own end. The result is not meant to pass [Policy.Validate]:
+// a session may be shorter than the TTL.
+func (p Policy) ForSession(authTime, end time.Time) Policy {
+	if end.IsZero() {
+		return p
+	}
+	p = p.norm()
+	if d := end.Sub(authTime); d < p.MaxLifetime {
+		// A zero MaxLifetime would read as the default: a session whose end
+		// is not after its start keeps the shortest lifetime there is.
+		p.MaxLifetime = max(d, time.Nanosecond)
+	}
+	return p
+}
+
 // capAt returns t, but no later than end, at JWT time resolution.
 func capAt(t, end time.Time) time.Time {
 	if t.After(end) {

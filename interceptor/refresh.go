@@ -68,6 +68,9 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 	p := s.cfg.policy
 	c, aerr := v.verifyRefresh(raw)
 	now := s.cfg.now()
+	if c != nil {
+		p = claimsPolicy(p, c) // the session's own end, if it has one
+	}
 	if c != nil && !p.CanRefresh(now, c.AuthTime.Time) {
 		return Session{}, c, 0, reject(ReasonSessionExpired, "")
 	}

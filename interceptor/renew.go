@@ -68,6 +68,6 @@ func (t tokenService) Renew(ctx context.Context, _ *slidejwtv1.RenewRequest) (*s
 	return &slidejwtv1.RenewResponse{
 		AccessToken:          r.tok,
 		AccessTokenExpiresAt: timestamppb.New(r.exp),
-		SessionEndsAt:        timestamppb.New(t.s.cfg.policy.SessionEnd(c.authTime())),
+		SessionEndsAt:        timestamppb.New(t.s.policyFor(c).SessionEnd(c.authTime())),
 	}, nil
 }

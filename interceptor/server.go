@@ -105,8 +105,9 @@ type Session struct {
 // user's credentials. The token carries a new random sid, auth_time = now,
 // the freshness marker (see [RequireFresh]), and the custom claims, which
 // every renewal copies unchanged. A custom claim must not use a name of the
-// session model ([ErrReservedClaim]) and must marshal to JSON.
-func (s *Server) StartSession(ctx context.Context, subject string, custom map[string]any) (Session, error) {
+// session model ([ErrReservedClaim]) and must marshal to JSON. Options
+// shape the session: [WithMaxLifetime] gives it an end of its own.
+func (s *Server) StartSession(ctx context.Context, subject string, custom map[string]any, opts ...SessionOption) (Session, error) {
 	if subject == "" {
 		return Session{}, fmt.Errorf("%w: empty subject", ErrInvalidOption)
 	}
@@ -124,7 +125,15 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		}
 		raw[name] = b
 	}
+	var sc sessionConfig
+	for _, o := range opts {
+		o.applySession(&sc)
+	}
 	now := s.cfg.now().Truncate(jwt.TimePrecision)
+	end, err := sc.sessionEnd(s.cfg.policy, now)
+	if err != nil {
+		return Session{}, err
+	}
 	v := s.ver.Load() // one key set for the whole session start
 	if v.keys.active == nil {
 		return Session{}, fmt.Errorf("%w: this server only verifies; sessions start at the service that signs", ErrVerifyOnly)
@@ -135,9 +144,10 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 			Subject:  subject,
 			Audience: s.cfg.audience,
 		},
-		SessionID: randomID(),
-		AuthTime:  jwt.NewNumericDate(now),
-		Custom:    raw,
+		SessionID:     randomID(),
+		AuthTime:      jwt.NewNumericDate(now),
+		SessionExpiry: end,
+		Custom:        raw,
 	}
 	sess, refreshID, err := s.mint(v, c, now, true)
 	if err != nil {
@@ -145,7 +155,7 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	}
 	if s.cfg.store != nil {
 		start := s.startTimer()
-		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, s.cfg.policy.KeepUntil(now))
+		err := s.cfg.store.Create(ctx, sess.SessionID, refreshDigest(refreshID), now, claimsPolicy(s.cfg.policy, c).KeepUntil(now))
 		s.emitStore(ctx, StoreCreate, sess.SessionID, start, 0, err)
 		if err != nil {
 			return Session{}, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
@@ -157,10 +167,10 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 
 // mint signs, with v's active key, a session's access token at now, and
 // its refresh token when a session store is configured, from the session
-// claims in base (iss, aud, sub, sid, auth_time, custom). It returns the
-// refresh token's id.
+// claims in base (iss, aud, sub, sid, auth_time, session_exp, custom). It
+// returns the refresh token's id.
 func (s *Server) mint(v *verifier, base *Claims, now time.Time, fresh bool) (Session, string, error) {
-	p := s.cfg.policy
+	p := claimsPolicy(s.cfg.policy, base)
 	authTime := base.AuthTime.Time
 
 	access := *base
@@ -283,6 +293,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		r = nil
 	default:
 		ev.Kind, ev.Expiry = EventRenewed, r.exp
+		// For a Forwarder: the call's own renewal is the token to forward,
+		// and it wins over a downstream one.
+		ctx = context.WithValue(ctx, renewedKey{}, r)
 	}
 	s.emitTimed(ctx, ev, start)
 	return ctx, c, r, nil
@@ -316,7 +329,7 @@ func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifi
 	if aerr != nil && aerr.keysDown {
 		return nil, key, cache, errKeysUnavailableStatus
 	}
-	if c != nil && s.cfg.policy.SessionEnded(now, c.authTime()) {
+	if c != nil && s.policyFor(c).SessionEnded(now, c.authTime()) {
 		return c, key, cache, reject(ReasonSessionExpired, "")
 	}
 	// c is nil only when the token is invalid; an expired token's verified
@@ -387,7 +400,8 @@ func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Ti
 	if v.keys.active == nil {
 		return nil // a verify-only server renews nothing
 	}
-	d := s.cfg.policy.Decide(now, c.exp(), c.authTime())
+	p := s.policyFor(c)
+	d := p.Decide(now, c.exp(), c.authTime())
 	if !d.Renew {
 		return nil
 	}
@@ -413,7 +427,7 @@ func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Ti
 	// expired. Whoever runs the Once mints at a time no earlier than the
 	// entry's creation, so the token's exp is no earlier than d.Expiry.
 	r := v.renewals.getOrPut(key, now, func() (*renewal, time.Time) {
-		until := s.cfg.policy.AcceptExpiryUntil(c.exp())
+		until := p.AcceptExpiryUntil(c.exp())
 		if d.Expiry.Before(until) {
 			until = d.Expiry
 		}
@@ -451,9 +465,10 @@ func (s *Server) exempt(method string) bool {
 
 // UnaryServerInterceptor authenticates unary calls. A renewed token goes
 // into the response trailer, also when the handler returns an error. A
-// slidejwt rejection that the handler returns (relayed from a downstream
-// call, say) is marked as having run the handler (see
-// [MetadataHandlerRan]), so that no client retries it.
+// slidejwt rejection of the caller's token that the handler returns
+// (relayed by a [Forwarder], say) is marked as having run the handler (see
+// [MetadataHandlerRan]), so that no client retries it; one about another
+// token becomes codes.Unavailable without a reason (PROTOCOL.md §3).
 func (s *Server) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if s.exempt(info.FullMethod) {
@@ -522,8 +537,9 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 //
 // An AuthFunc sees a call only before its handler runs, so two promises of
 // the interceptors do not hold through it: an open stream does not end
-// with its session, and a slidejwt rejection that a handler relays is not
-// marked as having run the handler. On a server with
+// with its session, and a slidejwt rejection that a handler relays is
+// neither marked as having run the handler nor, when it is about another
+// token than the caller's, turned into codes.Unavailable. On a server with
 // [WithDelegatedRenewal], it waits for a renewal asked of the renewal
 // service before the handler runs (the interceptors wait after it, or
 // while it runs). Prefer the interceptors wherever they fit;

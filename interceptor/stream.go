@@ -53,7 +53,7 @@ func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss
 	// with WithClock (a simulation, a test) real time says nothing about
 	// the clock's time, so only the watcher's checks end the stream.
 	if !s.cfg.clockSet {
-		t := time.AfterFunc(max(0, s.cfg.policy.AcceptUntil(c.authTime()).Sub(s.cfg.now())), g.expire)
+		t := time.AfterFunc(max(0, s.policyFor(c).AcceptUntil(c.authTime()).Sub(s.cfg.now())), g.expire)
 		defer t.Stop()
 	}
 	s.watch.add(g, s)
@@ -248,7 +248,7 @@ func (g *guardedStream) check() error {
 		return err
 	}
 	now := g.s.cfg.now()
-	if g.s.cfg.policy.SessionEnded(now, g.c.authTime()) {
+	if g.s.policyFor(g.c).SessionEnded(now, g.c.authTime()) {
 		return g.end(reject(ReasonSessionExpired, "stream outlived its session"))
 	}
 	if err := g.s.checkLive(g.ctx, g.c.sid(), now); err != nil {

@@ -380,6 +380,40 @@ func verifyCases() []verifyCase {
 		return f.hs256(nil, map[string]any{"auth_time": at, "iat": f.unix(-time.Hour)})
 	})
 
+	// session_exp: the session's own end, never past the policy's.
+	add("session_exp later than exp accepted", ok, func(f verifyForger) string {
+		return f.hs256(nil, map[string]any{"session_exp": f.unix(2 * time.Hour)})
+	})
+	add("session_exp equal to exp accepted", ok, func(f verifyForger) string {
+		return f.hs256(nil, map[string]any{"session_exp": f.unix(time.Hour)})
+	})
+	add("session_exp one tick before its end + leeway accepted", ok, func(f verifyForger) string {
+		end := f.unix(-29 * time.Second)
+		return f.hs256(nil, map[string]any{"auth_time": f.unix(-2 * time.Hour), "iat": f.unix(-time.Hour), "exp": end, "session_exp": end})
+	})
+	add("session_exp at its end + leeway", ReasonSessionExpired, func(f verifyForger) string {
+		end := f.unix(-30 * time.Second)
+		return f.hs256(nil, map[string]any{"auth_time": f.unix(-2 * time.Hour), "iat": f.unix(-time.Hour), "exp": end, "session_exp": end})
+	})
+	add("session_exp past the policy's end does not extend it", ReasonSessionExpired, func(f verifyForger) string {
+		at := f.unix(-(DefaultMaxLifetime + 30*time.Second))
+		return f.hs256(nil, map[string]any{"auth_time": at, "iat": f.unix(-time.Hour), "session_exp": f.unix(24 * time.Hour)})
+	})
+	add("session_exp before exp", invalid, func(f verifyForger) string {
+		return f.hs256(nil, map[string]any{"session_exp": f.unix(time.Hour - time.Second)})
+	})
+	add("session_exp equal to auth_time", invalid, func(f verifyForger) string {
+		return f.hs256(nil, map[string]any{"session_exp": f.unix(0), "exp": f.unix(0)})
+	})
+	add("session_exp 0", invalid, func(f verifyForger) string { return f.hs256(nil, map[string]any{"session_exp": 0}) })
+	add("session_exp numeric string", invalid, func(f verifyForger) string {
+		return f.hs256(nil, map[string]any{"session_exp": strconv.FormatInt(f.unix(2*time.Hour), 10)})
+	})
+	add("session_exp null", invalid, func(f verifyForger) string { return f.hs256(nil, map[string]any{"session_exp": nil}) })
+	add("session_exp shadowed in another case", invalid, func(f verifyForger) string {
+		return f.hs256(nil, map[string]any{"Session_Exp": f.unix(2 * time.Hour)})
+	})
+
 	// iss, aud.
 	add("iss wrong", invalid, func(f verifyForger) string { return f.hs256(nil, map[string]any{"iss": "https://evil.test"}) })
 	add("iss missing", invalid, func(f verifyForger) string { return f.hs256(nil, map[string]any{"iss": verifyDrop{}}) })

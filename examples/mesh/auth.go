@@ -15,6 +15,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,7 +101,7 @@ func runAuth(ctx context.Context, cfg authConfig, log *slog.Logger) error {
 		grpc.ChainUnaryInterceptor(sessions.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(sessions.StreamServerInterceptor()),
 	)
-	demov1.RegisterDemoServiceServer(srv, &authService{sessions: sessions, users: cfg.users, log: log})
+	demov1.RegisterDemoServiceServer(srv, &authService{sessions: sessions, users: cfg.users, services: cfg.services, serviceLifetime: cfg.serviceLifetime, log: log})
 	slidejwtv1.RegisterTokenServiceServer(srv, sessions.TokenService())
 
 	mux := http.NewServeMux()
@@ -164,16 +165,31 @@ func storeName(opt *rueidis.ClientOption) string {
 }
 
 // authService serves demo.v1.DemoService/Login: the one place where
-// sessions start.
+// sessions start, for users and for services.
 type authService struct {
 	demov1.UnimplementedDemoServiceServer
-	sessions *interceptor.Server
-	users    map[string]string
-	log      *slog.Logger
+	sessions        *interceptor.Server
+	users           map[string]string
+	services        []string
+	serviceLifetime time.Duration
+	log             *slog.Logger
 }
 
-// Login checks the password in constant time and starts a session.
+// serviceSubject is the subject of a service's own session.
+func serviceSubject(name string) string { return "service:" + name }
+
+// Login starts a session. A user presents a password, which Login checks
+// in constant time. A service presents its name and no password, over
+// mTLS: the certificate it presented must name it, and it must be one of
+// --services; its session ends after --service-max-lifetime.
 func (a *authService) Login(ctx context.Context, req *demov1.LoginRequest) (*demov1.LoginResponse, error) {
+	if id := peerIdentity(ctx); id != "" && req.GetPassword() == "" {
+		if req.GetUsername() != id || !slices.Contains(a.services, id) {
+			a.log.InfoContext(ctx, "service login refused", peerKey, id)
+			return nil, status.Error(codes.PermissionDenied, "this certificate may not log in as a service")
+		}
+		return a.start(ctx, serviceSubject(id), interceptor.WithMaxLifetime(a.serviceLifetime))
+	}
 	want, known := a.users[req.GetUsername()]
 	if !known {
 		want = "\x00" // compare anyway, so that timing does not reveal which users exist
@@ -182,7 +198,12 @@ func (a *authService) Login(ctx context.Context, req *demov1.LoginRequest) (*dem
 		a.log.InfoContext(ctx, "login failed", peerKey, caller(ctx))
 		return nil, status.Error(codes.Unauthenticated, "invalid username or password")
 	}
-	s, err := a.sessions.StartSession(ctx, req.GetUsername(), nil)
+	return a.start(ctx, req.GetUsername())
+}
+
+// start starts a session of subject.
+func (a *authService) start(ctx context.Context, subject string, opts ...interceptor.SessionOption) (*demov1.LoginResponse, error) {
+	s, err := a.sessions.StartSession(ctx, subject, nil, opts...)
 	if errors.Is(err, interceptor.ErrStoreUnavailable) {
 		return nil, status.Error(codes.Unavailable, "session store unavailable")
 	}

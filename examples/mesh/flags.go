@@ -43,6 +43,10 @@ type authConfig struct {
 	refreshTTL time.Duration
 	users      map[string]string
 	operator   string
+	// services may log in as themselves, by their certificate; their
+	// sessions end after serviceLifetime.
+	services        []string
+	serviceLifetime time.Duration
 }
 
 // serviceConfig is the command line of orders and inventory.
@@ -146,6 +150,8 @@ func parseAuth(args []string, stderr io.Writer) (authConfig, error) {
 	fs.DurationVar(&c.refreshTTL, "refresh-ttl", 6*time.Second, "idle lifetime of a refresh token")
 	users := fs.String("users", "alice:alice-password,bob:bob-password", "comma-separated user:password pairs")
 	fs.StringVar(&c.operator, "operator", "operator", "mesh identity allowed to rotate the keys ("+adminPath+")")
+	services := fs.String("services", "orders", "comma-separated mesh identities that may log in as themselves, by their certificate")
+	fs.DurationVar(&c.serviceLifetime, "service-max-lifetime", time.Hour, "absolute lifetime of a service's own session")
 	err := parse(fs, args, stderr, func() error {
 		if err := checkCommon(); err != nil {
 			return err
@@ -155,6 +161,12 @@ func parseAuth(args []string, stderr io.Writer) (authConfig, error) {
 		}
 		if c.jwksMaxAge < 0 || c.refreshTTL < time.Second {
 			return usagef("--jwks-max-age must not be negative, --refresh-ttl must be at least 1s")
+		}
+		if c.serviceLifetime < c.policy.TTL {
+			return usagef("--service-max-lifetime must be at least --ttl")
+		}
+		if *services != "" {
+			c.services = strings.Split(*services, ",")
 		}
 		c.users = map[string]string{}
 		for _, pair := range strings.Split(*users, ",") {

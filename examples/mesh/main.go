@@ -27,8 +27,13 @@
 // drop, for the --operator identity only). orders and inventory verify
 // against that JWKS and ask auth for the renewals they relay
 // (TokenService/Renew over mTLS). orders serves demo.v1.DemoService's Echo
-// and Watch by calling inventory with the caller's token; inventory takes
-// calls from orders only (--allow-peers), by its client certificate.
+// and Watch by calling inventory, in the two ways of PROTOCOL.md §11: as
+// its caller, forwarding the caller's token (interceptor.Forwarder), and,
+// for Echo, first as itself, with a session of its own that it logs in to
+// at auth by its certificate, lazily and again whenever the session ends
+// (interceptor.ServiceHolder; auth's --services and
+// --service-max-lifetime). inventory takes calls from orders only
+// (--allow-peers), by its client certificate.
 //
 // A certificate's identity is its URI SAN spiffe://slidejwt.test/<name>;
 // its DNS SAN <name> is what a client dialing the service checks.

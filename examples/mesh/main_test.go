@@ -39,7 +39,8 @@ func TestRun(t *testing.T) {
 	got := out.String()
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`auth +listening .*jwks=https://127\.0\.0\.1:\d+/\.well-known/jwks\.json`),
-		regexp.MustCompile(`alice: call 16 ok: orders saw alice, inventory saw alice`),
+		regexp.MustCompile(`alice: call 16 ok: orders saw alice; inventory saw service:orders, then alice`),
+		regexp.MustCompile(`auth +login +enduser\.id=service:orders`),
 		regexp.MustCompile(`auth +renewed +rpc\.method=TokenService/Renew +peer=orders`),
 		regexp.MustCompile(`auth +renewed +rpc\.method=TokenService/Renew +peer=inventory`),
 		regexp.MustCompile(`orders +JWKS fetched +kids=\S+,\S+`),

@@ -29,6 +29,9 @@ const (
 	meshJWKSRefreshMin = time.Second
 	meshJWKSRefetch    = time.Second
 	meshStreamCheck    = 500 * time.Millisecond
+	// orders' own session ends after this: the script shows it log in
+	// again by itself.
+	meshServiceLifetime = 10 * time.Second
 )
 
 // runMesh starts the mesh, runs the script and stops the mesh.
@@ -72,8 +75,9 @@ func runMesh(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *redis != "" {
 		revocation = "--redis: auth, orders and inventory share revocation through Redis"
 	}
-	out.say("mesh", fmt.Sprintf("policy on every service: idle window %v, renewed in its last %v, session ends after %v, refresh tokens live %v, leeway %v; %s",
-		meshTTL, meshRenewBefore, meshMaxLifetime, meshRefreshTTL, meshLeeway, revocation))
+	out.say("mesh", fmt.Sprintf("policy on every service: idle window %v, renewed in its last %v, a user's session ends after %v and orders' own after %v, refresh tokens live %v, leeway %v",
+		meshTTL, meshRenewBefore, meshMaxLifetime, meshServiceLifetime, meshRefreshTTL, meshLeeway))
+	out.say("mesh", revocation)
 
 	common := []string{"--ttl", meshTTL.String(), "--renew-before", meshRenewBefore.String(),
 		"--max-lifetime", meshMaxLifetime.String(), "--leeway", meshLeeway.String(), "--stop-on-eof"}
@@ -81,7 +85,8 @@ func runMesh(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		common = append(common, "--redis", *redis)
 	}
 	auth, err := m.start(ctx, "auth", files["auth"], slices.Concat(common, []string{
-		"--jwks-max-age", meshJWKSMaxAge.String(), "--refresh-ttl", meshRefreshTTL.String()})...)
+		"--jwks-max-age", meshJWKSMaxAge.String(), "--refresh-ttl", meshRefreshTTL.String(),
+		"--service-max-lifetime", meshServiceLifetime.String()})...)
 	if err != nil {
 		return err
 	}
@@ -186,28 +191,36 @@ func (m *mesh) start(ctx context.Context, role string, f tlsFiles, args ...strin
 }
 
 // count returns how many of the child's log lines have msg and the
-// attribute key=value (any value if value is "").
-func (c *child) count(msg, key, value string) int {
+// attributes kv (key, value, key, value, ...).
+func (c *child) count(msg string, kv ...string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
+lines:
 	for _, l := range c.msgs {
-		if v, ok := l.attrs[key]; l.msg == msg && (key == "" || ok && (value == "" || v == value)) {
-			n++
+		if l.msg != msg {
+			continue
 		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if v, ok := l.attrs[kv[i]]; !ok || v != kv[i+1] {
+				continue lines
+			}
+		}
+		n++
 	}
 	return n
 }
 
 // stop closes every child's standard input, on which they stop
-// gracefully, in the reverse order of their start, and waits for them;
-// it returns an error if one did not exit with status 0.
+// gracefully, and waits for them; it returns an error if one did not
+// exit with status 0.
 func (m *mesh) stop() error {
 	m.stopOnce.Do(func() {
 		var errs []error
-		for i := len(m.children) - 1; i >= 0; i-- {
-			c := m.children[i]
+		for _, c := range m.children {
 			c.stdin.Close()
+		}
+		for _, c := range m.children {
 			select {
 			case <-c.done:
 			case <-time.After(10 * time.Second):
@@ -294,7 +307,8 @@ func (t *transcript) section(title string) {
 
 // relay prints a child's log line, shortened: no time, the level only if
 // it is not INFO, methods without their package, session ids cut to 8
-// characters, and a token's exp as how far it is from now.
+// characters, and a token's exp or a session's end as how far it is from
+// now.
 func (t *transcript) relay(who string, l logLine) {
 	var b strings.Builder
 	if lvl := l.attrs["level"]; lvl != "" && lvl != "INFO" {
@@ -310,9 +324,9 @@ func (t *transcript) relay(who string, l logLine) {
 			if len(v) > 8 {
 				v = v[:8] + "…"
 			}
-		case "exp":
+		case "exp", "session_ends":
 			if at, err := time.Parse(time.RFC3339Nano, v); err == nil {
-				k, v = "exp_in", until(at)
+				k, v = k+"_in", until(at)
 			}
 		case methodKey:
 			// slidejwt.v1.TokenService/Renew: TokenService/Renew

@@ -83,8 +83,12 @@ func (s *script) run(ctx context.Context) error {
 
 	s.out.section("5. Summary")
 	forOrders, forInventory := s.auth.count("renewed", peerKey, "orders"), s.auth.count("renewed", peerKey, "inventory")
-	s.out.say("mesh", fmt.Sprintf("auth renewed %d tokens when orders asked and %d when inventory asked (TokenService/Renew over mTLS); alice's client swapped in %d",
-		forOrders, forInventory, alice.swaps.Load()))
+	ofOrders := s.auth.count("renewed", peerKey, "inventory", subjectKey, serviceSubject("orders"))
+	s.out.say("mesh", fmt.Sprintf("auth renewed %d tokens when orders asked and %d when inventory asked (%d of them orders' own), over TokenService/Renew with mTLS; alice's client swapped in %d",
+		forOrders, forInventory, ofOrders, alice.swaps.Load()))
+	logins := s.auth.count("login", subjectKey, serviceSubject("orders"))
+	s.out.say("mesh", fmt.Sprintf("orders logged in as itself %d times: at its first call, then each time its %v session ended", logins, meshServiceLifetime))
+	s.expect(logins >= 2, "orders logged in as itself %d times, want at least 2", logins)
 	s.expect(forOrders > 0 && forInventory > 0, "auth renewed no token for orders or for inventory")
 	s.expect(s.auth.count("renewed", peerKey, noCert) == 0, "auth renewed a token on a call from a client")
 	return nil

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	demov1 "github.com/slidejwt/slidejwt/gen/demo/v1"
+	slidejwtv1 "github.com/slidejwt/slidejwt/gen/slidejwt/v1"
 	"github.com/slidejwt/slidejwt/interceptor"
 )
 
@@ -126,12 +127,12 @@ func runService(ctx context.Context, role string, cfg serviceConfig, log *slog.L
 	}
 	switch role {
 	case "orders":
-		conn, err := grpc.NewClient(cfg.inventory, grpc.WithTransportCredentials(credentials.NewTLS(m.client("inventory"))))
+		o, closeConns, err := newOrders(role, cfg, m, sessions, authConn, log)
 		if err != nil {
-			return usagef("--inventory: %v", err)
+			return err
 		}
-		defer conn.Close()
-		demov1.RegisterDemoServiceServer(srv, &ordersService{inventory: demov1.NewDemoServiceClient(conn)})
+		defer closeConns()
+		demov1.RegisterDemoServiceServer(srv, o)
 		attrs = append(attrs, "inventory", cfg.inventory)
 	default:
 		demov1.RegisterDemoServiceServer(srv, &inventoryService{})
@@ -168,36 +169,92 @@ func subject(ctx context.Context) string {
 	return ""
 }
 
-// ordersService serves Echo and Watch by calling inventory with the
-// caller's token: the user's session, not orders', is what inventory
-// authenticates.
+// ordersService serves Echo and Watch by calling inventory in the two
+// ways of PROTOCOL.md §11: as its caller, forwarding the caller's token,
+// and as itself, with a session of its own.
 type ordersService struct {
 	demov1.UnimplementedDemoServiceServer
-	inventory demov1.DemoServiceClient
+	asCaller demov1.DemoServiceClient // a Forwarder's connection
+	asSelf   demov1.DemoServiceClient // a ServiceHolder's connection
 }
 
-// Echo asks inventory, on the caller's behalf, and says whom each service
-// saw.
+// newOrders connects orders to inventory twice, each connection with the
+// interceptors of one principal: a Forwarder's, which sends the token of
+// the call being handled and relays inventory's renewals of it to the
+// caller, and a ServiceHolder's, which logs orders in at auth as itself
+// (by its certificate) when it first needs to, and again whenever its
+// session ends.
+func newOrders(role string, cfg serviceConfig, m *tlsMaterial, sessions *interceptor.Server, authConn *grpc.ClientConn, log *slog.Logger) (*ordersService, func(), error) {
+	creds := grpc.WithTransportCredentials(credentials.NewTLS(m.client("inventory")))
+	fwd, err := sessions.NewForwarder(interceptor.BindTarget(cfg.inventory))
+	if err != nil {
+		return nil, nil, err
+	}
+	callerConn, err := grpc.NewClient(cfg.inventory, creds,
+		grpc.WithChainUnaryInterceptor(fwd.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(fwd.StreamClientInterceptor()))
+	if err != nil {
+		return nil, nil, usagef("--inventory: %v", err)
+	}
+	auth := demov1.NewDemoServiceClient(authConn)
+	login := interceptor.LoginFunc(func(ctx context.Context) (*slidejwtv1.TokenPair, error) {
+		// Client credentials: the certificate on authConn says who
+		// orders is; the request names it and carries no password.
+		resp, err := auth.Login(ctx, &demov1.LoginRequest{Username: role})
+		if err != nil {
+			log.Warn("login as itself failed", "err", status.Code(err))
+			return nil, err
+		}
+		p := resp.GetTokens()
+		log.Info("logged in as itself", "session_ends", p.GetSessionEndsAt().AsTime())
+		return p, nil
+	})
+	self, err := interceptor.NewServiceHolder(login,
+		interceptor.BindTarget(cfg.inventory),
+		interceptor.WithTokenService(authConn),
+		interceptor.WithRefreshMargin(time.Second))
+	if err != nil {
+		callerConn.Close()
+		return nil, nil, err
+	}
+	selfConn, err := grpc.NewClient(cfg.inventory, creds,
+		grpc.WithChainUnaryInterceptor(self.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(self.StreamClientInterceptor()))
+	if err != nil {
+		callerConn.Close()
+		return nil, nil, usagef("--inventory: %v", err)
+	}
+	o := &ordersService{asCaller: demov1.NewDemoServiceClient(callerConn), asSelf: demov1.NewDemoServiceClient(selfConn)}
+	return o, func() { callerConn.Close(); selfConn.Close() }, nil
+}
+
+// Echo asks inventory for the stock level as orders itself, then places
+// the order with inventory as the caller, and says whom each call ran as.
+// A failure of orders' own call reaches the caller as codes.Unavailable
+// with no slidejwt reason: it says nothing about the caller's session.
 func (o *ordersService) Echo(ctx context.Context, req *demov1.EchoRequest) (*demov1.EchoResponse, error) {
-	var fwd forwarded
-	resp, err := o.inventory.Echo(fwd.context(ctx), &demov1.EchoRequest{Message: req.GetMessage()}, fwd.callOptions()...)
-	fwd.relay(ctx)
+	stock, err := o.asSelf.Echo(ctx, &demov1.EchoRequest{Message: "stock level"})
+	if err != nil {
+		return nil, err
+	}
+	placed, err := o.asCaller.Echo(ctx, &demov1.EchoRequest{Message: req.GetMessage()})
 	if err != nil {
 		return nil, err
 	}
 	sub := subject(ctx)
-	return &demov1.EchoResponse{Message: fmt.Sprintf("orders saw %s, inventory saw %s", sub, resp.GetSubject()), Subject: sub}, nil
+	return &demov1.EchoResponse{
+		Message: fmt.Sprintf("orders saw %s; inventory saw %s, then %s", sub, stock.GetSubject(), placed.GetSubject()),
+		Subject: sub,
+	}, nil
 }
 
-// Watch relays inventory's Watch, opened on the caller's behalf.
+// Watch relays inventory's Watch, opened as the caller.
 func (o *ordersService) Watch(req *demov1.WatchRequest, stream grpc.ServerStreamingServer[demov1.WatchResponse]) error {
 	ctx := stream.Context()
-	var fwd forwarded
-	down, err := o.inventory.Watch(fwd.context(ctx), req, fwd.callOptions()...)
+	down, err := o.asCaller.Watch(ctx, req)
 	if err != nil {
 		return err
 	}
-	defer fwd.relayStream(stream)
 	sub := subject(ctx)
 	for {
 		msg, err := down.Recv()

@@ -208,6 +208,7 @@ func (a *authService) start(ctx context.Context, subject string, opts ...interce
 		return nil, status.Error(codes.Unavailable, "session store unavailable")
 	}
 	if err != nil {
+		a.log.ErrorContext(ctx, "cannot start session", subjectKey, subject, "err", err)
 		return nil, status.Error(codes.Internal, "cannot start session")
 	}
 	return &demov1.LoginResponse{Tokens: s.TokenPair()}, nil

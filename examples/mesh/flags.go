@@ -151,7 +151,7 @@ func parseAuth(args []string, stderr io.Writer) (authConfig, error) {
 	users := fs.String("users", "alice:alice-password,bob:bob-password", "comma-separated user:password pairs")
 	fs.StringVar(&c.operator, "operator", "operator", "mesh identity allowed to rotate the keys ("+adminPath+")")
 	services := fs.String("services", "orders", "comma-separated mesh identities that may log in as themselves, by their certificate")
-	fs.DurationVar(&c.serviceLifetime, "service-max-lifetime", time.Hour, "absolute lifetime of a service's own session")
+	fs.DurationVar(&c.serviceLifetime, "service-max-lifetime", 0, "absolute lifetime of a service's own session, at most --max-lifetime (default 1h, or --max-lifetime if shorter)")
 	err := parse(fs, args, stderr, func() error {
 		if err := checkCommon(); err != nil {
 			return err
@@ -162,8 +162,11 @@ func parseAuth(args []string, stderr io.Writer) (authConfig, error) {
 		if c.jwksMaxAge < 0 || c.refreshTTL < time.Second {
 			return usagef("--jwks-max-age must not be negative, --refresh-ttl must be at least 1s")
 		}
-		if c.serviceLifetime < c.policy.TTL {
-			return usagef("--service-max-lifetime must be at least --ttl")
+		if c.serviceLifetime == 0 {
+			c.serviceLifetime = min(time.Hour, c.policy.MaxLifetime)
+		}
+		if c.serviceLifetime < c.policy.TTL || c.serviceLifetime > c.policy.MaxLifetime {
+			return usagef("--service-max-lifetime must be at least --ttl and at most --max-lifetime")
 		}
 		if *services != "" {
 			c.services = strings.Split(*services, ",")

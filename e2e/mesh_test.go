@@ -375,13 +375,24 @@ func TestMesh_LogoutWithoutRedis(t *testing.T) {
 	bound := out.Add(meshTTL + meshLeeway) // no token of the session expires later than out + TTL
 	var lastOK time.Time
 	var err error
+	midway := 0
 	for time.Since(out) < meshTTL+meshLeeway+5*time.Second {
 		start := time.Now()
-		if _, err = orders.Echo(rpcContext(t), &demov1.EchoRequest{}); err != nil {
+		_, err = orders.Echo(rpcContext(t), &demov1.EchoRequest{})
+		if err == nil {
+			lastOK = start
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		if r, _ := interceptor.ReasonOf(err); r != interceptor.ReasonTokenExpired || midway > 0 {
 			break
 		}
-		lastOK = start
-		time.Sleep(200 * time.Millisecond)
+		// The token expired between orders' check and inventory's:
+		// inventory's TOKEN_EXPIRED reaches the client after orders'
+		// handler ran, so the holder does not refresh; the next call is
+		// refused by orders itself, and refreshed.
+		midway++
+		t.Logf("a call %v after the logout: %v (expired between the hops)", time.Since(out), err)
 	}
 	wantReason(t, "the calls after the logout", err, interceptor.ReasonSessionRevoked)
 	if !lastOK.Before(bound) {

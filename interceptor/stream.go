@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 )
 
 // guardStream runs handler on ss for as long as the session of c is live,
@@ -251,7 +252,17 @@ func (g *guardedStream) check() error {
 	if g.s.policyFor(g.c).SessionEnded(now, g.c.authTime()) {
 		return g.end(reject(ReasonSessionExpired, "stream outlived its session"))
 	}
+	// A stream whose context is done (its caller left, or the call
+	// ended) is over: asking the store with that context would fail, and
+	// would end the stream as if the store were down. It gets the
+	// context's error instead, and no message passes.
+	if err := g.ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
 	if err := g.s.checkLive(g.ctx, g.c.sid(), now); err != nil {
+		if cerr := g.ctx.Err(); cerr != nil {
+			return status.FromContextError(cerr).Err()
+		}
 		return g.end(err)
 	}
 	return nil

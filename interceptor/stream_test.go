@@ -751,3 +751,48 @@ func TestStream_EndsOnTimeAfterAnIdleSpell(t *testing.T) {
 	}
 	wantReason(t, err, ReasonSessionExpired)
 }
+
+// ctxStore is a session store that fails a lookup whose context is done,
+// as a store across a network does (the Redis store, say).
+type ctxStore struct{ *memstore.SessionStore }
+
+func (s ctxStore) IsRevoked(ctx context.Context, sid string, now time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return true, err
+	}
+	return s.SessionStore.IsRevoked(ctx, sid, now)
+}
+
+// TestStream_CheckAfterCallerLeft: the check of a stream whose context is
+// done (its caller went away, and the handler has not returned yet) does
+// not ask the store with that context, which would fail and end the
+// stream as if the store were down (Unavailable, an EventStreamEnded, a
+// store failure in the metrics): it returns the context's error, and no
+// message passes.
+func TestStream_CheckAfterCallerLeft(t *testing.T) {
+	e := newEnv(t, withStore(ctxStore{&memstore.SessionStore{}}))
+	s := e.startSession(t, nil)
+	v := e.server.ver.Load()
+	c, _, _, aerr := v.verifyCached(s.AccessToken, e.clock.Now())
+	if aerr != nil {
+		t.Fatalf("verify: %v", aerr)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	g := &guardedStream{ctx: ctx, s: e.server, c: c, method: "/test/Stream", cancel: cancel, wake: make(chan struct{})}
+	if err := g.check(); err != nil {
+		t.Fatalf("check of a live stream: %v", err)
+	}
+	cancel(context.Canceled)
+	err := g.check()
+	if got := status.Code(err); got != codes.Canceled {
+		t.Fatalf("check after the caller left: code %v (err %v), want Canceled", got, err)
+	}
+	if g.endErr() != nil {
+		t.Fatalf("the stream was ended with %v, want it left to its context", g.endErr())
+	}
+	for _, ev := range e.events.take() {
+		if ev.Kind == EventStreamEnded {
+			t.Fatalf("event %v after the caller left, want none", ev)
+		}
+	}
+}

@@ -42,7 +42,9 @@
 //   - renew-delegated: renew-every on the verify-only server, which asks
 //     the signing server for every renewal (WithDelegatedRenewal): one
 //     TokenService/Renew call per call, the worst case, to compare with
-//     renew-every's local renewal.
+//     renew-every's local renewal. Its delegated-renewal timeout is 10 s
+//     rather than 1 s, so that a stall of a loaded machine slows a call
+//     rather than failing the loop.
 //
 // Both fail unless the JWKS was fetched once and the signing server got
 // one Renew call per call (renew-delegated) or none (steady-jwks);

@@ -35,10 +35,11 @@ import (
 
 // The benchmark matrix. The names are part of the benchmarks' contract:
 // runs from different commits compare by name. BenchmarkUnary also runs
-// the Redis cases (redis_test.go; casesOf).
+// the Redis cases (redis_test.go; casesOf). The mesh cases, steady-jwks
+// and renew-delegated (mesh_test.go), skip HS256.
 var (
 	algs     = []string{"HS256", "ES256", "EdDSA"}
-	cases    = []string{caseFloor, caseMiddleware, caseSteady, caseRenew, caseRenewEvery, caseRefreshRPC}
+	cases    = []string{caseFloor, caseMiddleware, caseSteady, caseSteadyJWKS, caseRenew, caseRenewEvery, caseRenewDelegated, caseRefreshRPC}
 	families = []string{familyUnary, familyStreamOpen}
 )
 
@@ -245,13 +246,16 @@ type fixture struct {
 	redis *benchRedis
 	// steady-otel only: its MeterProvider's reader and hooks.
 	otel *benchOtel
+	// The mesh cases only: the signer and the verify-only server.
+	mesh *benchMesh
 
 	presented   string // the access token the client starts with
 	wantRenewal bool   // whether every call gets a renewed token back
 
-	// renew-every only: the fake clock of server and client, advanced one
-	// second before every call; the calls made (also steady-otel's), the
-	// renewals the server reported and the tokens the holder swapped in.
+	// renew-every and renew-delegated only: the fake clock of server and
+	// client, advanced one second before every call; the calls made (also
+	// steady-otel's), the renewals the server reported and the tokens the
+	// holder swapped in.
 	clock           *benchClock
 	calls           int64
 	renewals, swaps atomic.Int64
@@ -345,6 +349,12 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string, opts .
 		srvOpts = ours(sessions)
 		fixed = false
 		f.wantRenewal = true
+	case caseSteadyJWKS, caseRenewDelegated:
+		f.mesh = newBenchMesh(tb, ctx, k, f) // sets f.clock for renew-delegated
+		sessions, minter = f.mesh.verifier, f.mesh.signer
+		srvOpts = ours(sessions)
+		fixed = false
+		f.wantRenewal = c == caseRenewDelegated
 	case caseRefreshRPC:
 		sessions = mustServer(interceptor.WithSessionStore(&memstore.SessionStore{}))
 		minter = sessions
@@ -366,7 +376,7 @@ func newFixture(tb testing.TB, ctx context.Context, k *algKeys, c string, opts .
 		tb.Fatal(err)
 	}
 	f.presented = sess.AccessToken
-	if c == caseSteady || c == caseSteadyOtel || c == caseSteadyRedis || c == caseRenewEvery {
+	if c == caseSteady || c == caseSteadyOtel || c == caseSteadyRedis || c == caseRenewEvery || f.mesh != nil {
 		opts := []interceptor.ClientOption{interceptor.AllowInsecureTransport()}
 		if f.otel != nil {
 			opts = append(opts, f.otel.client)
@@ -578,13 +588,20 @@ func (f *fixture) check(family string) error {
 	return f.checkEvery()
 }
 
-// checkEvery reports, for renew-every, whether every call so far was
-// renewed by the server and its renewal swapped in by the holder; the
-// holder swaps only a token with a later exp, so each call presented a
-// token that no call had presented before. For steady-otel, it reports
-// whether the metrics counted every call so far. It is nil for the other
-// cases.
+// checkEvery reports, for renew-every and renew-delegated, whether every
+// call so far was renewed by the server and its renewal swapped in by the
+// holder; the holder swaps only a token with a later exp, so each call
+// presented a token that no call had presented before. For the mesh
+// cases, it first reports whether the JWKS was fetched once and the
+// signer got one Renew call per call (renew-delegated) or none
+// (steady-jwks; see benchMesh.check). For steady-otel, it reports whether
+// the metrics counted every call so far. It is nil for the other cases.
 func (f *fixture) checkEvery() error {
+	if f.mesh != nil {
+		if err := f.mesh.check(f.name, f.calls); err != nil {
+			return err
+		}
+	}
 	if f.otel != nil {
 		return f.otel.check(f.name, f.calls)
 	}

@@ -22,9 +22,33 @@
 //     no renewal is due.
 //   - renew: slidejwt's server interceptors; renewal is due, and the client
 //     presents the same token on every call.
+//   - renew-every: slidejwt's interceptors on both sides, on one fake clock
+//     a second later at every call; renewal is due on every call, and the
+//     client presents the token renewed by the call before, so every call
+//     verifies a new token and signs its renewal.
 //   - refresh-rpc: a TokenService.Refresh round trip before every call,
 //     rotating the refresh token, then the call with the new access token.
 //     The session store is the in-memory one (memstore).
+//
+// Two cases put the server in a mesh, behind a signing server that holds
+// the private key, publishes its JWKS (Server.JWKSHandler, over TLS from
+// httptest) and serves TokenService on a loopback TCP port of its own;
+// the server under test only verifies, with a RemoteKeySet that fetched
+// the JWKS once at set-up. HMAC has no JWKS, so both are ES256 and EdDSA
+// only (HS256 skips them):
+//
+//   - steady-jwks: steady on the verify-only server. Its target is
+//     steady's, 1.10× floor.
+//   - renew-delegated: renew-every on the verify-only server, which asks
+//     the signing server for every renewal (WithDelegatedRenewal): one
+//     TokenService/Renew call per call, the worst case, to compare with
+//     renew-every's local renewal. Its delegated-renewal timeout is 10 s
+//     rather than 1 s, so that a stall of a loaded machine slows a call
+//     rather than failing the loop.
+//
+// Both fail unless the JWKS was fetched once and the signing server got
+// one Renew call per call (renew-delegated) or none (steady-jwks);
+// TestMesh_Cases checks the same over more calls.
 //
 // BenchmarkUnary also runs two cases with the Redis session store
 // (providers/redisstore), each against a redis-server of its own started on

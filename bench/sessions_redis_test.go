@@ -455,8 +455,8 @@ func (c *swapClient) Mode() rueidis.ClientMode                    { return c.hel
 // whose answer prime cached makes no round trip, one whose answer it did
 // not cache makes one, round trips are counted per call, and prime's
 // remaining lives are what the store keeps (about half of the answers
-// primed over a TTL of 1 s have expired half a second later; with the
-// store's TTL instead, none would have).
+// primed over a TTL of 1 s have expired half a second later; over the
+// store's default of 5 s, only about a tenth would have).
 func TestSessionsRedis_Prime(t *testing.T) {
 	const n = 64
 	const c = "steady-redis-ttl30s"
@@ -497,11 +497,11 @@ func TestSessionsRedis_Prime(t *testing.T) {
 		t.Errorf("calling again: %d round trips for %d calls, want 0", got, n)
 	}
 
-	// The default TTL, 1 s: every answer primed with a remaining life
-	// uniform over [0, 1 s); half a second later about half have expired
-	// (fewer than 8 or more than 56 of 64 has a chance below 1e-9).
-	rc = sw.redisCaseOf(t, caseSteadyRedis)
-	d = sw.client(caseSteadyRedis)
+	// A TTL of 1 s: every answer primed with a remaining life uniform
+	// over [0, 1 s); half a second later about half have expired (fewer
+	// than 8 or more than 56 of 64 has a chance below 1e-9).
+	rc = sw.redisCaseOf(t, "steady-redis-ttl1s")
+	d = sw.client("steady-redis-ttl1s")
 	if err := rc.prime(t, sw.sids, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -7,11 +7,18 @@
 // judged on the ratios of the medians and each marked pass or MISS, with
 // refresh-rpc-redis as a ratio to refresh-rpc (a comparison, not a
 // target). steady-otel (steady with OpenTelemetry metrics) has steady's
-// target and is reported beside it, with its ratio to steady. Where cases report redis-rt/op (the Redis cases), a last table
-// gives their round trips per call with the other metrics they report and,
-// where they report the per-session call interval I and the cache TTL T,
-// the share I/(I+T) of calls that the steady state of sessions called at
-// random predicts to make a round trip.
+// target and is reported beside it, with its ratio to steady. So has
+// steady-jwks (steady on a verify-only server whose keys come from a
+// JWKS). Where the mesh cases ran (steady-jwks, renew-delegated), a table
+// compares them with their local counterparts: steady-jwks with steady,
+// and renew-delegated (renewal asked of the signing server on every call)
+// with renew-every (renewal signed locally on every call), as ratios of
+// the medians and paired within each run, with no target. Where cases
+// report redis-rt/op (the Redis cases), a last table gives their round
+// trips per call with the other metrics they report and, where they
+// report the per-session call interval I and the cache TTL T, the share
+// I/(I+T) of calls that the steady state of sessions called at random
+// predicts to make a round trip.
 //
 //	go test -run '^$' -bench . -benchmem -count 6 ./bench | go run ./internal/benchratio
 //
@@ -54,6 +61,10 @@ const (
 	refreshRedisCase = "refresh-rpc-redis"
 	// steady with OpenTelemetry metrics (BenchmarkUnary only).
 	steadyOtelCase = "steady-otel"
+	// The mesh cases: steady on a verify-only server reading a JWKS, and
+	// renew-every on one that delegates its renewals (no HS256).
+	steadyJWKSCase     = "steady-jwks"
+	renewDelegatedCase = "renew-delegated"
 )
 
 // result is one line of benchmark output.
@@ -228,7 +239,7 @@ func median(vs []float64) float64 {
 
 // pairedRatio is the median over runs of s's time divided by floor's time
 // in the same run: the i-th result of a case is paired with the i-th
-// result of floor. When the runs are rounds that each run every case once
+// result of floor (or of whichever baseline is passed as floor). When the runs are rounds that each run every case once
 // (as scripts/bench does), a pair was measured a few seconds apart, and
 // the ratio is robust against the machine's drift between rounds.
 func pairedRatio(floor, s *stat) (float64, bool) {
@@ -287,12 +298,12 @@ func write(w io.Writer, gs []*group) {
 
 	fmt.Fprintln(w, "### Targets")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc |")
-	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc | steady-jwks / floor ≤ 1.10 |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, g := range gs {
 		floor, steady, renew, refresh := g.get(floorCase), g.get(steadyCase), g.get(renewCase), g.get(refreshCase)
 		steadyOtel := g.get(steadyOtelCase)
-		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g.family, g.alg,
+		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g.family, g.alg,
 			ratioTarget(floor, steady, func(r float64) bool { return r <= 1.10 }),
 			ratioTarget(floor, steadyOtel, func(r float64) bool { return r <= 1.10 }),
 			ratio(steady, steadyOtel),
@@ -302,9 +313,42 @@ func write(w io.Writer, gs []*group) {
 			ratioTarget(steady, refresh, func(r float64) bool { return r >= 1.8 }),
 			ratioTarget(floor, g.get(steadyRedisCase), func(r float64) bool { return r <= 1.10 }),
 			ratio(refresh, g.get(refreshRedisCase)),
+			ratioTarget(floor, g.get(steadyJWKSCase), func(r float64) bool { return r <= 1.10 }),
 		)
 	}
+	writeMesh(w, gs)
 	writeRedis(w, gs)
+}
+
+// writeMesh prints, for the groups where a mesh case ran, the verify-only
+// server's cases against their local counterparts: steady-jwks against
+// steady, and renew-delegated, whose every call asks the signing server
+// for its renewal, against renew-every, whose every call signs its
+// renewal locally. Ratios of the medians, and paired within each run; no
+// targets.
+func writeMesh(w io.Writer, gs []*group) {
+	var rows []string
+	for _, g := range gs {
+		jwks, delegated := g.get(steadyJWKSCase), g.get(renewDelegatedCase)
+		if jwks == nil && delegated == nil {
+			continue
+		}
+		floor, steady, every := g.get(floorCase), g.get(steadyCase), g.get(renewEveryCase)
+		rows = append(rows, fmt.Sprintf("| %s/%s | %s | %s | %s | %s | %s | %s | %s |", g.family, g.alg,
+			ratio(floor, jwks), ratio(steady, jwks), pairedOrDash(steady, jwks),
+			ratio(floor, every), ratio(floor, delegated), ratio(every, delegated), pairedOrDash(every, delegated)))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "### Mesh: verify-only (JWKS) and delegated renewal against local (medians)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| benchmark | steady-jwks / floor | steady-jwks / steady | steady-jwks / steady, paired | renew-every / floor | renew-delegated / floor | renew-delegated / renew-every | renew-delegated / renew-every, paired |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, r := range rows {
+		fmt.Fprintln(w, r)
+	}
 }
 
 // writeRedis prints the cases that report round trips to Redis: time as a
@@ -357,9 +401,9 @@ func metric(s *stat, unit, format string) string {
 	return fmt.Sprintf(format, v)
 }
 
-// pairedOrDash is pairedRatio formatted, "–" without floor.
+// pairedOrDash is pairedRatio formatted, "–" without floor or s.
 func pairedOrDash(floor, s *stat) string {
-	if floor == nil {
+	if floor == nil || s == nil {
 		return "–"
 	}
 	if r, ok := pairedRatio(floor, s); ok {

@@ -20,8 +20,10 @@ import (
 // (sid) and AuthTime (auth_time, the OIDC login time) are set at login and
 // stay the same across renewals, as does SessionExpiry (session_exp), the
 // session's own end when it was started shorter than the server's
-// [Policy].MaxLifetime (see [WithMaxLifetime]). Fresh is true only on the
-// token minted at login. Custom holds the application's own claims as raw JSON; renewals
+// [Policy].MaxLifetime (see [WithMaxLifetime]), and Confirmation (cnf),
+// the TLS client certificate a bound session's tokens must come with (see
+// [BindToPeerCertificate]). Fresh is true only on the token minted at
+// login. Custom holds the application's own claims as raw JSON; renewals
 // copy them byte for byte.
 //
 // [ClaimsFromContext] hands each caller its own deep copy, so a handler
@@ -36,7 +38,12 @@ type Claims struct {
 	// A server ends the session at the earlier of the two: the claim can
 	// shorten a session, never lengthen it.
 	SessionExpiry *jwt.NumericDate `json:"session_exp,omitempty"`
-	Fresh         bool             `json:"fresh,omitempty"`
+	// Confirmation is the cnf claim of a session bound to its holder's TLS
+	// client certificate (RFC 8705 §3.1), or nil for a session that is
+	// not bound. Every server refuses a bound token on a call without that
+	// certificate; renewals and refreshes copy it.
+	Confirmation *Confirmation `json:"cnf,omitempty"`
+	Fresh        bool          `json:"fresh,omitempty"`
 	// Custom holds the application's claims, keyed by claim name. It never
 	// holds a name from the session model; see [Server.StartSession].
 	Custom map[string]json.RawMessage `json:"-"`
@@ -47,6 +54,7 @@ type Claims struct {
 var reservedClaims = map[string]bool{
 	"iss": true, "sub": true, "aud": true, "exp": true, "nbf": true, "iat": true,
 	"jti": true, "sid": true, "auth_time": true, "fresh": true, "session_exp": true,
+	"cnf": true,
 }
 
 // isReservedClaim reports whether name is, in any case, a name of the
@@ -155,6 +163,7 @@ type claimsCopy struct {
 	c     Claims
 	dates [numDates]jwt.NumericDate
 	aud   [1]string
+	cnf   Confirmation
 }
 
 // The dates of verifiedClaims, in the order of its arrays.
@@ -187,7 +196,7 @@ type verifiedClaims struct {
 	// s holds sub, sid, jti, iss and the audience back to back, each
 	// ending at ends[i], then the custom claims, each as the uvarint
 	// length of its name, the name, the uvarint length of its raw JSON
-	// value and the value.
+	// value and the value, then, if bound, the cnf claim's thumbprint.
 	s    string
 	ends [5]uint32
 	// Bit i of dates tells whether date i is present; sec and nsec hold
@@ -195,6 +204,10 @@ type verifiedClaims struct {
 	dates   uint8
 	audKind uint8
 	fresh   bool
+	// bound tells whether the token has a cnf claim, whose thumbprint
+	// ends s. A flag in the struct's padding: a token that is not bound
+	// costs no byte more, and its calls one test of it.
+	bound bool
 	// aud is the audience when audKind is audList; its strings are in s.
 	aud  []string
 	sec  [numDates]int64
@@ -203,8 +216,11 @@ type verifiedClaims struct {
 
 // compactClaims returns the compact form of c, which it does not keep.
 func compactClaims(c *Claims) *verifiedClaims {
-	out := &verifiedClaims{fresh: c.Fresh}
+	out := &verifiedClaims{fresh: c.Fresh, bound: c.Confirmation != nil}
 	size := len(c.Subject) + len(c.SessionID) + len(c.ID) + len(c.Issuer)
+	if out.bound {
+		size += len(Thumbprint{})
+	}
 	switch {
 	case c.Audience == nil:
 	case len(c.Audience) == 1:
@@ -243,6 +259,9 @@ func compactClaims(c *Claims) *verifiedClaims {
 		b.WriteString(name)
 		b.Write(binary.AppendUvarint(lenBuf[:0], uint64(len(raw))))
 		b.Write(raw)
+	}
+	if out.bound {
+		b.Write(c.Confirmation.X5tS256[:])
 	}
 	out.s = b.String()
 	if out.audKind == audList {
@@ -290,6 +309,36 @@ func (c *verifiedClaims) exp() time.Time      { return c.date(dateExp) }
 func (c *verifiedClaims) iat() time.Time      { return c.date(dateIat) }
 func (c *verifiedClaims) authTime() time.Time { return c.date(dateAuthTime) }
 
+// cnf returns the thumbprint of the cnf claim, and false when the token
+// has none.
+func (c *verifiedClaims) cnf() (Thumbprint, bool) {
+	var t Thumbprint
+	if !c.bound {
+		return t, false
+	}
+	copy(t[:], c.s[len(c.s)-len(t):])
+	return t, true
+}
+
+// sameCnf reports whether got, another token's cnf claim, binds to the
+// certificate that c's does, or both have none.
+func (c *verifiedClaims) sameCnf(got *Confirmation) bool {
+	t, ok := c.cnf()
+	if got == nil || !ok {
+		return got == nil && !ok
+	}
+	return got.X5tS256 == t
+}
+
+// customs returns the part of s that holds the custom claims.
+func (c *verifiedClaims) customs() string {
+	end := len(c.s)
+	if c.bound {
+		end -= len(Thumbprint{})
+	}
+	return c.s[c.ends[4]:end]
+}
+
 // sessionExp returns the session_exp claim, or the zero time without one.
 func (c *verifiedClaims) sessionExp() time.Time {
 	if c.dates&(1<<dateSessionExp) == 0 {
@@ -305,6 +354,10 @@ func (c *verifiedClaims) claims() *Claims {
 	out := &cc.c
 	out.Subject, out.SessionID, out.ID, out.Issuer = c.sub(), c.sid(), c.jti(), c.iss()
 	out.Fresh = c.fresh
+	if t, ok := c.cnf(); ok {
+		cc.cnf.X5tS256 = t
+		out.Confirmation = &cc.cnf
+	}
 	for i, d := range [...]**jwt.NumericDate{&out.ExpiresAt, &out.NotBefore, &out.IssuedAt, &out.AuthTime, &out.SessionExpiry} {
 		if c.dates&(1<<i) != 0 {
 			cc.dates[i] = jwt.NumericDate{Time: c.date(i)}
@@ -318,7 +371,7 @@ func (c *verifiedClaims) claims() *Claims {
 	case audList:
 		out.Audience = slices.Clone(c.aud)
 	}
-	custom := c.s[c.ends[4]:]
+	custom := c.customs()
 	if custom == "" {
 		return out
 	}

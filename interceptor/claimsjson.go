@@ -25,6 +25,7 @@ import (
 type claimsStorage struct {
 	dates [5]jwt.NumericDate // exp, nbf, iat, auth_time, session_exp
 	aud   [1]string
+	cnf   Confirmation
 }
 
 // claimsMember is one top-level member of a claims payload: its value is
@@ -39,7 +40,8 @@ type claimsMember struct {
 // as a custom claim. It refuses anything but one JSON object, an object at
 // any depth that names a member twice (encoding/json would keep the last
 // value, another parser the first), a member whose name differs from a
-// session claim's only in case, and a date that is not a JSON number.
+// session claim's only in case, a date that is not a JSON number, and a
+// cnf that is not one x5t#S256 thumbprint (see parseConfirmation).
 //
 // It is one walk over the object's members, which validates the JSON
 // itself: it does not rely on its caller having done so.
@@ -169,6 +171,11 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 			date = 3
 		case "session_exp":
 			date = 4
+		case "cnf":
+			st := storage()
+			if st.cnf.X5tS256, err = parseConfirmation(v); err == nil {
+				out.Confirmation = &st.cnf
+			}
 		default:
 			start := len(buf)
 			buf = append(buf, v...)
@@ -504,6 +511,9 @@ func scanNumber(data []byte, i int) (int, bool) {
 // their fields, followed by the custom claims in name order, compacted.
 func (c Claims) MarshalJSON() ([]byte, error) {
 	size := 160
+	if c.Confirmation != nil {
+		size += len(`,"cnf":{"x5t#S256":""}`) + thumbprintLen
+	}
 	for name, raw := range c.Custom {
 		size += len(name) + len(raw) + 4
 	}
@@ -570,6 +580,10 @@ func (c Claims) MarshalJSON() ([]byte, error) {
 	}
 	if err := date("session_exp", c.SessionExpiry); err != nil {
 		return nil, err
+	}
+	if c.Confirmation != nil {
+		member("cnf")
+		buf.Write(appendConfirmation(buf.AvailableBuffer(), c.Confirmation))
 	}
 	if c.Fresh {
 		member("fresh")

@@ -2,6 +2,7 @@ package interceptor
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,8 +23,18 @@ type oracleRegistered struct {
 	SessionID     string           `json:"sid,omitempty"`
 	AuthTime      *jwt.NumericDate `json:"auth_time,omitempty"`
 	SessionExpiry *jwt.NumericDate `json:"session_exp,omitempty"`
+	Cnf           *oracleCnf       `json:"cnf,omitempty"`
 	Fresh         bool             `json:"fresh,omitempty"`
 }
+
+// oracleCnf encodes a cnf claim with encoding/json. It decodes nothing:
+// oracleUnmarshal reads the claim with parseConfirmation, which a
+// thumbprint's own tests hold to RFC 8705 (binding_test.go).
+type oracleCnf struct {
+	X5tS256 string `json:"x5t#S256"`
+}
+
+func (*oracleCnf) UnmarshalJSON([]byte) error { return nil }
 
 // oracleUnmarshal is Claims.UnmarshalJSON as it was before the one-pass
 // parser: encoding/json twice, then the duplicate scan. The differential
@@ -53,20 +64,33 @@ func oracleUnmarshal(c *Claims, data []byte) error {
 			}
 		}
 	}
+	var cnf *Confirmation
+	if v, ok := all["cnf"]; ok {
+		t, err := parseConfirmation(v)
+		if err != nil {
+			return err
+		}
+		cnf = &Confirmation{X5tS256: t}
+	}
 	for name := range reservedClaims {
 		delete(all, name)
 	}
 	if len(all) == 0 {
 		all = nil
 	}
-	*c = Claims{RegisteredClaims: r.RegisteredClaims, SessionID: r.SessionID, AuthTime: r.AuthTime, SessionExpiry: r.SessionExpiry, Fresh: r.Fresh, Custom: all}
+	*c = Claims{RegisteredClaims: r.RegisteredClaims, SessionID: r.SessionID, AuthTime: r.AuthTime, SessionExpiry: r.SessionExpiry,
+		Confirmation: cnf, Fresh: r.Fresh, Custom: all}
 	return nil
 }
 
 // oracleMarshal is Claims.MarshalJSON as it was before: encoding/json of
 // the registered claims, then the custom claims spliced in.
 func oracleMarshal(c Claims) ([]byte, error) {
-	base, err := json.Marshal(oracleRegistered{c.RegisteredClaims, c.SessionID, c.AuthTime, c.SessionExpiry, c.Fresh})
+	var cnf *oracleCnf
+	if c.Confirmation != nil {
+		cnf = &oracleCnf{X5tS256: base64.RawURLEncoding.EncodeToString(c.Confirmation.X5tS256[:])}
+	}
+	base, err := json.Marshal(oracleRegistered{c.RegisteredClaims, c.SessionID, c.AuthTime, c.SessionExpiry, cnf, c.Fresh})
 	if err != nil || len(c.Custom) == 0 {
 		return base, err
 	}
@@ -261,6 +285,8 @@ func FuzzClaimsUnmarshalJSON(f *testing.F) {
 		`{"a":1,"a":2}`, `{"x":{"a":1,"a":2}}`, "{\"\xff\":1,\"\\ufffd\":2}", `{"exp":1e400}`, `{"iss":"\u00e9\""}`,
 		manyNames(20, false), `{"nbf":12345678901234567890}`, `{"x" : [ 1 , 2 ] } `, `{"fresh":null,"aud":null}`,
 		`{"auth_time":1,"session_exp":7200}`, `{"session_exp":"7200"}`, `{"Session_exp":1}`, `{"session_exp":1.5e3}`,
+		`{"cnf":{"x5t#S256":"` + strings.Repeat("A", 43) + `"}}`, `{"cnf":{"x5t\u0023S256":"` + strings.Repeat("_", 42) + `w"}}`,
+		`{"cnf":null}`, `{"cnf":{}}`, `{"CNF":{}}`, `{"cnf":{"x5t#S256":"A","x5t#S256":"B"}}`, `{"cnf":{"jkt":"x"}}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -31,7 +31,9 @@ import (
 // by the session's issuer from one made up by the server it called. It
 // limits what a renewal can do instead: a renewed token is swapped in
 // only if it is a signed access token (typ at+jwt) whose iss, aud, sub,
-// sid, auth_time and session_exp are identical to the held token's, and
+// sid, auth_time, session_exp and cnf (the certificate a bound session is
+// bound to, see [BindToPeerCertificate]) are identical to the held
+// token's, and
 // whose exp is later than the held one but not past the session's end
 // (the earlier of [WithSessionEnd] or the end learnt from a refresh, and
 // the token's own session_exp; with neither, auth_time +
@@ -197,14 +199,25 @@ type sessionClaims struct {
 	authTime      time.Time
 	exp           time.Time
 	sessionExp    time.Time // the session_exp claim; zero without one
+	bound         bool      // the token has a cnf claim, whose thumbprint is cnf
+	cnf           Thumbprint
 }
 
 // sameSession reports whether c names the same session as s: identical
-// iss, aud, sub, sid, auth_time and session_exp (so that no renewal can
-// move the session's own end).
+// iss, aud, sub, sid, auth_time, session_exp and cnf (so that no renewal
+// can move the session's own end, or bind it, unbind it or bind it to
+// another certificate).
 func (s *sessionClaims) sameSession(c *sessionClaims) bool {
 	return c.sid == s.sid && c.sub == s.sub && c.iss == s.iss &&
-		c.authTime.Equal(s.authTime) && c.sessionExp.Equal(s.sessionExp) && slices.Equal(c.aud, s.aud)
+		c.authTime.Equal(s.authTime) && c.sessionExp.Equal(s.sessionExp) &&
+		c.bound == s.bound && c.cnf == s.cnf && slices.Equal(c.aud, s.aud)
+}
+
+// confirms reports whether s has the cnf claim of the verified claims c,
+// or both have none.
+func (s *sessionClaims) confirms(c *verifiedClaims) bool {
+	t, ok := c.cnf()
+	return s.bound == ok && s.cnf == t
 }
 
 // wireHeader is the part of a JOSE header the holder reads.
@@ -217,13 +230,14 @@ type wireHeader struct {
 // Dates are float64 so that a quoted date fails to decode, as RFC 7519
 // wants; the other claims (custom ones too) are skipped, not kept.
 type wireClaims struct {
-	Iss        string   `json:"iss"`
-	Sub        string   `json:"sub"`
-	Aud        audience `json:"aud"`
-	Exp        float64  `json:"exp"`
-	AuthTime   float64  `json:"auth_time"`
-	SessionExp float64  `json:"session_exp"` // 0 when absent
-	Sid        string   `json:"sid"`
+	Iss        string          `json:"iss"`
+	Sub        string          `json:"sub"`
+	Aud        audience        `json:"aud"`
+	Exp        float64         `json:"exp"`
+	AuthTime   float64         `json:"auth_time"`
+	SessionExp float64         `json:"session_exp"` // 0 when absent
+	Sid        string          `json:"sid"`
+	Cnf        json.RawMessage `json:"cnf"` // nil when absent
 }
 
 // audience is the "aud" claim: one string or an array of strings.
@@ -276,6 +290,7 @@ var (
 	errWrongTokenTyp = errors.New("typ is not that of a session token of the expected kind")
 	errNotDecodable  = errors.New("header or claims do not decode")
 	errNoSession     = errors.New("sub, sid, exp, auth_time or session_exp missing or out of range")
+	errBadCnf        = errors.New("cnf is not one x5t#S256 thumbprint")
 )
 
 // decodeSession reads the claims the holder checks from raw, a session
@@ -330,6 +345,13 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	}
 	if w.SessionExp != 0 {
 		c.sessionExp = numericDate(w.SessionExp)
+	}
+	if w.Cnf != nil {
+		cnf, err := parseConfirmation(w.Cnf)
+		if err != nil {
+			return sessionClaims{}, errBadCnf
+		}
+		c.cnf, c.bound = cnf, true
 	}
 	return c, nil
 }

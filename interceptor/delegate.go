@@ -46,9 +46,11 @@ var ErrDelegatedRenewal = errors.New("slidejwt: delegated renewal failed")
 //
 // The server relays an answer only if it verifies under the server's own
 // key set and is a later token of the same session: the same iss, aud,
-// sub, sid and auth_time as the presented token, a later exp no later
-// than the session's end, and no freshness marker. Anything else is
-// refused, with an [EventRenewalFailed].
+// sub, sid, auth_time, session_exp and cnf as the presented token, a
+// later exp no later than the session's end, and no freshness marker.
+// Anything else is refused, with an [EventRenewalFailed]. A token bound to
+// a certificate ([BindToPeerCertificate]) is not renewed here: the renewal
+// service would see this server's certificate, not the token's.
 //
 // It costs one internal call per presented token per renewal, never one
 // per request: requests presenting the same token share the call while it
@@ -139,10 +141,12 @@ type delegation struct {
 // caches off) is due at now, it returns the renewal got from the renewal
 // service for it, or a failed one, or, while the call is in flight, a
 // renewal whose call the request waits on. It returns nil when no renewal
-// is due or the server has no renewal service.
+// is due or the server has no renewal service, and for a token bound to a
+// certificate: the renewal service would see this server's certificate on
+// the Renew call, not the token's, and refuse it (PROTOCOL.md §12).
 func (s *Server) delegate(ctx context.Context, v *verifier, c *verifiedClaims, key tokenKey, now time.Time) *renewal {
 	dg := s.cfg.delegation
-	if dg == nil {
+	if dg == nil || c.bound {
 		return nil
 	}
 	d := s.cfg.policy.Decide(now, c.exp(), c.authTime())
@@ -271,6 +275,8 @@ func (s *Server) acceptDelegated(v *verifier, c *verifiedClaims, tok string) *re
 		return refuse("token of another session")
 	case !sameSessionExp(n, c):
 		return refuse("token of another session")
+	case !c.sameCnf(n.Confirmation):
+		return refuse("token bound otherwise than the presented one")
 	case n.Fresh:
 		return refuse("token claims a fresh login")
 	case !n.ExpiresAt.After(c.exp()):

@@ -37,16 +37,20 @@ type renewedKey struct{}
 // cannot see them, and the server would refuse both values. A call in a
 // context without a verified caller token (outside a handler, or in an
 // exempt method) fails with [ErrNoCallerToken]: the Forwarder never falls
-// back to another principal.
+// back to another principal. A caller token bound to the caller's TLS
+// client certificate ([BindToPeerCertificate]) is never forwarded: the
+// call fails with [ErrBoundToken], before anything is sent, since the
+// downstream service would see this service's certificate and refuse it.
 //
 // A downstream renewal of the caller's token is relayed into the
 // response trailer of the caller's call, unless the call's own response
 // already carries a renewal (the Forwarder then forwarded that renewal,
 // and downstream had none to make). Only a renewal that the Server's key
 // set verifies, of the same session (identical iss, aud, sub, sid,
-// auth_time and session_exp), and that expires later than the forwarded
+// auth_time, session_exp and cnf), and that expires later than the forwarded
 // token but not past the session's end is relayed; anything else is
-// dropped. A downstream rejection that carries a slidejwt reason is about
+// dropped (a renewal with a cnf claim among them: the forwarded token has
+// none). A downstream rejection that carries a slidejwt reason is about
 // the caller's token, and the server interceptor passes it on to the
 // caller (marked handler_ran "true") when the handler returns it as it
 // is, or wrapped with %w.
@@ -110,6 +114,9 @@ func (f *Forwarder) prepare(ctx context.Context, cc *grpc.ClientConn, opts []grp
 	if c == nil {
 		return nil, errNoCaller
 	}
+	if c.bound {
+		return nil, errBoundForward
+	}
 	presented := f.callerToken(ctx, c)
 	tok, renewed := presented, false
 	if r, _ := ctx.Value(renewedKey{}).(*renewal); r != nil && r.err == nil && r.tok != "" {
@@ -156,7 +163,7 @@ func (f *Forwarder) callerToken(ctx context.Context, c *verifiedClaims) string {
 	}
 	t, err := decodeSession(raw, accessTokenType, f.s.cfg.maxTokenSize)
 	if err != nil || t.sid != c.sid() || t.sub != c.sub() || t.iss != c.iss() || !t.authTime.Equal(c.authTime()) ||
-		!t.exp.Equal(c.exp()) || !t.sessionExp.Equal(c.sessionExp()) {
+		!t.exp.Equal(c.exp()) || !t.sessionExp.Equal(c.sessionExp()) || !t.confirms(c) {
 		return ""
 	}
 	return raw
@@ -209,7 +216,7 @@ func (f *Forwarder) accept(fc *forwardCall, raw string) (time.Time, bool) {
 	}
 	if c.SessionID != want.sid() || c.Subject != want.sub() || c.Issuer != want.iss() ||
 		!c.AuthTime.Equal(want.authTime()) || !sessionExp.Equal(want.sessionExp()) ||
-		!slices.Equal(c.Audience, want.claims().Audience) {
+		!want.sameCnf(c.Confirmation) || !slices.Equal(c.Audience, want.claims().Audience) {
 		return time.Time{}, false
 	}
 	exp := c.ExpiresAt.Time

@@ -22,7 +22,11 @@ const revokeMethod = slidejwtv1.TokenService_Revoke_FullMethodName
 // Refresh exchanges a refresh token for the session's next token pair,
 // rotating the refresh token through the session store; see
 // [store.Outcome] for the reuse rules. It is what TokenService.Refresh
-// serves. Errors are gRPC status errors: TOKEN_MISSING, TOKEN_INVALID,
+// serves. The new pair keeps the session's session_exp and cnf; the
+// refresh token of a session bound to a certificate
+// ([BindToPeerCertificate]) is refused unless ctx's call comes with that
+// certificate (outside gRPC, put it into ctx with peer.NewContext and a
+// credentials.TLSInfo). Errors are gRPC status errors: TOKEN_MISSING, TOKEN_INVALID,
 // SESSION_EXPIRED (past the absolute end, or the refresh token itself
 // lapsed), SESSION_REVOKED (revoked, reused after the grace period, or
 // unknown to the store), codes.Unavailable when the store fails and
@@ -68,6 +72,14 @@ func (s *Server) refresh(ctx context.Context, raw string) (Session, *Claims, sto
 	p := s.cfg.policy
 	c, aerr := v.verifyRefresh(raw)
 	now := s.cfg.now()
+	// The refresh token of a bound session is bound too: from another
+	// certificate it is refused before the store is asked, so a stolen one
+	// cannot rotate (and so burn) the holder's.
+	if c != nil && c.Confirmation != nil {
+		if berr := checkBinding(ctx, c.Confirmation.X5tS256); berr != nil {
+			return Session{}, c, 0, berr
+		}
+	}
 	if c != nil {
 		p = claimsPolicy(p, c) // the session's own end, if it has one
 	}

@@ -106,7 +106,9 @@ type Session struct {
 // the freshness marker (see [RequireFresh]), and the custom claims, which
 // every renewal copies unchanged. A custom claim must not use a name of the
 // session model ([ErrReservedClaim]) and must marshal to JSON. Options
-// shape the session: [WithMaxLifetime] gives it an end of its own.
+// shape the session: [WithMaxLifetime] gives it an end of its own,
+// [BindToPeerCertificate] (or [BindToCertificate]) binds it to the login
+// call's TLS client certificate.
 func (s *Server) StartSession(ctx context.Context, subject string, custom map[string]any, opts ...SessionOption) (Session, error) {
 	if subject == "" {
 		return Session{}, fmt.Errorf("%w: empty subject", ErrInvalidOption)
@@ -134,6 +136,10 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 	if err != nil {
 		return Session{}, err
 	}
+	cnf, err := sc.sessionBinding(ctx)
+	if err != nil {
+		return Session{}, err
+	}
 	v := s.ver.Load() // one key set for the whole session start
 	if v.keys.active == nil {
 		return Session{}, fmt.Errorf("%w: this server only verifies; sessions start at the service that signs", ErrVerifyOnly)
@@ -147,6 +153,7 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 		SessionID:     randomID(),
 		AuthTime:      jwt.NewNumericDate(now),
 		SessionExpiry: end,
+		Confirmation:  cnf,
 		Custom:        raw,
 	}
 	sess, refreshID, err := s.mint(v, c, now, true)
@@ -167,8 +174,8 @@ func (s *Server) StartSession(ctx context.Context, subject string, custom map[st
 
 // mint signs, with v's active key, a session's access token at now, and
 // its refresh token when a session store is configured, from the session
-// claims in base (iss, aud, sub, sid, auth_time, session_exp, custom). It
-// returns the refresh token's id.
+// claims in base (iss, aud, sub, sid, auth_time, session_exp, cnf,
+// custom). It returns the refresh token's id.
 func (s *Server) mint(v *verifier, base *Claims, now time.Time, fresh bool) (Session, string, error) {
 	p := claimsPolicy(s.cfg.policy, base)
 	authTime := base.AuthTime.Time
@@ -329,6 +336,15 @@ func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifi
 	if aerr != nil && aerr.keysDown {
 		return nil, key, cache, errKeysUnavailableStatus
 	}
+	// A certificate-bound token is checked against this call's TLS client
+	// certificate on every call, cache hits included, and before anything
+	// else about its session: its presenter may not be its holder.
+	if c != nil && c.bound {
+		t, _ := c.cnf()
+		if err := checkBinding(ctx, t); err != nil {
+			return c, key, cache, err
+		}
+	}
 	if c != nil && s.policyFor(c).SessionEnded(now, c.authTime()) {
 		return c, key, cache, reject(ReasonSessionExpired, "")
 	}
@@ -389,7 +405,8 @@ func (s *Server) syncRemote(v *verifier) *verifier {
 // renew mints, under v, the renewed token for the verified claims c of the
 // token whose cache key is key when the policy says one is due; it returns
 // nil otherwise.
-// Everything but exp, iat, jti and the freshness marker is copied from c.
+// Everything but exp, iat, jti and the freshness marker is copied from c,
+// session_exp and cnf included.
 //
 // Requests presenting the same token while its renewal is due share one
 // renewed token: one signature per token per renewal, not one per request.

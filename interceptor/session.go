@@ -1,6 +1,7 @@
 package interceptor
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -16,6 +17,9 @@ func (f sessionOptionFunc) applySession(c *sessionConfig) { f(c) }
 
 type sessionConfig struct {
 	maxLifetime time.Duration // 0: the policy's
+	// bind, if set, returns the session's cnf claim from the context of
+	// StartSession (see binding.go); nil: not bound.
+	bind func(ctx context.Context) (*Confirmation, error)
 }
 
 // WithMaxLifetime gives the session its own maximum lifetime d, shorter

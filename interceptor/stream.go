@@ -125,6 +125,7 @@ func (w *handlerWorkers) work(j handlerJob) {
 	var idle *time.Timer
 	for n := 1; ; n++ {
 		j.g.run(j.srv, j.handler)
+		j = handlerJob{} // an idle worker holds no stream
 		if n == workerJobs {
 			return
 		}

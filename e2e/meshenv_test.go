@@ -130,6 +130,15 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 
 func (ca *meshCA) issue(t *testing.T, name string, serial int64) {
 	t.Helper()
+	ca.issueAs(t, name, name, serial)
+}
+
+// issueAs issues a certificate for the identity name, as issue does, and
+// files it under label: label.pem, label-key.pem, and ca.certs[label]. A
+// second certificate for an identity is another certificate of the same
+// workload, as after a reissue.
+func (ca *meshCA) issueAs(t *testing.T, label, name string, serial int64) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -152,9 +161,9 @@ func (ca *meshCA) issue(t *testing.T, name string, serial int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writePEM(t, filepath.Join(ca.dir, name+".pem"), "CERTIFICATE", der)
-	writePEM(t, filepath.Join(ca.dir, name+"-key.pem"), "PRIVATE KEY", keyDER)
-	ca.certs[name] = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	writePEM(t, filepath.Join(ca.dir, label+".pem"), "CERTIFICATE", der)
+	writePEM(t, filepath.Join(ca.dir, label+"-key.pem"), "PRIVATE KEY", keyDER)
+	ca.certs[label] = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // args are the TLS flags of the service name.

@@ -188,7 +188,15 @@ func (a *authService) Login(ctx context.Context, req *demov1.LoginRequest) (*dem
 			a.log.InfoContext(ctx, "service login refused", peerKey, id)
 			return nil, status.Error(codes.PermissionDenied, "this certificate may not log in as a service")
 		}
-		return a.start(ctx, serviceSubject(id), interceptor.WithMaxLifetime(a.serviceLifetime))
+		// The service's session is bound to the certificate it logged in
+		// with (RFC 8705, PROTOCOL.md §12): its tokens are refused on any
+		// call that does not come with that certificate. A user's session
+		// is not: orders forwards users' tokens to inventory.
+		resp, err := a.start(ctx, serviceSubject(id), interceptor.WithMaxLifetime(a.serviceLifetime), interceptor.BindToPeerCertificate())
+		if err == nil {
+			a.log.InfoContext(ctx, "service session bound", peerKey, id, "x5t_s256", peerThumbprint(ctx))
+		}
+		return resp, err
 	}
 	want, known := a.users[req.GetUsername()]
 	if !known {
@@ -206,6 +214,9 @@ func (a *authService) start(ctx context.Context, subject string, opts ...interce
 	s, err := a.sessions.StartSession(ctx, subject, nil, opts...)
 	if errors.Is(err, interceptor.ErrStoreUnavailable) {
 		return nil, status.Error(codes.Unavailable, "session store unavailable")
+	}
+	if errors.Is(err, interceptor.ErrNoClientCertificate) {
+		return nil, status.Error(codes.Unauthenticated, "a service logs in with its client certificate")
 	}
 	if err != nil {
 		a.log.ErrorContext(ctx, "cannot start session", subjectKey, subject, "err", err)

@@ -21,6 +21,8 @@ import (
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/slidejwt/slidejwt/interceptor"
 )
 
 // trustDomain is the SPIFFE trust domain of the mesh's identities: a
@@ -240,4 +242,21 @@ func peerIdentity(ctx context.Context) string {
 		return ""
 	}
 	return identityOf(info.State.VerifiedChains)
+}
+
+// peerThumbprint returns the SHA-256 thumbprint (x5t#S256) of the client
+// certificate a gRPC call's peer presented, or "" if it presented none:
+// what a session bound to that certificate carries in its cnf claim. A
+// thumbprint is no secret; it identifies the certificate, as its serial
+// number does.
+func peerThumbprint(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return ""
+	}
+	return interceptor.CertificateThumbprint(info.State.PeerCertificates[0]).String()
 }

@@ -32,7 +32,11 @@
 // for Echo, first as itself, with a session of its own that it logs in to
 // at auth by its certificate, lazily and again whenever the session ends
 // (interceptor.ServiceHolder; auth's --services and
-// --service-max-lifetime). inventory takes calls from orders only
+// --service-max-lifetime). auth binds that session to orders' certificate
+// (interceptor.BindToPeerCertificate, PROTOCOL.md §12): its tokens are
+// refused on a call that comes with another certificate or none, so
+// inventory does not renew them and orders refreshes them at auth. Users'
+// sessions are not bound: orders forwards their tokens. inventory takes calls from orders only
 // (--allow-peers), by its client certificate.
 //
 // A certificate's identity is its URI SAN spiffe://slidejwt.test/<name>;

@@ -84,11 +84,15 @@ func (s *script) run(ctx context.Context) error {
 	s.out.section("5. Summary")
 	forOrders, forInventory := s.auth.count("renewed", peerKey, "orders"), s.auth.count("renewed", peerKey, "inventory")
 	ofOrders := s.auth.count("renewed", peerKey, "inventory", subjectKey, serviceSubject("orders"))
-	s.out.say("mesh", fmt.Sprintf("auth renewed %d tokens when orders asked and %d when inventory asked (%d of them orders' own), over TokenService/Renew with mTLS; alice's client swapped in %d",
-		forOrders, forInventory, ofOrders, alice.swaps.Load()))
+	s.out.say("mesh", fmt.Sprintf("auth renewed %d tokens when orders asked and %d when inventory asked, over TokenService/Renew with mTLS; alice's client swapped in %d",
+		forOrders, forInventory, alice.swaps.Load()))
 	logins := s.auth.count("login", subjectKey, serviceSubject("orders"))
 	s.out.say("mesh", fmt.Sprintf("orders logged in as itself %d times: at its first call, then each time its %v session ended", logins, meshServiceLifetime))
 	s.expect(logins >= 2, "orders logged in as itself %d times, want at least 2", logins)
+	bound := s.auth.count("service session bound", peerKey, "orders")
+	s.out.say("mesh", fmt.Sprintf("orders' own session is bound to orders' certificate (cnf x5t#S256, RFC 8705) at each of its %d logins: inventory accepts its tokens only over orders' mTLS connection, does not renew them (%d renewals), and orders refreshes them at auth", bound, ofOrders))
+	s.expect(bound == logins, "%d of orders' %d logins as itself were bound to its certificate", bound, logins)
+	s.expect(ofOrders == 0, "inventory had auth renew %d of orders' bound tokens", ofOrders)
 	s.expect(forOrders > 0 && forInventory > 0, "auth renewed no token for orders or for inventory")
 	s.expect(s.auth.count("renewed", peerKey, noCert) == 0, "auth renewed a token on a call from a client")
 	return nil

@@ -3,7 +3,6 @@ package interceptor
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -128,18 +127,9 @@ func (h *TokenHolder) beforeCall(ctx context.Context, cc *grpc.ClientConn, metho
 	return h.cur.Load()
 }
 
-// refreshFlight is one refresh in progress, shared by every caller that
-// needs it. It runs on a goroutine of its own, under its own timeout, so
-// that no caller's deadline cuts it short and every caller, the one that
-// started it included, can stop waiting at its own deadline.
-type refreshFlight struct {
-	done chan struct{}
-	err  error // written before done is closed
-
-	mu         sync.Mutex
-	panicked   any  // a Refresher's panic, for the leader to raise again
-	leaderGone bool // the caller that started the flight stopped waiting
-}
+// refreshFlight is one refresh in progress (see flight): a Refresher's
+// panic is raised again, never swallowed.
+type refreshFlight = flight[struct{}]
 
 // refreshFailure remembers that refreshing generation held failed with a
 // rejection (not a transient error), so that it is not tried again.
@@ -179,29 +169,13 @@ func (h *TokenHolder) refreshFrom(ctx context.Context, cc *grpc.ClientConn, meth
 	}
 	f, leader := h.flight, false
 	if f == nil {
-		f, leader = &refreshFlight{done: make(chan struct{}), err: errRefreshPanicked}, true
+		f, leader = newFlight[struct{}](errRefreshPanicked), true
 		h.flight = f
 		go h.fly(context.WithoutCancel(ctx), cc, method, reason, seen, f)
 	}
 	h.fmu.Unlock()
-	select {
-	case <-f.done:
-		if leader && f.panicked != nil {
-			panic(f.panicked)
-		}
-		return f.err
-	case <-ctx.Done():
-		if leader {
-			f.mu.Lock()
-			f.leaderGone = true
-			p := f.panicked
-			f.mu.Unlock()
-			if p != nil {
-				panic(p)
-			}
-		}
-		return status.FromContextError(ctx.Err()).Err()
-	}
+	_, err := f.wait(ctx, leader)
+	return err
 }
 
 // fly runs flight f. A Refresher's panic is raised again on the goroutine
@@ -221,16 +195,7 @@ func (h *TokenHolder) fly(ctx context.Context, cc *grpc.ClientConn, method strin
 			h.failed = &refreshFailure{held: seen, err: f.err}
 		}
 		h.fmu.Unlock()
-		f.mu.Lock()
-		gone := p != nil && f.leaderGone
-		if !gone {
-			f.panicked = p
-		}
-		f.mu.Unlock()
-		close(f.done)
-		if gone {
-			panic(p)
-		}
+		f.land(p)
 	}()
 	var start time.Time
 	if h.cfg.onEvent != nil {

@@ -224,17 +224,9 @@ func (s *ServiceHolder) due(cur *serviceSession) bool {
 	return rem <= 0 || rem < s.cfg.refreshMargin
 }
 
-// loginFlight is one login in progress, shared by every caller that needs
-// it, run as refreshFlight is.
-type loginFlight struct {
-	done chan struct{}
-	sess *serviceSession // written before done is closed
-	err  error
-
-	mu         sync.Mutex
-	panicked   any
-	leaderGone bool
-}
+// loginFlight is one login in progress (see flight): the login
+// function's panic is raised again, never swallowed.
+type loginFlight = flight[*serviceSession]
 
 // loginFrom logs in unless the session has moved on from seen meanwhile,
 // or returns the last failure while backing off. Concurrent callers share
@@ -252,31 +244,14 @@ func (s *ServiceHolder) loginFrom(ctx context.Context, seen *serviceSession) (*s
 			s.mu.Unlock()
 			return nil, err
 		}
-		f, leader = &loginFlight{done: make(chan struct{}), err: errLoginPanicked}, true
+		f, leader = newFlight[*serviceSession](errLoginPanicked), true
 		s.flight = f
 		// The login is the service's own call: it keeps the values of the
 		// caller's context (tracing, say) but not its outgoing metadata.
 		go s.fly(metadata.NewOutgoingContext(context.WithoutCancel(ctx), nil), f)
 	}
 	s.mu.Unlock()
-	select {
-	case <-f.done:
-		if leader && f.panicked != nil {
-			panic(f.panicked)
-		}
-		return f.sess, f.err
-	case <-ctx.Done():
-		if leader {
-			f.mu.Lock()
-			f.leaderGone = true
-			p := f.panicked
-			f.mu.Unlock()
-			if p != nil {
-				panic(p)
-			}
-		}
-		return nil, status.FromContextError(ctx.Err()).Err()
-	}
+	return f.wait(ctx, leader)
 }
 
 var errLoginPanicked error = &loginError{msg: "the login function panicked"}
@@ -292,19 +267,10 @@ func (s *ServiceHolder) fly(ctx context.Context, f *loginFlight) {
 		if f.err != nil {
 			s.failLocked(f.err)
 		} else {
-			s.cur.Store(f.sess)
+			s.cur.Store(f.val)
 		}
 		s.mu.Unlock()
-		f.mu.Lock()
-		gone := p != nil && f.leaderGone
-		if !gone {
-			f.panicked = p
-		}
-		f.mu.Unlock()
-		close(f.done)
-		if gone {
-			panic(p)
-		}
+		f.land(p)
 	}()
 	ctx, cancel := context.WithTimeout(ctx, s.svc.loginTimeout)
 	defer cancel()
@@ -313,7 +279,7 @@ func (s *ServiceHolder) fly(ctx context.Context, f *loginFlight) {
 		f.err = &loginError{msg: "the login function failed", cause: err}
 		return
 	}
-	f.sess, f.err = s.newSession(pair)
+	f.val, f.err = s.newSession(pair)
 }
 
 // failLocked records a failure: the next login waits for the backoff.

@@ -439,7 +439,7 @@ func (h *TokenHolder) fallBack(held *heldToken) (retry, fell bool) {
 // pick offers every renewed token found in md, the response metadata of a
 // call of method.
 func (h *TokenHolder) pick(ctx context.Context, method string, md metadata.MD) {
-	for _, v := range md.Get(h.cfg.renewalHeader) {
+	for _, v := range md[h.cfg.renewalHeader] { // a lower-case key (checkHeaderKey)
 		if t := h.swapIn(v); t != nil && h.cfg.onEvent != nil {
 			h.emit(ctx, Event{Kind: EventSwapped, Method: method, Expiry: t.exp})
 		}
@@ -561,9 +561,10 @@ func (h *TokenHolder) cure(ctx context.Context, cc *grpc.ClientConn, method stri
 func (h *TokenHolder) mayRetry(held *heldToken) bool { return h.canRefresh() || held.prev != nil }
 
 // UnaryClientInterceptor attaches the token to unary calls and swaps in a
-// renewed token from the response header or trailer. It reads them with
-// its own grpc.Header and grpc.Trailer call options, so the caller's own
-// options still receive the metadata.
+// renewed token from the response trailer, where servers put a unary
+// call's renewal (PROTOCOL.md §2). It reads the trailer with its own
+// grpc.Trailer call option, so the caller's own options still receive the
+// metadata.
 //
 // A call is retried at most once, and only after a rejection that says
 // the handler did not run: after TOKEN_EXPIRED when the holder has a
@@ -605,16 +606,29 @@ func (h *TokenHolder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 }
 
 // invoke makes one attempt of a unary call with the tokens held.
+//
+// It asks only for the trailer, where a server puts a unary call's
+// renewal (PROTOCOL.md §2): the header would cost gRPC a copy of it on
+// every call, for nothing.
 func (h *TokenHolder) invoke(ctx context.Context, held *heldToken, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	// One allocation for both: each escapes through its call option.
-	md := new(struct{ header, trailer metadata.MD })
-	all := make([]grpc.CallOption, len(opts), len(opts)+3)
-	copy(all, opts) // never append into the caller's slice
-	all = append(all, held.callOpt, grpc.Header(&md.header), grpc.Trailer(&md.trailer))
+	a := new(unaryAttempt) // the trailer escapes through its option
+	all := a.opts[:0]
+	if len(opts)+2 > len(a.opts) {
+		all = make([]grpc.CallOption, 0, len(opts)+2)
+	}
+	all = append(all, opts...) // never append into the caller's slice
+	all = append(all, held.callOpt, grpc.Trailer(&a.trailer))
 	err := invoker(ctx, method, req, reply, cc, all...)
-	h.pick(ctx, method, md.header)
-	h.pick(ctx, method, md.trailer)
+	h.pick(ctx, method, a.trailer)
 	return err
+}
+
+// unaryAttempt is the state of one unary attempt: its trailer, and room
+// for its call options, so that one allocation holds both for the usual
+// call (generated stubs pass one option, grpc.StaticMethod).
+type unaryAttempt struct {
+	trailer metadata.MD
+	opts    [4]grpc.CallOption
 }
 
 // StreamClientInterceptor attaches the token to streams and swaps in a

@@ -157,8 +157,8 @@ type CacheResult uint8
 
 // The results of a cache lookup.
 const (
-	// CacheNone: the cache was not asked (the token was missing or
-	// malformed, or the cache is off).
+	// CacheNone: the token did not reach verification (it was missing or
+	// malformed), or the cache is off.
 	CacheNone CacheResult = iota
 	// CacheHit: the token had verified before; its signature was not
 	// checked again.

@@ -329,9 +329,6 @@ func (s *Server) check(ctx context.Context, v *verifier, now time.Time) (*verifi
 	if len(raw) > s.cfg.maxTokenSize {
 		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "token too long")
 	}
-	if !isCompactJWS(raw) {
-		return nil, tokenKey{}, CacheNone, reject(ReasonTokenInvalid, "malformed token")
-	}
 	c, key, cache, aerr := v.verifyCached(raw, now)
 	if aerr != nil && aerr.keysDown {
 		return nil, key, cache, errKeysUnavailableStatus

@@ -144,6 +144,11 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tok
 		}
 		cache = CacheMiss
 	}
+	// Checked only here, on a miss: a hit is the same bytes as a token
+	// that passed it, and the scan would cost every call.
+	if !isCompactJWS(raw) {
+		return nil, k, CacheNone, reject(ReasonTokenInvalid, "malformed token")
+	}
 	full, err := v.verify(raw)
 	if full == nil {
 		return nil, k, cache, err

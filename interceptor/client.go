@@ -691,6 +691,7 @@ type clientStream struct {
 	method   string
 	streamer grpc.Streamer
 	opts     []grpc.CallOption
+	optBuf   [4]grpc.CallOption // room for the first open's options (see open)
 
 	headerSeen bool // touched only by RecvMsg, which gRPC forbids calling concurrently
 
@@ -704,8 +705,16 @@ type clientStream struct {
 }
 
 func (s *clientStream) open(held *heldToken) (grpc.ClientStream, error) {
-	all := make([]grpc.CallOption, len(s.opts), len(s.opts)+1)
-	copy(all, s.opts)
+	// Until a stream has opened, the room in s is free (a failed open is
+	// finished with it); gRPC keeps an open stream's options until the
+	// stream finishes, so a reopen after that gets options of its own.
+	var all []grpc.CallOption
+	if s.cs == nil && len(s.opts)+1 <= len(s.optBuf) {
+		all = s.optBuf[:0]
+	} else {
+		all = make([]grpc.CallOption, 0, len(s.opts)+1)
+	}
+	all = append(all, s.opts...) // never append into the caller's slice
 	all = append(all, held.callOpt)
 	return s.streamer(s.ctx, s.desc, s.cc, s.method, all...)
 }

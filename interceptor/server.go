@@ -530,7 +530,7 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 			// Asked of the renewal service while the handler runs: the
 			// header waits for it, the trailer carries it.
 			ds := r.call.stream(ctx, ss)
-			err := s.guardStream(ctx, c, srv, ds, info.FullMethod, handler)
+			err := s.guardStream(ctx, c, srv, ds, info, handler)
 			ds.finish()
 			return markHandlerRan(err)
 		}
@@ -540,7 +540,7 @@ func (s *Server) StreamServerInterceptor() grpc.StreamServerInterceptor {
 			_ = ss.SetHeader(r.md)
 			ss.SetTrailer(r.md)
 		}
-		return markHandlerRan(s.guardStream(ctx, c, srv, ss, info.FullMethod, handler))
+		return markHandlerRan(s.guardStream(ctx, c, srv, ss, info, handler))
 	}
 }
 

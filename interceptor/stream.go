@@ -2,6 +2,7 @@ package interceptor
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -28,15 +29,27 @@ import (
 // checked when the stream opened, and the session is what a stream
 // outlives or not.
 //
-// The handler runs on a goroutine of its own, so that a handler blocked in
-// RecvMsg on a silent stream cannot keep the stream open: the interceptor
-// returns the rejection, gRPC writes it and closes the stream, and the
-// handler's pending RecvMsg fails. Its context (ctx, given to the handler)
-// is cancelled first, with the rejection as the cause, and every later
+// When it ends a stream, it first cancels the handler's context (ctx,
+// given to the handler) with the rejection as the cause, and every later
 // SendMsg or RecvMsg of the handler returns the rejection without touching
-// the stream. A panic in the handler is re-raised on the interceptor's
-// goroutine, where a recovery interceptor chained before this one sees it.
-func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss grpc.ServerStream, method string, handler grpc.StreamHandler) error {
+// the stream. Then:
+//
+//   - A stream whose client sends messages (client streaming and
+//     bidirectional) runs its handler on a goroutine of its own, so that a
+//     handler blocked in RecvMsg on a silent stream cannot keep the stream
+//     open: the interceptor returns the rejection at once, gRPC writes it
+//     and closes the stream, and the handler's pending RecvMsg fails. A
+//     panic in the handler is re-raised on the interceptor's goroutine,
+//     where a recovery interceptor chained before this one sees it.
+//   - A server-streaming handler runs on the interceptor's own goroutine,
+//     which saves two goroutine hand-offs per stream: its one RecvMsg (the
+//     request, read by the generated code before the handler proper
+//     starts) does not wait on the client once the call is open, so it
+//     waits, as gRPC requires of every handler for cancellation and
+//     deadlines, on its context. The stream ends with the rejection when
+//     the handler returns. A handler that ignores its context's end keeps
+//     a silent stream open until its next Send, which fails.
+func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	hctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g := &guardedStream{
@@ -44,22 +57,30 @@ func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss
 		ctx:          hctx,
 		s:            s,
 		c:            c,
-		method:       method,
+		method:       info.FullMethod,
 		cancel:       cancel,
-		wake:         make(chan struct{}),
 	}
-	s.handlers.run(handlerJob{g, srv, handler})
+	if info.IsClientStream {
+		g.wake = make(chan struct{})
+	}
 
-	// The timer ends the stream at the session's end. Under a clock given
-	// with WithClock (a simulation, a test) real time says nothing about
-	// the clock's time, so only the watcher's checks end the stream.
+	// A timer ends the stream at the session's end. It is set only once
+	// the end is near (see armBy): most streams close long before their
+	// session ends, and need none. Under a clock given with WithClock (a
+	// simulation, a test) real time says nothing about the clock's time,
+	// so only the watcher's checks end the stream.
+	g.until = s.policyFor(c).AcceptUntil(c.authTime())
 	if !s.cfg.clockSet {
-		t := time.AfterFunc(max(0, s.policyFor(c).AcceptUntil(c.authTime()).Sub(s.cfg.now())), g.expire)
-		defer t.Stop()
+		g.armBy(s.cfg.now(), s.armHorizon())
+		defer g.disarm()
 	}
 	s.watch.add(g, s)
 	defer s.watch.remove(g)
 
+	if !info.IsClientStream {
+		return g.runInline(srv, handler)
+	}
+	s.handlers.run(handlerJob{g, srv, handler})
 	<-g.wake
 	g.mu.Lock()
 	res, err := g.res, g.err
@@ -84,6 +105,25 @@ func (g *guardedStream) run(srv any, handler grpc.StreamHandler) {
 	}()
 	res.err = handler(srv, g)
 	res.panicked = false
+}
+
+// runInline runs the handler on the caller's goroutine and returns its
+// error, or the rejection that ended the stream first. A panic goes on up,
+// the stream marked finished.
+func (g *guardedStream) runInline(srv any, handler grpc.StreamHandler) error {
+	returned := false
+	defer func() {
+		if !returned {
+			g.finish(handlerResult{panicked: true})
+		}
+	}()
+	err := handler(srv, g)
+	returned = true
+	g.finish(handlerResult{err: err})
+	if eerr := g.endErr(); eerr != nil {
+		return eerr
+	}
+	return err
 }
 
 // handlerWorkers runs guarded handlers on goroutines that it keeps for
@@ -168,7 +208,7 @@ func (w *streamWatch) add(g *guardedStream, s *Server) {
 	w.streams[g] = struct{}{}
 	if !w.running {
 		w.running = true
-		go w.loop(s.cfg.streamCheck)
+		go w.loop(s, s.cfg.streamCheck)
 	}
 }
 
@@ -178,9 +218,9 @@ func (w *streamWatch) remove(g *guardedStream) {
 	w.mu.Unlock()
 }
 
-// loop checks the open streams every interval, and stops once none is
-// open.
-func (w *streamWatch) loop(interval time.Duration) {
+// loop checks the open streams every interval, sets the timer of those
+// whose session ends soon, and stops once none is open.
+func (w *streamWatch) loop(s *Server, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for range t.C {
@@ -196,9 +236,42 @@ func (w *streamWatch) loop(interval time.Duration) {
 		}
 		w.mu.Unlock()
 		for i, g := range w.batch {
-			_ = g.check()
+			if g.check() == nil && !s.cfg.clockSet {
+				g.armBy(s.cfg.now(), s.armHorizon())
+			}
 			w.batch[i] = nil
 		}
+	}
+}
+
+// armHorizon is how soon a stream's end must be for its timer to be set:
+// two check intervals, so that the watcher's next check, even if it comes
+// late, still finds the end ahead and sets the timer in time.
+func (s *Server) armHorizon() time.Duration {
+	return min(s.cfg.streamCheck, math.MaxInt64/2) * 2
+}
+
+// armBy sets the timer that ends the stream at g.until, if that is within
+// horizon of now and the stream is open and has none yet.
+func (g *guardedStream) armBy(now time.Time, horizon time.Duration) {
+	left := g.until.Sub(now)
+	if left > horizon {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.woken || g.timer != nil {
+		return
+	}
+	g.timer = time.AfterFunc(max(0, left), g.expire)
+}
+
+// disarm stops the stream's timer, if it has one.
+func (g *guardedStream) disarm() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.timer != nil {
+		g.timer.Stop()
 	}
 }
 
@@ -211,9 +284,12 @@ type guardedStream struct {
 	method string
 	cancel context.CancelCauseFunc
 
+	until time.Time // the session's end plus the leeway: the stream ends then
+
 	mu    sync.Mutex
+	timer *time.Timer // ends the stream at until; set once that is near (armBy)
 	woken bool
-	wake  chan struct{} // closed once: the handler returned, or the stream ended
+	wake  chan struct{} // closed once: the handler returned, or the stream ended; nil for an inline handler
 	res   handlerResult // the handler's result, if it returned first
 	err   error         // the rejection that ended the stream, if that came first
 }
@@ -280,7 +356,9 @@ func (g *guardedStream) finish(res handlerResult) {
 	defer g.mu.Unlock()
 	if !g.woken {
 		g.woken, g.res = true, res
-		close(g.wake)
+		if g.wake != nil {
+			close(g.wake)
+		}
 	}
 }
 
@@ -303,7 +381,9 @@ func (g *guardedStream) end(err error) error {
 	}
 	g.s.emit(g.ctx, ev)
 	g.cancel(err)
-	close(g.wake)
+	if g.wake != nil {
+		close(g.wake)
+	}
 	return err
 }
 

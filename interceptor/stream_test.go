@@ -124,8 +124,12 @@ func (s *streamSvc) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.Stream
 }
 
 // StreamingOutputCall sends one message per push until its context ends.
-func (s *streamSvc) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+// A request whose payload is "panic" makes it panic instead.
+func (s *streamSvc) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
 	s.calls.Add(1)
+	if string(req.GetPayload().GetBody()) == "panic" {
+		panic("streamSvc: handler panic")
+	}
 	ctx := stream.Context()
 	for {
 		select {
@@ -638,33 +642,48 @@ func TestStream_OutlivesAccessTokenExpiry(t *testing.T) {
 	}
 }
 
-// TestStream_HandlerPanicReachesRecovery: a panic in a guarded handler is
-// re-raised where a recovery interceptor chained before slidejwt's catches
-// it, and the server goes on serving.
+// TestStream_HandlerPanicReachesRecovery: a panic in a guarded handler,
+// on a worker goroutine (bidi) or on the interceptor's own (server
+// streaming), reaches a recovery interceptor chained before slidejwt's,
+// and the server goes on serving.
 func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
-	recovered := make(chan any, 1)
-	rec := recovery.StreamServerInterceptor(recovery.WithRecoveryHandler(func(p any) error {
-		recovered <- p
-		return status.Error(codes.Internal, "recovered")
-	}))
-	e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)), withBefore(nil, rec))
-	s := e.startSession(t, nil)
-	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
-	sc.ping("before the panic")
-
-	err := sc.clientMsg("panic")
-	if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != "recovered" {
-		t.Fatalf("err = %v, want Internal \"recovered\" from the recovery interceptor", err)
+	for _, kind := range []string{streamBidi, streamServer} {
+		t.Run(kind, func(t *testing.T) {
+			recovered := make(chan any, 1)
+			rec := recovery.StreamServerInterceptor(recovery.WithRecoveryHandler(func(p any) error {
+				recovered <- p
+				return status.Error(codes.Internal, "recovered")
+			}))
+			e := newStreamEnv(t, withServerOptions(WithStreamCheckInterval(streamNever)), withBefore(nil, rec))
+			s := e.startSession(t, nil)
+			var err error
+			switch kind {
+			case streamBidi:
+				sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
+				sc.ping("before the panic")
+				err = sc.clientMsg("panic")
+			case streamServer:
+				var st grpc.ServerStreamingClient[testpb.StreamingOutputCallResponse]
+				st, err = e.client.StreamingOutputCall(bearerCtx(s.AccessToken),
+					&testpb.StreamingOutputCallRequest{Payload: &testpb.Payload{Body: []byte("panic")}})
+				if err == nil {
+					_, err = st.Recv()
+				}
+			}
+			if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != "recovered" {
+				t.Fatalf("err = %v, want Internal \"recovered\" from the recovery interceptor", err)
+			}
+			select {
+			case p := <-recovered:
+				if p != "streamSvc: handler panic" {
+					t.Errorf("recovered %v, want the handler's panic value", p)
+				}
+			default:
+				t.Fatal("recovery handler not called")
+			}
+			streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, kind).ping("after the panic")
+		})
 	}
-	select {
-	case p := <-recovered:
-		if p != "streamSvc: handler panic" {
-			t.Errorf("recovered %v, want the handler's panic value", p)
-		}
-	default:
-		t.Fatal("recovery handler not called")
-	}
-	streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi).ping("after the panic")
 }
 
 // TestStream_TimerEndsStreamAtSessionEnd: with the real clock a timer ends
@@ -673,22 +692,27 @@ func TestStream_HandlerPanicReachesRecovery(t *testing.T) {
 // two seconds.
 func TestStream_TimerEndsStreamAtSessionEnd(t *testing.T) {
 	const slack = 1500 * time.Millisecond
-	e := newStreamEnv(t, withRealClock(), withServerOptions(
-		WithStreamCheckInterval(streamNever),
-		WithPolicy(Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1})))
-	s := e.startSession(t, nil)
-	if got := e.server.Policy().AcceptUntil(s.AuthTime); !got.Equal(s.End) {
-		t.Fatalf("AcceptUntil = %v, want the session end %v (no leeway)", got, s.End)
-	}
-	sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, streamBidi)
-	sc.ping("after login")
+	for _, kind := range []string{streamBidi, streamServer} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			e := newStreamEnv(t, withRealClock(), withServerOptions(
+				WithStreamCheckInterval(streamNever),
+				WithPolicy(Policy{TTL: 2 * time.Second, MaxLifetime: 2 * time.Second, Leeway: -1})))
+			s := e.startSession(t, nil)
+			if got := e.server.Policy().AcceptUntil(s.AuthTime); !got.Equal(s.End) {
+				t.Fatalf("AcceptUntil = %v, want the session end %v (no leeway)", got, s.End)
+			}
+			sc := streamOpen(t, bearerCtx(s.AccessToken), e.client, e.svc, kind)
+			sc.ping("after login")
 
-	err := sc.end(time.Until(s.End) + slack)
-	ended := time.Now()
-	if ended.Before(s.End) {
-		t.Errorf("stream ended %v before its session's end", s.End.Sub(ended))
+			err := sc.end(time.Until(s.End) + slack)
+			ended := time.Now()
+			if ended.Before(s.End) {
+				t.Errorf("stream ended %v before its session's end", s.End.Sub(ended))
+			}
+			streamWantEnded(t, e, s, kind, err, ReasonSessionExpired)
+		})
 	}
-	streamWantEnded(t, e, s, streamBidi, err, ReasonSessionExpired)
 }
 
 // TestStream_EachEndsAtItsSessionEnd: streams of sessions that end at
@@ -794,5 +818,42 @@ func TestStream_CheckAfterCallerLeft(t *testing.T) {
 		if ev.Kind == EventStreamEnded {
 			t.Fatalf("event %v after the caller left, want none", ev)
 		}
+	}
+}
+
+// TestStream_TimerSetOnlyNearTheEnd: a stream's timer is set only once its
+// session's end is within the horizon, once, and never after the stream
+// finished.
+func TestStream_TimerSetOnlyNearTheEnd(t *testing.T) {
+	const horizon = 2 * time.Second
+	now := time.Unix(1_000_000, 0)
+	for _, tc := range []struct {
+		name     string
+		left     time.Duration
+		finished bool
+		want     bool
+	}{
+		{"far", horizon + time.Nanosecond, false, false},
+		{"at the horizon", horizon, false, true},
+		{"within", time.Second, false, true},
+		{"finished", time.Second, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Every timer set is at least a second away, and stopped at
+			// the end of the test: expire would need a whole stream.
+			g := &guardedStream{until: now.Add(tc.left), woken: tc.finished}
+			g.armBy(now, horizon)
+			defer g.disarm()
+			if got := g.timer != nil; got != tc.want {
+				t.Fatalf("timer set = %v, want %v", got, tc.want)
+			}
+			if tc.want {
+				first := g.timer
+				g.armBy(now, horizon)
+				if g.timer != first {
+					t.Error("a second armBy replaced the timer")
+				}
+			}
+		})
 	}
 }

@@ -2,6 +2,9 @@ package interceptor
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
+	"math/bits"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -46,8 +49,11 @@ func newTokenCache[V any](capacity int, now func() time.Time) tokenCache[V] {
 	return newOtterCache[V](capacity, now)
 }
 
-// timed is a value with the instant it dies, in Unix nanoseconds.
-type timed[V any] struct {
+// cacheEntry is one cached value with its key and the instant it dies, in
+// Unix nanoseconds. It is immutable once made, so that the front array
+// and otter share it.
+type cacheEntry[V any] struct {
+	key   tokenKey
 	val   V
 	until int64
 }
@@ -57,24 +63,51 @@ type timed[V any] struct {
 // entry it would evict, so that many sessions in turn keep a stable part of
 // them cached instead of evicting each other.
 //
+// In front of otter sits a small direct-mapped array of the entries found
+// or stored last, one per slot chosen by the key's first bits. A hit there
+// reads one slot and one entry; otter's own hit path also records the
+// access for its policy, which in a busy server (whose caches are cold
+// between calls) cost a microsecond per call. A session calling again
+// finds its entry in its slot until another key takes the slot, and then
+// in otter. The array holds at most an eighth of the capacity more
+// entries, and none for a capacity under 64. An entry found there is
+// counted by otter's policy only when it is next found in otter, which
+// at worst lets otter evict a key that is in the array: that key is
+// verified again if it loses its slot too.
+//
 // Expiry is decided here, on the server's clock, from the instant stored
-// with each value; otter only uses it to drop dead entries early.
+// with each entry; otter only uses it to drop dead entries early.
 type otterCache[V any] struct {
-	c *otter.Cache[tokenKey, timed[V]]
+	c     *otter.Cache[tokenKey, *cacheEntry[V]]
+	front []atomic.Pointer[cacheEntry[V]] // len a power of two, or 0
+}
+
+// frontSlots returns the size of the front array for a cache of capacity
+// entries: the largest power of two at most capacity/8 and 1024, or 0
+// below 8.
+func frontSlots(capacity int) int {
+	n := min(capacity/8, 1024)
+	if n < 8 {
+		return 0
+	}
+	return 1 << (bits.Len(uint(n)) - 1)
 }
 
 func newOtterCache[V any](capacity int, now func() time.Time) *otterCache[V] {
 	clock := noTicks{now}
-	return &otterCache[V]{c: otter.Must(&otter.Options[tokenKey, timed[V]]{
-		MaximumSize: capacity,
-		ExpiryCalculator: otter.ExpiryCreatingFunc(func(e otter.Entry[tokenKey, timed[V]]) time.Duration {
-			return time.Duration(e.Value.until - clock.NowNano())
+	return &otterCache[V]{
+		c: otter.Must(&otter.Options[tokenKey, *cacheEntry[V]]{
+			MaximumSize: capacity,
+			ExpiryCalculator: otter.ExpiryCreatingFunc(func(e otter.Entry[tokenKey, *cacheEntry[V]]) time.Duration {
+				return time.Duration(e.Value.until - clock.NowNano())
+			}),
+			// No periodic clean-up, hence no goroutine per cache: a cache is
+			// dropped with its key set, and a dead entry costs only its room.
+			Clock:    clock,
+			Executor: func(fn func()) { fn() },
 		}),
-		// No periodic clean-up, hence no goroutine per cache: a cache is
-		// dropped with its key set, and a dead entry costs only its room.
-		Clock:    clock,
-		Executor: func(fn func()) { fn() },
-	})}
+		front: make([]atomic.Pointer[cacheEntry[V]], frontSlots(capacity)),
+	}
 }
 
 // noTicks is the server's clock for otter, without the ticks that drive
@@ -84,31 +117,75 @@ type noTicks struct{ now func() time.Time }
 func (c noTicks) NowNano() int64                    { return c.now().UnixNano() }
 func (noTicks) Tick(time.Duration) <-chan time.Time { return nil }
 
-func (c *otterCache[V]) get(k tokenKey, now time.Time) (V, bool) {
-	e, ok := c.c.GetIfPresent(k)
-	if !ok || now.UnixNano() >= e.until {
-		if ok {
-			c.c.Invalidate(k)
-		}
-		var zero V
-		return zero, false
+// slot returns k's slot of the front array, or nil without one. The key
+// is a SHA-256 digest: its first bits are as good as any hash of it.
+func (c *otterCache[V]) slot(k tokenKey) *atomic.Pointer[cacheEntry[V]] {
+	if len(c.front) == 0 {
+		return nil
 	}
-	return e.val, true
+	return &c.front[binary.LittleEndian.Uint64(k[:8])&uint64(len(c.front)-1)]
+}
+
+// remember puts e into its slot of the front array.
+func (c *otterCache[V]) remember(e *cacheEntry[V]) {
+	if s := c.slot(e.key); s != nil && s.Load() != e {
+		s.Store(e)
+	}
+}
+
+// lookup returns the entry for k alive at now, n in Unix nanoseconds,
+// from the front array or otter, and drops a dead one.
+func (c *otterCache[V]) lookup(k tokenKey, n int64) (*cacheEntry[V], bool) {
+	s := c.slot(k)
+	if s != nil {
+		if e := s.Load(); e != nil && e.key == k {
+			if n < e.until {
+				return e, true
+			}
+			s.CompareAndSwap(e, nil)
+		}
+	}
+	e, ok := c.c.GetIfPresent(k)
+	if !ok {
+		return nil, false
+	}
+	if n >= e.until {
+		c.c.Invalidate(k)
+		return nil, false
+	}
+	if s != nil {
+		s.Store(e)
+	}
+	return e, true
+}
+
+func (c *otterCache[V]) get(k tokenKey, now time.Time) (V, bool) {
+	if e, ok := c.lookup(k, now.UnixNano()); ok {
+		return e.val, true
+	}
+	var zero V
+	return zero, false
 }
 
 func (c *otterCache[V]) put(k tokenKey, v V, until time.Time) {
-	c.c.Set(k, timed[V]{val: v, until: until.UnixNano()})
+	e := &cacheEntry[V]{key: k, val: v, until: until.UnixNano()}
+	c.c.Set(k, e)
+	c.remember(e)
 }
 
 func (c *otterCache[V]) getOrPut(k tokenKey, now time.Time, mk func() (V, time.Time)) V {
 	n := now.UnixNano()
-	e, _ := c.c.Compute(k, func(old timed[V], found bool) (timed[V], otter.ComputeOp) {
+	if e, ok := c.lookup(k, n); ok {
+		return e.val
+	}
+	e, _ := c.c.Compute(k, func(old *cacheEntry[V], found bool) (*cacheEntry[V], otter.ComputeOp) {
 		if found && n < old.until {
 			return old, otter.CancelOp
 		}
 		v, until := mk()
-		return timed[V]{val: v, until: until.UnixNano()}, otter.WriteOp
+		return &cacheEntry[V]{key: k, val: v, until: until.UnixNano()}, otter.WriteOp
 	})
+	c.remember(e)
 	return e.val
 }
 

@@ -64,8 +64,8 @@ func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 // Create implements [store.SessionStore]. It replaces whatever the store
 // held under sessionID.
 func (s *Store) Create(ctx context.Context, sessionID string, refresh store.Digest, _, keepUntil time.Time) error {
-	ctx, cancel := s.bound(ctx)
-	defer cancel()
+	ctx, b := s.bound(ctx)
+	defer b.release()
 	res := createScript.Exec(ctx, s.client, []string{s.key(sessionID)}, []string{string(refresh[:]), ms(keepUntil)})
 	if err := res.Error(); err != nil {
 		return fmt.Errorf("redisstore: create: %w", err)
@@ -76,8 +76,8 @@ func (s *Store) Create(ctx context.Context, sessionID string, refresh store.Dige
 // Rotate implements [store.SessionStore] in one script, with the outcomes
 // of [store.Outcome]. Times are compared in milliseconds.
 func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, error) {
-	ctx, cancel := s.bound(ctx)
-	defer cancel()
+	ctx, b := s.bound(ctx)
+	defer b.release()
 	res := rotateScript.Exec(ctx, s.client, []string{s.key(r.SessionID)}, []string{
 		string(r.Presented[:]), string(r.Next[:]), string(r.Successor),
 		ms(r.Now), ms(r.GraceUntil), ms(r.KeepUntil),
@@ -130,8 +130,8 @@ func (s *Store) Rotate(ctx context.Context, r store.Rotation) (store.Result, err
 // it returns nil only once the replicas acknowledged the revocation, and
 // otherwise an error, which may wrap [ErrNotReplicated]: retry it.
 func (s *Store) Revoke(ctx context.Context, sessionID string, now, keepUntil time.Time) error {
-	ctx, cancel := s.bound(ctx)
-	defer cancel()
+	ctx, b := s.bound(ctx)
+	defer b.release()
 	if s.opts.replicaAcks > 0 {
 		if err := s.revokeReplicated(ctx, sessionID, now, keepUntil); err != nil {
 			return fmt.Errorf("redisstore: revoke: %w", err)
@@ -167,8 +167,8 @@ func (s *Store) settle(ctx context.Context) {
 // when it can (see the package doc for the staleness bound), and is an
 // error, never false, when Redis cannot answer.
 func (s *Store) IsRevoked(ctx context.Context, sessionID string, now time.Time) (bool, error) {
-	ctx, cancel := s.bound(ctx)
-	defer cancel()
+	ctx, b := s.bound(ctx)
+	defer b.release()
 	cmd := s.client.B().Hmget().Key(s.key(sessionID)).Field("rev", "keep").Cache()
 	reply, err := s.client.DoCache(ctx, cmd, s.opts.cacheTTL).ToArray()
 	if err != nil {

@@ -55,16 +55,29 @@ const otherMethod = "_OTHER"
 
 var grpcSystem = semconv.RPCSystemNameGRPC
 
-// measure is a precomputed attribute set as the options of both kinds of
-// measurement, so that recording allocates nothing.
+// measure is a precomputed attribute set as the options of every kind of
+// measurement, so that recording allocates nothing, and the count of an
+// observable counter under that set (the server's calls, or its cache
+// lookups), kept by the hook and read at collection.
 type measure struct {
-	add []metric.AddOption
-	rec []metric.RecordOption
+	add   []metric.AddOption
+	rec   []metric.RecordOption
+	obs   []metric.ObserveOption
+	count atomic.Int64
 }
 
 func newMeasure(kvs ...attribute.KeyValue) *measure {
 	o := metric.WithAttributeSet(attribute.NewSet(kvs...))
-	return &measure{add: []metric.AddOption{o}, rec: []metric.RecordOption{o}}
+	return &measure{add: []metric.AddOption{o}, rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
+}
+
+// each calls f with every set held, method-only and with a reason.
+func (c *attrCache) each(f func(attrKey, *measure)) {
+	if m := c.m.Load(); m != nil {
+		for k, v := range *m {
+			f(k, v)
+		}
+	}
 }
 
 // attrKey names one attribute set of the sets that depend on a call:

@@ -50,7 +50,13 @@
 // session ended or was revoked. refreshes counts every refresh-token
 // exchange by what the session store did with it. cache.lookups counts the
 // calls whose token was looked up in the verified-token cache: a hit
-// skipped the signature check.
+// skipped the signature check. calls and cache.lookups, counted on every
+// call, are observable counters: the hook adds to a count of its own with
+// one atomic add, and the SDK reads the counts at each collection, which
+// costs a call less than a synchronous Add (that looks for a span in the
+// call's context, for exemplars, and up the attribute set's aggregate).
+// They carry no exemplars; the other instruments do, where the SDK's
+// exemplar filter keeps them.
 //
 // Histograms, in seconds, with bucket bounds from 1 µs to 1 s:
 //

@@ -36,6 +36,19 @@ func (in instruments) counter(name, unit, desc string) metric.Int64Counter {
 	return c
 }
 
+// observableCounter is counter for a count the hook keeps itself and the
+// SDK reads at each collection.
+func (in instruments) observableCounter(name, unit, desc string) metric.Int64ObservableCounter {
+	c, err := in.m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	if err != nil {
+		in.errs(err)
+	}
+	if c == nil {
+		return noop.Int64ObservableCounter{}
+	}
+	return c
+}
+
 func (in instruments) histogram(name, desc string) metric.Float64Histogram {
 	h, err := in.m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))

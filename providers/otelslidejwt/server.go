@@ -34,9 +34,14 @@ type serverRecorder struct {
 	spans spanRecorder
 	attrs attrCache
 
-	calls, renewals, renewalFailures, rejections, streamEnds metric.Int64Counter
-	refreshes, sessionStarts, revocations, cacheLookups      metric.Int64Counter
-	authDuration, storeDuration, refreshDuration             metric.Float64Histogram
+	renewals, renewalFailures, rejections, streamEnds metric.Int64Counter
+	refreshes, sessionStarts, revocations            metric.Int64Counter
+	authDuration, storeDuration, refreshDuration     metric.Float64Histogram
+	// Counted on every call: an atomic add into the measure's count, read
+	// by the SDK at collection (see observe), instead of a synchronous
+	// Add, which asks the context for a span (for exemplars) and looks
+	// up the attribute set's aggregate under a lock on every call.
+	calls, cacheLookups metric.Int64ObservableCounter
 
 	// Attribute sets that do not depend on the call, built once.
 	cacheSets   [3]*measure                 // by CacheResult; [CacheNone] unused
@@ -63,7 +68,7 @@ func newServerRecorder(c config) *serverRecorder {
 		spans: newSpanRecorder(c),
 		attrs: attrCache{max: c.maxMethods},
 
-		calls: in.counter("slidejwt.server.calls", "{call}",
+		calls: in.observableCounter("slidejwt.server.calls", "{call}",
 			"Calls the server authenticated: their handler ran, with or without a renewal."),
 		renewals: in.counter("slidejwt.server.renewals", "{token}",
 			"Renewed access tokens the server sent with a call's response."),
@@ -79,7 +84,7 @@ func newServerRecorder(c config) *serverRecorder {
 			"Sessions started: first tokens minted by StartSession."),
 		revocations: in.counter("slidejwt.server.session.revocations", "{session}",
 			"Sessions revoked: logouts and RevokeSession."),
-		cacheLookups: in.counter("slidejwt.server.cache.lookups", "{lookup}",
+		cacheLookups: in.observableCounter("slidejwt.server.cache.lookups", "{lookup}",
 			"Lookups of a call's token in the verified-token cache, by hit or miss."),
 		authDuration: in.histogram("slidejwt.server.auth.duration",
 			"Time spent authenticating a call: reading its token, verifying it or finding it in the cache, the session checks, and minting a renewal."),
@@ -107,7 +112,30 @@ func newServerRecorder(c config) *serverRecorder {
 	for o := store.OK; o <= store.Unknown; o++ {
 		r.outcomeSets[o] = newMeasure(RefreshOutcomeKey.String(o.String()))
 	}
+	if _, err := m.RegisterCallback(r.observe, r.calls, r.cacheLookups); err != nil {
+		c.errorHandler(err)
+	}
 	return r
+}
+
+// observe reports the counts of the observable counters: every method's
+// calls and the cache's hits and misses, each once it is not zero (a
+// count only grows: once reported, it is reported at every collection).
+func (r *serverRecorder) observe(_ context.Context, o metric.Observer) error {
+	r.attrs.each(func(k attrKey, m *measure) {
+		if n := m.count.Load(); k.reason == "" && n > 0 {
+			o.ObserveInt64(r.calls, n, m.obs...)
+		}
+	})
+	for _, m := range r.cacheSets {
+		if m == nil {
+			continue
+		}
+		if n := m.count.Load(); n > 0 {
+			o.ObserveInt64(r.cacheLookups, n, m.obs...)
+		}
+	}
+	return nil
 }
 
 // record is the hook.
@@ -115,7 +143,7 @@ func (r *serverRecorder) record(ctx context.Context, e interceptor.Event) {
 	switch e.Kind {
 	case interceptor.EventAuthenticated, interceptor.EventRenewed, interceptor.EventRenewalFailed:
 		m := r.attrs.get(e.Method, "")
-		r.calls.Add(ctx, 1, m.add...)
+		m.count.Add(1)
 		d := decAuthenticated
 		switch e.Kind {
 		case interceptor.EventRenewed:
@@ -164,7 +192,7 @@ func (r *serverRecorder) authenticated(ctx context.Context, e interceptor.Event,
 		cr = interceptor.CacheNone
 	}
 	if cr != interceptor.CacheNone {
-		r.cacheLookups.Add(ctx, 1, r.cacheSets[cr].add...)
+		r.cacheSets[cr].count.Add(1)
 	}
 	r.authDuration.Record(ctx, e.Duration.Seconds(), r.authSets[d][cr].rec...)
 }

@@ -35,8 +35,8 @@ type serverRecorder struct {
 	attrs attrCache
 
 	renewals, renewalFailures, rejections, streamEnds metric.Int64Counter
-	refreshes, sessionStarts, revocations            metric.Int64Counter
-	authDuration, storeDuration, refreshDuration     metric.Float64Histogram
+	refreshes, sessionStarts, revocations             metric.Int64Counter
+	authDuration, storeDuration, refreshDuration      metric.Float64Histogram
 	// Counted on every call: an atomic add into the measure's count, read
 	// by the SDK at collection (see observe), instead of a synchronous
 	// Add, which asks the context for a span (for exemplars) and looks

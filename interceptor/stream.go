@@ -50,16 +50,14 @@ import (
 //     the handler returns. A handler that ignores its context's end keeps
 //     a silent stream open until its next Send, which fails.
 func (s *Server) guardStream(ctx context.Context, c *verifiedClaims, srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	hctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	g := &guardedStream{
 		ServerStream: ss,
-		ctx:          hctx,
+		ctx:          lazyCancelCtx{Context: ctx},
 		s:            s,
 		c:            c,
 		method:       info.FullMethod,
-		cancel:       cancel,
 	}
+	defer g.ctx.release()
 	if info.IsClientStream {
 		g.wake = make(chan struct{})
 	}
@@ -278,11 +276,10 @@ func (g *guardedStream) disarm() {
 // guardedStream is the stream a guarded handler sees.
 type guardedStream struct {
 	grpc.ServerStream
-	ctx    context.Context
+	ctx    lazyCancelCtx // the handler's context (see Context)
 	s      *Server
 	c      *verifiedClaims
 	method string
-	cancel context.CancelCauseFunc
 
 	until time.Time // the session's end plus the leeway: the stream ends then
 
@@ -294,7 +291,7 @@ type guardedStream struct {
 	err   error         // the rejection that ended the stream, if that came first
 }
 
-func (g *guardedStream) Context() context.Context { return g.ctx }
+func (g *guardedStream) Context() context.Context { return &g.ctx }
 
 // SendMsg sends m unless the session is no longer live.
 func (g *guardedStream) SendMsg(m any) error {
@@ -336,7 +333,7 @@ func (g *guardedStream) check() error {
 	if err := g.ctx.Err(); err != nil {
 		return status.FromContextError(err).Err()
 	}
-	if err := g.s.checkLive(g.ctx, g.c.sid(), now); err != nil {
+	if err := g.s.checkLive(&g.ctx, g.c.sid(), now); err != nil {
 		if cerr := g.ctx.Err(); cerr != nil {
 			return status.FromContextError(cerr).Err()
 		}
@@ -379,8 +376,8 @@ func (g *guardedStream) end(err error) error {
 	if ae, ok := err.(*authError); ok {
 		ev.Reason = ae.reason
 	}
-	g.s.emit(g.ctx, ev)
-	g.cancel(err)
+	g.s.emit(&g.ctx, ev)
+	g.ctx.cancel(err)
 	if g.wake != nil {
 		close(g.wake)
 	}

@@ -801,8 +801,8 @@ func TestStream_CheckAfterCallerLeft(t *testing.T) {
 	if aerr != nil {
 		t.Fatalf("verify: %v", aerr)
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	g := &guardedStream{ctx: ctx, s: e.server, c: c, method: "/test/Stream", cancel: cancel, wake: make(chan struct{})}
+	caller, cancel := context.WithCancelCause(context.Background())
+	g := &guardedStream{ctx: lazyCancelCtx{Context: caller}, s: e.server, c: c, method: "/test/Stream", wake: make(chan struct{})}
 	if err := g.check(); err != nil {
 		t.Fatalf("check of a live stream: %v", err)
 	}

@@ -175,8 +175,12 @@ func (c *otterCache[V]) put(k tokenKey, v V, until time.Time) {
 
 func (c *otterCache[V]) getOrPut(k tokenKey, now time.Time, mk func() (V, time.Time)) V {
 	n := now.UnixNano()
-	if e, ok := c.lookup(k, n); ok {
-		return e.val
+	// The front array only: otter's Compute below finds a live entry as
+	// well, and a lookup in otter first would cost a miss twice.
+	if s := c.slot(k); s != nil {
+		if e := s.Load(); e != nil && e.key == k && n < e.until {
+			return e.val
+		}
 	}
 	e, _ := c.c.Compute(k, func(old *cacheEntry[V], found bool) (*cacheEntry[V], otter.ComputeOp) {
 		if found && n < old.until {

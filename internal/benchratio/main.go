@@ -18,7 +18,11 @@
 // trips per call with the other metrics they report and, where they
 // report the per-session call interval I and the cache TTL T, the share
 // I/(I+T) of calls that the steady state of sessions called at random
-// predicts to make a round trip.
+// predicts to make a round trip. BenchmarkPaired's results
+// (Paired/<family>/<alg>/<case>, each reporting its ratio to its own
+// baseline as x-floor or x-middleware-verify) get a last table of their
+// own: the median and range of that ratio over the runs, and the target
+// judged on the median; they are left out of the other tables.
 //
 //	go test -run '^$' -bench . -benchmem -count 6 ./bench | go run ./internal/benchratio
 //
@@ -266,6 +270,9 @@ func write(w io.Writer, gs []*group) {
 		}
 	}
 	for _, fam := range families {
+		if fam == pairedFamily {
+			continue // its own table, below
+		}
 		fmt.Fprintf(w, "### Benchmark%s (medians)\n\n", fam)
 		fmt.Fprintln(w, "| alg | case | runs | ns/op | × floor | × floor, paired | B/op | allocs/op | allocs − floor |")
 		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -301,6 +308,9 @@ func write(w io.Writer, gs []*group) {
 	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc | steady-jwks / floor ≤ 1.10 |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, g := range gs {
+		if g.family == pairedFamily {
+			continue
+		}
 		floor, steady, renew, refresh := g.get(floorCase), g.get(steadyCase), g.get(renewCase), g.get(refreshCase)
 		steadyOtel := g.get(steadyOtelCase)
 		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g.family, g.alg,
@@ -318,6 +328,73 @@ func write(w io.Writer, gs []*group) {
 	}
 	writeMesh(w, gs)
 	writeRedis(w, gs)
+	writePaired(w, gs)
+}
+
+// pairedFamily is BenchmarkPaired's: Paired/<family>/<alg>/<case>, each
+// case timed call by call against its baseline in one loop, which reports
+// the ratio itself as x-<baseline>.
+const pairedFamily = "Paired"
+
+// pairedTargets are the targets judged on BenchmarkPaired's ratios: the
+// baseline's name (the ratio's unit is "x-" and it) and the largest ratio
+// that meets the target; floor against floor is the method's control.
+var pairedTargets = map[string]struct {
+	baseline string
+	max      float64
+}{
+	floorCase:       {floorCase, 0},
+	steadyCase:      {floorCase, 1.10},
+	steadyOtelCase:  {floorCase, 1.10},
+	steadyRedisCase: {floorCase, 1.10},
+	steadyJWKSCase:  {floorCase, 1.10},
+	renewCase:       {floorCase, 1.20},
+	renewEveryCase:  {middlewareCase, 1.5},
+}
+
+// writePaired prints BenchmarkPaired's ratios: per case, the median over
+// the runs of the ratio each run measured, its range, and the target,
+// judged on the median as printed (two decimals).
+func writePaired(w io.Writer, gs []*group) {
+	var rows []string
+	for _, g := range gs {
+		if g.family != pairedFamily {
+			continue
+		}
+		for _, s := range g.cases {
+			t, ok := pairedTargets[s.cas]
+			if !ok {
+				continue
+			}
+			unit := "x-" + t.baseline
+			vs := s.extraVals[unit]
+			if len(vs) == 0 {
+				continue
+			}
+			med := math.Round(median(vs)*100) / 100
+			target := "control (≈ 1.00)"
+			if t.max > 0 {
+				verdict := "pass"
+				if med > t.max {
+					verdict = "MISS"
+				}
+				target = fmt.Sprintf("≤ %.2f %s", t.max, verdict)
+			}
+			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %d | %.2f | %.2f–%.2f | %s |",
+				g.alg, s.cas, t.baseline, len(vs), med, slices.Min(vs), slices.Max(vs), target))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "### BenchmarkPaired: each case against its baseline, call by call in one loop")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| family/alg | case | baseline | runs | × baseline (median) | range | target |")
+	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | --- |")
+	for _, r := range rows {
+		fmt.Fprintln(w, r)
+	}
 }
 
 // writeMesh prints, for the groups where a mesh case ran, the verify-only

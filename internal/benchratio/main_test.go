@@ -345,3 +345,35 @@ BenchmarkUnary/ES256/renew-delegated-2 100 1500000 ns/op 53000 B/op 669 allocs/o
 		t.Errorf("HS256, without mesh cases, has a row in the mesh table:\n%s", out)
 	}
 }
+
+// TestWritePaired: BenchmarkPaired's results get their own table, with the
+// median and range of the ratio each run reported and the target judged
+// on the median; they appear in no other table.
+func TestWritePaired(t *testing.T) {
+	const in = `BenchmarkPaired/Unary/HS256/floor-2     	 1000	 70000 ns/op	 70100 floor-ns/op	 0.9986 x-floor
+BenchmarkPaired/Unary/HS256/floor-2     	 1000	 71000 ns/op	 70000 floor-ns/op	 1.014 x-floor
+BenchmarkPaired/Unary/HS256/steady-2    	 1000	 75000 ns/op	 70000 floor-ns/op	 1.071 x-floor
+BenchmarkPaired/Unary/HS256/steady-2    	 1000	 79000 ns/op	 70000 floor-ns/op	 1.129 x-floor
+BenchmarkPaired/Unary/HS256/steady-2    	 1000	 76000 ns/op	 70000 floor-ns/op	 1.086 x-floor
+BenchmarkPaired/Unary/HS256/renew-every-2	 1000	 150000 ns/op	 100000 middleware-verify-ns/op	 1.55 x-middleware-verify
+`
+	rs, err := parse(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	write(&b, summarize(rs))
+	out := b.String()
+	for _, want := range []string{
+		"| Unary/HS256 | floor | floor | 2 | 1.01 | 1.00–1.01 | control (≈ 1.00) |",
+		"| Unary/HS256 | steady | floor | 3 | 1.09 | 1.07–1.13 | ≤ 1.10 pass |",
+		"| Unary/HS256 | renew-every | middleware-verify | 1 | 1.55 | 1.55–1.55 | ≤ 1.50 MISS |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "BenchmarkPaired (medians)") || strings.Contains(out, "| Paired/") {
+		t.Errorf("Paired results in the other tables:\n%s", out)
+	}
+}

@@ -76,7 +76,12 @@ type cacheEntry[V any] struct {
 // verified again if it loses its slot too.
 //
 // Expiry is decided here, on the server's clock, from the instant stored
-// with each entry; otter only uses it to drop dead entries early.
+// with each entry, and a lookup that finds an entry dead drops it. Otter
+// is given no expiry of its own: its timer wheel, scheduled on every
+// insertion and advanced by its maintenance, made an insertion cost
+// several microseconds in a busy server, and each entry larger. A dead
+// entry that nobody looks up stays until otter evicts it for room: the
+// cache still holds at most about its capacity.
 type otterCache[V any] struct {
 	c     *otter.Cache[tokenKey, *cacheEntry[V]]
 	front []atomic.Pointer[cacheEntry[V]] // len a power of two, or 0
@@ -94,16 +99,13 @@ func frontSlots(capacity int) int {
 }
 
 func newOtterCache[V any](capacity int, now func() time.Time) *otterCache[V] {
-	clock := noTicks{now}
 	return &otterCache[V]{
 		c: otter.Must(&otter.Options[tokenKey, *cacheEntry[V]]{
 			MaximumSize: capacity,
-			ExpiryCalculator: otter.ExpiryCreatingFunc(func(e otter.Entry[tokenKey, *cacheEntry[V]]) time.Duration {
-				return time.Duration(e.Value.until - clock.NowNano())
-			}),
 			// No periodic clean-up, hence no goroutine per cache: a cache is
-			// dropped with its key set, and a dead entry costs only its room.
-			Clock:    clock,
+			// dropped with its key set. Maintenance runs on the goroutine
+			// that triggers it.
+			Clock:    noTicks{now},
 			Executor: func(fn func()) { fn() },
 		}),
 		front: make([]atomic.Pointer[cacheEntry[V]], frontSlots(capacity)),

@@ -103,7 +103,10 @@ func TestWrite(t *testing.T) {
 | EdDSA | floor | 1 | 200000 | 1.00 | 1.00 | 12000 | 200 | +0 |
 | EdDSA | steady | 1 | 230000 | 1.15 | 1.15 | 13000 | 220 | +20 |
 
-### Targets
+### Targets on the medians of separate runs
+
+Each case and floor measured a second or more apart: where BenchmarkPaired ran, its table (last) is the one
+the ratio targets are judged on; this one still judges the allocations and refresh-rpc.
 
 | benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc | steady-jwks / floor ≤ 1.10 |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -356,6 +359,8 @@ BenchmarkPaired/Unary/HS256/steady-2    	 1000	 75000 ns/op	 70000 floor-ns/op	 
 BenchmarkPaired/Unary/HS256/steady-2    	 1000	 79000 ns/op	 70000 floor-ns/op	 1.129 x-floor
 BenchmarkPaired/Unary/HS256/steady-2    	 1000	 76000 ns/op	 70000 floor-ns/op	 1.086 x-floor
 BenchmarkPaired/Unary/HS256/renew-every-2	 1000	 150000 ns/op	 100000 middleware-verify-ns/op	 1.55 x-middleware-verify
+BenchmarkPaired/Unary/ES256/steady-jwks-2	 1000	 75000 ns/op	 70000 floor-ns/op	 1.07 x-floor
+BenchmarkPaired/Unary/ES256/steady-redis-2	 1000	 75000 ns/op	 70000 floor-ns/op	 1.07 x-floor	 0.0001 redis-rt/op
 `
 	rs, err := parse(strings.NewReader(in))
 	if err != nil {
@@ -373,7 +378,7 @@ BenchmarkPaired/Unary/HS256/renew-every-2	 1000	 150000 ns/op	 100000 middleware
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "BenchmarkPaired (medians)") || strings.Contains(out, "| Paired/") {
+	if strings.Contains(out, "BenchmarkPaired (medians)") || strings.Contains(out, "| Paired/") || strings.Contains(out, "Paired/Unary") {
 		t.Errorf("Paired results in the other tables:\n%s", out)
 	}
 }

@@ -4,7 +4,16 @@
 //
 //	bash scripts/bench
 //
-// which prints a benchstat table and the ratio of every case to the floor.
+// which prints a benchstat table, the ratio of every case to the floor, and
+// BenchmarkPaired's ratios, on which the targets are judged.
+//
+// BenchmarkPaired (paired_test.go) times each case with a target (steady,
+// steady-otel, steady-redis, steady-jwks, renew; renew-every) against its
+// baseline (floor; middleware-verify) call by call in one loop, in
+// alternating order, and reports the ratio as x-floor or
+// x-middleware-verify: a case and its baseline share every moment of the
+// machine's drift, which cases run a second apart do not. floor against
+// floor is its control.
 //
 // Every case is a real gRPC call over TCP loopback, with plaintext
 // credentials, to demo.v1.DemoService: BenchmarkUnary makes one Echo call,

@@ -270,7 +270,7 @@ func write(w io.Writer, gs []*group) {
 		}
 	}
 	for _, fam := range families {
-		if fam == pairedFamily {
+		if isPaired(fam) {
 			continue // its own table, below
 		}
 		fmt.Fprintf(w, "### Benchmark%s (medians)\n\n", fam)
@@ -303,6 +303,10 @@ func write(w io.Writer, gs []*group) {
 		fmt.Fprintln(w)
 	}
 
+	if !slices.ContainsFunc(gs, func(g *group) bool { return !isPaired(g.family) }) {
+		writePaired(w, gs)
+		return
+	}
 	fmt.Fprintln(w, "### Targets on the medians of separate runs")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Each case and floor measured a second or more apart: where BenchmarkPaired ran, its table (last) is the one")
@@ -311,7 +315,7 @@ func write(w io.Writer, gs []*group) {
 	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc | steady-jwks / floor ≤ 1.10 |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, g := range gs {
-		if g.family == pairedFamily {
+		if isPaired(g.family) {
 			continue
 		}
 		floor, steady, renew, refresh := g.get(floorCase), g.get(steadyCase), g.get(renewCase), g.get(refreshCase)
@@ -334,10 +338,22 @@ func write(w io.Writer, gs []*group) {
 	writePaired(w, gs)
 }
 
-// pairedFamily is BenchmarkPaired's: Paired/<family>/<alg>/<case>, each
-// case timed call by call against its baseline in one loop, which reports
-// the ratio itself as x-<baseline>.
-const pairedFamily = "Paired"
+// The paired families: BenchmarkPaired's, Paired/<family>/<alg>/<case>,
+// and BenchmarkSessionsPaired's, SessionsPaired/<alg>/<n>/<load>/<case>;
+// each case is timed call by call against its baseline in one loop, which
+// reports the ratio itself as x-<baseline>.
+const (
+	pairedFamily         = "Paired"
+	sessionsPairedFamily = "SessionsPaired"
+)
+
+func isPaired(family string) bool {
+	return family == pairedFamily || family == sessionsPairedFamily
+}
+
+// steadyDefaultCase is the sessions sweep's steady with the default cache
+// size, judged against middleware-verify.
+const steadyDefaultCase = "steady-default"
 
 // pairedTargets are the targets judged on BenchmarkPaired's ratios: the
 // baseline's name (the ratio's unit is "x-" and it) and the largest ratio
@@ -353,6 +369,8 @@ var pairedTargets = map[string]struct {
 	steadyJWKSCase:  {floorCase, 1.10},
 	renewCase:       {floorCase, 1.20},
 	renewEveryCase:  {middlewareCase, 1.5},
+	// The sessions sweep's: never slower than middleware-verify.
+	steadyDefaultCase: {middlewareCase, 1.00},
 }
 
 // writePaired prints BenchmarkPaired's ratios: per case, the median over
@@ -361,7 +379,7 @@ var pairedTargets = map[string]struct {
 func writePaired(w io.Writer, gs []*group) {
 	var rows []string
 	for _, g := range gs {
-		if g.family != pairedFamily {
+		if !isPaired(g.family) {
 			continue
 		}
 		for _, s := range g.cases {
@@ -383,18 +401,22 @@ func writePaired(w io.Writer, gs []*group) {
 				}
 				target = fmt.Sprintf("≤ %.2f %s", t.max, verdict)
 			}
-			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %d | %.2f | %.2f–%.2f | %s |",
-				g.alg, s.cas, t.baseline, len(vs), med, slices.Min(vs), slices.Max(vs), target))
+			hit := "–"
+			if h, ok := s.extra(unitHit); ok {
+				hit = fmt.Sprintf("%.1f", h)
+			}
+			rows = append(rows, fmt.Sprintf("| %s/%s | %s | %s | %d | %.2f | %.2f–%.2f | %s | %s |",
+				g.family, g.alg, s.cas, t.baseline, len(vs), med, slices.Min(vs), slices.Max(vs), hit, target))
 		}
 	}
 	if len(rows) == 0 {
 		return
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "### BenchmarkPaired: each case against its baseline, call by call in one loop")
+	fmt.Fprintln(w, "### Paired: each case against its baseline, call by call in one loop")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| family/alg | case | baseline | runs | × baseline (median) | range | target |")
-	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | --- |")
+	fmt.Fprintln(w, "| benchmark | case | baseline | runs | × baseline (median) | range | hit% | target |")
+	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
 	for _, r := range rows {
 		fmt.Fprintln(w, r)
 	}
@@ -409,7 +431,7 @@ func writePaired(w io.Writer, gs []*group) {
 func writeMesh(w io.Writer, gs []*group) {
 	var rows []string
 	for _, g := range gs {
-		if g.family == pairedFamily {
+		if isPaired(g.family) {
 			continue
 		}
 		jwks, delegated := g.get(steadyJWKSCase), g.get(renewDelegatedCase)
@@ -444,7 +466,7 @@ func writeMesh(w io.Writer, gs []*group) {
 func writeRedis(w io.Writer, gs []*group) {
 	var rows []string
 	for _, g := range gs {
-		if g.family == pairedFamily {
+		if isPaired(g.family) {
 			continue
 		}
 		floor, steady := g.get(floorCase), g.get(steadyCase)

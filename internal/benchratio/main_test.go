@@ -361,6 +361,8 @@ BenchmarkPaired/Unary/HS256/steady-2    	 1000	 76000 ns/op	 70000 floor-ns/op	 
 BenchmarkPaired/Unary/HS256/renew-every-2	 1000	 150000 ns/op	 100000 middleware-verify-ns/op	 1.55 x-middleware-verify
 BenchmarkPaired/Unary/ES256/steady-jwks-2	 1000	 75000 ns/op	 70000 floor-ns/op	 1.07 x-floor
 BenchmarkPaired/Unary/ES256/steady-redis-2	 1000	 75000 ns/op	 70000 floor-ns/op	 1.07 x-floor	 0.0001 redis-rt/op
+BenchmarkSessionsPaired/HS256/100000/rand/steady-2	 20000	 84000 ns/op	 75000 floor-ns/op	 95.06 hit%	 1.123 x-floor
+BenchmarkSessionsPaired/HS256/100000/rand/steady-default-2	 20000	 90000 ns/op	 10.95 hit%	 91000 middleware-verify-ns/op	 0.99 x-middleware-verify
 `
 	rs, err := parse(strings.NewReader(in))
 	if err != nil {
@@ -370,15 +372,17 @@ BenchmarkPaired/Unary/ES256/steady-redis-2	 1000	 75000 ns/op	 70000 floor-ns/op
 	write(&b, summarize(rs))
 	out := b.String()
 	for _, want := range []string{
-		"| Unary/HS256 | floor | floor | 2 | 1.01 | 1.00–1.01 | control (≈ 1.00) |",
-		"| Unary/HS256 | steady | floor | 3 | 1.09 | 1.07–1.13 | ≤ 1.10 pass |",
-		"| Unary/HS256 | renew-every | middleware-verify | 1 | 1.55 | 1.55–1.55 | ≤ 1.50 MISS |",
+		"| Paired/Unary/HS256 | floor | floor | 2 | 1.01 | 1.00–1.01 | – | control (≈ 1.00) |",
+		"| Paired/Unary/HS256 | steady | floor | 3 | 1.09 | 1.07–1.13 | – | ≤ 1.10 pass |",
+		"| Paired/Unary/HS256 | renew-every | middleware-verify | 1 | 1.55 | 1.55–1.55 | – | ≤ 1.50 MISS |",
+		"| SessionsPaired/HS256/100000/rand | steady | floor | 1 | 1.12 | 1.12–1.12 | 95.1 | ≤ 1.10 MISS |",
+		"| SessionsPaired/HS256/100000/rand | steady-default | middleware-verify | 1 | 0.99 | 0.99–0.99 | 10.9 | ≤ 1.00 pass |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "BenchmarkPaired (medians)") || strings.Contains(out, "| Paired/") || strings.Contains(out, "Paired/Unary") {
+	if strings.Contains(out, "BenchmarkPaired (medians)") || strings.Contains(out, "BenchmarkSessionsPaired (medians)") || strings.Count(out, "Paired/") != 7 || strings.Contains(out, "### Targets") {
 		t.Errorf("Paired results in the other tables:\n%s", out)
 	}
 }

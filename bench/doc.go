@@ -13,7 +13,9 @@
 // alternating order, and reports the ratio as x-floor or
 // x-middleware-verify: a case and its baseline share every moment of the
 // machine's drift, which cases run a second apart do not. floor against
-// floor is its control.
+// floor is its control. BenchmarkSessionsPaired does the same for the
+// sessions sweep (sessions_paired_test.go): steady against floor, and
+// steady-default against middleware-verify.
 //
 // Every case is a real gRPC call over TCP loopback, with plaintext
 // credentials, to demo.v1.DemoService: BenchmarkUnary makes one Echo call,

@@ -740,8 +740,8 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 		t.Fatalf("renewal before rotation: %d bytes, %v; want one", len(before), err)
 	}
 	v := e.server.ver.Load()
-	if v.verified.len() != 1 || v.renewals.len() != 1 {
-		t.Fatalf("before rotation: verified %d, renewals %d; want 1, 1", v.verified.len(), v.renewals.len())
+	if c, ok := v.verified.get(ck(tok), e.clock.Now()); v.verified.len() != 1 || !ok || c.renewal.Load() == nil {
+		t.Fatalf("before rotation: verified %d, token cached %v; want 1, true, with its renewal", v.verified.len(), ok)
 	}
 
 	k1 := e.keys.Active()
@@ -750,8 +750,8 @@ func TestServerCache_RotateKeysEmptiesCaches(t *testing.T) {
 		t.Fatal(err)
 	}
 	v = e.server.ver.Load()
-	if v.verified.len() != 0 || v.renewals.len() != 0 {
-		t.Fatalf("after rotation: verified %d, renewals %d; want 0, 0", v.verified.len(), v.renewals.len())
+	if v.verified.len() != 0 {
+		t.Fatalf("after rotation: verified %d (with their renewals); want 0", v.verified.len())
 	}
 	after, err := unaryCall(t, client, tok)
 	if err != nil || after == "" {
@@ -815,8 +815,8 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 				t.Errorf("EventRenewed count = %d, want %d (one per request)", got, n)
 			}
 			if tt.size > 0 {
-				if got := e.server.ver.Load().renewals.len(); got != 1 {
-					t.Errorf("renewals cache len() = %d, want 1", got)
+				if got := e.server.ver.Load().verified.len(); got != 1 {
+					t.Errorf("verified cache len() = %d, want 1 (the token, with its renewal)", got)
 				}
 			}
 			rb, err := unaryCall(t, client, b)
@@ -868,19 +868,17 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 		v := s.ver.Load()
 		until := t0.Add(time.Hour)
 		claims := &verifiedClaims{}
-		var peakV, peakR int
+		var peak int
 		for i := range cacheMillion {
 			jti := strconv.Itoa(i)
 			v.verified.put(ck("token."+jti), claims, until)
-			v.renewals.getOrPut(ck(jti), t0, func() (*renewal, time.Time) { return new(renewal), until })
 			if i%8192 == 0 {
-				peakV, peakR = max(peakV, v.verified.len()), max(peakR, v.renewals.len())
+				peak = max(peak, v.verified.len())
 			}
 		}
-		peakV, peakR = max(peakV, v.verified.len()), max(peakR, v.renewals.len())
-		if peakV > DefaultCacheSize || peakR > DefaultCacheSize {
-			t.Fatalf("after %d distinct tokens: verified peaked at %d, renewals at %d; want both ≤ %d",
-				cacheMillion, peakV, peakR, DefaultCacheSize)
+		peak = max(peak, v.verified.len())
+		if peak > DefaultCacheSize {
+			t.Fatalf("after %d distinct tokens: verified peaked at %d; want ≤ %d", cacheMillion, peak, DefaultCacheSize)
 		}
 	})
 
@@ -909,8 +907,8 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 			}
 		}
 		v := s.ver.Load()
-		if v.verified.len() > size || v.renewals.len() > size {
-			t.Errorf("after %d tokens: verified %d, renewals %d entries; want ≤ %d", tokens, v.verified.len(), v.renewals.len(), size)
+		if v.verified.len() > size {
+			t.Errorf("after %d tokens: verified %d entries (with their renewals); want ≤ %d", tokens, v.verified.len(), size)
 		}
 		if renewed != tokens {
 			t.Errorf("%d of %d calls renewed, want all", renewed, tokens)
@@ -918,13 +916,13 @@ func TestServerCache_MillionDistinctStayBounded(t *testing.T) {
 	})
 }
 
-// TestServerCache_Disabled: WithCacheSize(0) has neither cache and every
-// call still works; a negative size is refused.
+// TestServerCache_Disabled: WithCacheSize(0) has no cache (nor shared
+// renewals) and every call still works; a negative size is refused.
 func TestServerCache_Disabled(t *testing.T) {
 	e := newEnv(t, withServerOptions(WithCacheSize(0)))
 	v := e.server.ver.Load()
-	if v.verified != nil || v.renewals != nil {
-		t.Fatalf("WithCacheSize(0): verified %v, renewals %v; want both nil", v.verified != nil, v.renewals != nil)
+	if v.verified != nil {
+		t.Fatal("WithCacheSize(0): a verified-token cache, want none")
 	}
 	client := cacheClient(t, e)
 	tok := e.startSession(t, nil).AccessToken

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -212,6 +213,10 @@ type verifiedClaims struct {
 	aud  []string
 	sec  [numDates]int64
 	nsec [numDates]int32
+	// renewal is the renewal minted for the token these claims came from,
+	// shared by the requests that present it while it is due (see
+	// Server.renew); the claims are otherwise immutable.
+	renewal atomic.Pointer[renewal]
 }
 
 // compactClaims returns the compact form of c, which it does not keep.

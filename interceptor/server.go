@@ -430,36 +430,47 @@ func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Ti
 			r.md = metadata.Pairs(s.cfg.renewalHeader, r.tok)
 		}
 	}
-	if v.renewals == nil {
+	if v.verified == nil {
 		r := new(renewal)
 		mint(r)
 		return r
 	}
-	// The entry dies with the presented token (once it is no longer
-	// accepted), or with the renewal itself if that comes first (a TTL
-	// shorter than the leeway), so a renewal handed out is never already
-	// expired. Whoever runs the Once mints at a time no earlier than the
-	// entry's creation, so the token's exp is no earlier than d.Expiry.
-	r := v.renewals.getOrPut(key, now, func() (*renewal, time.Time) {
-		until := p.AcceptExpiryUntil(c.exp())
-		if d.Expiry.Before(until) {
-			until = d.Expiry
+	// The renewal lives on the verified claims that the cache shares among
+	// the requests presenting the token (racing first presentations
+	// included: see verifyCached), so it is shared and dies with them. It
+	// is reused until the presented token is no longer accepted, or until
+	// the renewal itself expires if that comes first (a TTL shorter than
+	// the leeway), so a renewal handed out is never already expired.
+	// Whoever runs the Once mints at a time no earlier than the renewal's
+	// creation, so the token's exp is no earlier than d.Expiry.
+	until := p.AcceptExpiryUntil(c.exp())
+	if d.Expiry.Before(until) {
+		until = d.Expiry
+	}
+	for {
+		old := c.renewal.Load()
+		if old != nil && now.Before(old.until) {
+			old.once.Do(func() { mint(old) })
+			return old
 		}
-		return new(renewal), until
-	})
-	r.once.Do(func() { mint(r) })
-	return r
+		r := &renewal{until: until}
+		if c.renewal.CompareAndSwap(old, r) {
+			r.once.Do(func() { mint(r) })
+			return r
+		}
+	}
 }
 
 // renewal is the one renewed token minted for a presented token, with the
 // response metadata that carries it, built once. gRPC only reads that
 // metadata (SetHeader and SetTrailer copy it), so requests share it.
 type renewal struct {
-	once sync.Once
-	tok  string
-	exp  time.Time
-	md   metadata.MD
-	err  error
+	once  sync.Once
+	tok   string
+	exp   time.Time
+	md    metadata.MD
+	err   error
+	until time.Time // the renewal is handed out before until only
 	// call, if set, is one call's wait for a delegated renewal that is
 	// still in flight; the other fields are unset (see delegate.go).
 	call *delegatedCall

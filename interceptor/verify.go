@@ -67,9 +67,6 @@ type verifier struct {
 	// and is verified on its own. Failures are never stored. nil when
 	// disabled.
 	verified tokenCache[*verifiedClaims]
-	// renewals maps a presented token's digest to its renewal; nil when
-	// disabled.
-	renewals tokenCache[*renewal]
 
 	// remote is the key set's RemoteKeySet, if it has one, and gen its
 	// generation when the caches were made: they are the keys' only as
@@ -106,7 +103,6 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 	}
 	if cfg.cacheSize > 0 {
 		v.verified = newTokenCache[*verifiedClaims](cfg.cacheSize, cfg.now)
-		v.renewals = newTokenCache[*renewal](cfg.cacheSize, cfg.now)
 	}
 	return v
 }
@@ -156,7 +152,11 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tok
 	c := compactClaims(full)
 	if err == nil && v.verified != nil {
 		// jwt accepts while now < exp + leeway; the entry dies then.
-		v.verified.put(k, c, v.policy.AcceptExpiryUntil(c.exp()))
+		// Requests racing to verify the same token all get the claims
+		// that went in first, so that they share one renewal (see
+		// Server.renew).
+		until := v.policy.AcceptExpiryUntil(c.exp())
+		c = v.verified.getOrPut(k, now, func() (*verifiedClaims, time.Time) { return c, until })
 	}
 	return c, k, cache, err
 }

@@ -45,7 +45,14 @@ type claimsMember struct {
 //
 // It is one walk over the object's members, which validates the JSON
 // itself: it does not rely on its caller having done so.
-func (c *Claims) UnmarshalJSON(data []byte) error {
+func (c *Claims) UnmarshalJSON(data []byte) error { return c.unmarshal(data, nil) }
+
+// unmarshal is UnmarshalJSON, which also puts into rawDates, if not nil,
+// each date's JSON number as it appears in data (nil when absent; indexed
+// like verifiedClaims's dates, which claimsStorage's follow too): a
+// client reads them as exactly as encoding/json would, where Claims keeps
+// golang-jwt's jwt.TimePrecision.
+func (c *Claims) unmarshal(data []byte, rawDates *[numDates][]byte) error {
 	var (
 		nameBuf   [32]dupName
 		memberBuf [32]claimsMember
@@ -162,15 +169,15 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 				err = errClaimType
 			}
 		case "exp":
-			date = 0
+			date = dateExp
 		case "nbf":
-			date = 1
+			date = dateNbf
 		case "iat":
-			date = 2
+			date = dateIat
 		case "auth_time":
-			date = 3
+			date = dateAuthTime
 		case "session_exp":
-			date = 4
+			date = dateSessionExp
 		case "cnf":
 			st := storage()
 			if st.cnf.X5tS256, err = parseConfirmation(v); err == nil {
@@ -191,16 +198,19 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 			if err := decodeNumericDate(d, v); err != nil {
 				return err
 			}
+			if rawDates != nil {
+				rawDates[date] = v
+			}
 			switch date {
-			case 0:
+			case dateExp:
 				out.ExpiresAt = d
-			case 1:
+			case dateNbf:
 				out.NotBefore = d
-			case 2:
+			case dateIat:
 				out.IssuedAt = d
-			case 3:
+			case dateAuthTime:
 				out.AuthTime = d
-			case 4:
+			case dateSessionExp:
 				out.SessionExpiry = d
 			}
 		}

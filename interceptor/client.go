@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -226,20 +227,6 @@ type wireHeader struct {
 	Typ string `json:"typ"`
 }
 
-// wireClaims is the part of a session token's payload the holder reads.
-// Dates are float64 so that a quoted date fails to decode, as RFC 7519
-// wants; the other claims (custom ones too) are skipped, not kept.
-type wireClaims struct {
-	Iss        string          `json:"iss"`
-	Sub        string          `json:"sub"`
-	Aud        audience        `json:"aud"`
-	Exp        float64         `json:"exp"`
-	AuthTime   float64         `json:"auth_time"`
-	SessionExp float64         `json:"session_exp"` // 0 when absent
-	Sid        string          `json:"sid"`
-	Cnf        json.RawMessage `json:"cnf"` // nil when absent
-}
-
 // audience is the "aud" claim: one string or an array of strings.
 type audience []string
 
@@ -316,12 +303,7 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	enc := base64.RawURLEncoding.Strict()
 	buf := make([]byte, enc.DecodedLen(len(hdr))+enc.DecodedLen(len(payload)))
 	hb, pb := buf[:enc.DecodedLen(len(hdr))], buf[enc.DecodedLen(len(hdr)):]
-	// One allocation for both, which escape into encoding/json.
-	d := new(struct {
-		h wireHeader
-		w wireClaims
-	})
-	h, w := &d.h, &d.w
+	h := new(wireHeader) // escapes into encoding/json
 	if err := decodeSegment(hb, src[:len(hdr)], h); err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
@@ -331,29 +313,57 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if !isType(h.Typ, typ) {
 		return sessionClaims{}, errWrongTokenTyp
 	}
-	if err := decodeSegment(pb, src[len(hdr)+1:len(hdr)+1+len(payload)], w); err != nil {
+	// The payload goes through the server's own one-pass decoder, which
+	// refuses what a server refuses (a member named twice at any depth, a
+	// session claim's name in another case, a quoted date, a cnf that is
+	// not one thumbprint), with the dates read exactly from their JSON
+	// numbers.
+	n, err := base64.RawURLEncoding.Strict().Decode(pb, src[len(hdr)+1:len(hdr)+1+len(payload)])
+	if err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
-	if w.Sub == "" || w.Sid == "" || !validDate(w.Exp) || !validDate(w.AuthTime) ||
-		w.SessionExp != 0 && (!validDate(w.SessionExp) || w.SessionExp <= w.AuthTime) {
+	var (
+		w     Claims
+		dates [numDates][]byte
+	)
+	if err := w.unmarshal(pb[:n], &dates); err != nil {
+		if errors.Is(err, errCnf) {
+			return sessionClaims{}, errBadCnf
+		}
+		return sessionClaims{}, errNotDecodable
+	}
+	exp, okExp := exactDate(dates[dateExp])
+	authTime, okAuth := exactDate(dates[dateAuthTime])
+	if w.Subject == "" || w.SessionID == "" || !okExp || !okAuth {
 		return sessionClaims{}, errNoSession
 	}
 	c := sessionClaims{
-		iss: w.Iss, sub: w.Sub, sid: w.Sid, aud: w.Aud,
-		authTime: numericDate(w.AuthTime),
-		exp:      numericDate(w.Exp),
+		iss: w.Issuer, sub: w.Subject, sid: w.SessionID, aud: w.Audience,
+		authTime: numericDate(authTime),
+		exp:      numericDate(exp),
 	}
-	if w.SessionExp != 0 {
-		c.sessionExp = numericDate(w.SessionExp)
-	}
-	if w.Cnf != nil {
-		cnf, err := parseConfirmation(w.Cnf)
-		if err != nil {
-			return sessionClaims{}, errBadCnf
+	if dates[dateSessionExp] != nil {
+		sessionExp, ok := exactDate(dates[dateSessionExp])
+		if !ok || sessionExp <= authTime {
+			return sessionClaims{}, errNoSession
 		}
-		c.cnf, c.bound = cnf, true
+		c.sessionExp = numericDate(sessionExp)
+	}
+	if w.Confirmation != nil {
+		c.cnf, c.bound = w.Confirmation.X5tS256, true
 	}
 	return c, nil
+}
+
+// exactDate parses v, a date's JSON number, as encoding/json decodes a
+// float64, and reports whether it is a date the holder accepts (see
+// validDate); false for a nil v (the date is absent).
+func exactDate(v []byte) (float64, bool) {
+	if v == nil {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(string(v), 64)
+	return f, err == nil && validDate(f)
 }
 
 // decodeSegment decodes seg, one strict base64url segment of a JWS, into

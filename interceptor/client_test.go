@@ -1208,6 +1208,54 @@ func TestTokenHolder_OfferIdentity(t *testing.T) {
 	}
 }
 
+// TestTokenHolder_OfferRefusesAmbiguousPayload: a renewal whose payload
+// two parsers could read differently (a member named twice, or a session
+// claim's name in another case, which encoding/json would match) is not
+// swapped in, even with the right identity otherwise; the same payload
+// without the extra member is.
+func TestTokenHolder_OfferRefusesAmbiguousPayload(t *testing.T) {
+	exp := t0.Add(24 * time.Hour)
+	claims := func(extra string) string {
+		return `{"iss":"auth.example","aud":["orders","billing"],"sub":"alice","sid":"sid-1",` +
+			`"auth_time":` + fmt.Sprint(cliUnix(t0)) + `,"iat":` + fmt.Sprint(cliUnix(t0)) +
+			`,"exp":` + fmt.Sprint(cliUnix(exp.Add(time.Hour))) + `,"jti":"j1"` + extra + `}`
+	}
+	forge := func(payload string) string {
+		h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"at+jwt","kid":"k1"}`))
+		input := h + "." + base64.RawURLEncoding.EncodeToString([]byte(payload))
+		sig, err := jwt.SigningMethodHS256.Sign(input, cliSecret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+	}
+	held := cliForge(t, map[string]any{"alg": "HS256", "typ": "at+jwt", "kid": "k1"}, map[string]any{
+		"iss": "auth.example", "aud": []string{"orders", "billing"}, "sub": "alice", "sid": "sid-1",
+		"auth_time": cliUnix(t0), "iat": cliUnix(t0), "exp": cliUnix(exp), "jti": "j0",
+	}, true)
+	for _, tc := range []struct {
+		name  string
+		extra string
+		swap  bool
+	}{
+		{"as is", ``, true},
+		{"sub twice", `,"sub":"mallory"`, false},
+		{"SUB", `,"SUB":"mallory"`, false},
+		{"Exp", `,"Exp":` + fmt.Sprint(cliUnix(exp.Add(48*time.Hour))), false},
+		{"a name twice in a custom claim", `,"org":{"id":1,"id":2}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, swaps := cliHolder(t, held)
+			if got := h.offer(forge(claims(tc.extra))); got != tc.swap {
+				t.Fatalf("offer = %v, want %v", got, tc.swap)
+			}
+			if !tc.swap {
+				cliWantSwaps(t, swaps)
+			}
+		})
+	}
+}
+
 // cliDialAs returns a plaintext connection to lis under target, with opts.
 // It is closed when the test ends.
 func cliDialAs(t testing.TB, lis interface {

@@ -135,17 +135,30 @@ func (c *otterCache[V]) remember(e *cacheEntry[V]) {
 	}
 }
 
+// inFront returns the entry for k in the front array if it is alive at n
+// (Unix nanoseconds), and drops it from its slot if it is dead. s is k's
+// slot, or nil.
+func (c *otterCache[V]) inFront(s *atomic.Pointer[cacheEntry[V]], k tokenKey, n int64) (*cacheEntry[V], bool) {
+	if s == nil {
+		return nil, false
+	}
+	e := s.Load()
+	if e == nil || e.key != k {
+		return nil, false
+	}
+	if n < e.until {
+		return e, true
+	}
+	s.CompareAndSwap(e, nil)
+	return nil, false
+}
+
 // lookup returns the entry for k alive at now, n in Unix nanoseconds,
 // from the front array or otter, and drops a dead one.
 func (c *otterCache[V]) lookup(k tokenKey, n int64) (*cacheEntry[V], bool) {
 	s := c.slot(k)
-	if s != nil {
-		if e := s.Load(); e != nil && e.key == k {
-			if n < e.until {
-				return e, true
-			}
-			s.CompareAndSwap(e, nil)
-		}
+	if e, ok := c.inFront(s, k, n); ok {
+		return e, true
 	}
 	e, ok := c.c.GetIfPresent(k)
 	if !ok {
@@ -179,10 +192,8 @@ func (c *otterCache[V]) getOrPut(k tokenKey, now time.Time, mk func() (V, time.T
 	n := now.UnixNano()
 	// The front array only: otter's Compute below finds a live entry as
 	// well, and a lookup in otter first would cost a miss twice.
-	if s := c.slot(k); s != nil {
-		if e := s.Load(); e != nil && e.key == k && n < e.until {
-			return e.val
-		}
+	if e, ok := c.inFront(c.slot(k), k, n); ok {
+		return e.val
 	}
 	e, _ := c.c.Compute(k, func(old *cacheEntry[V], found bool) (*cacheEntry[V], otter.ComputeOp) {
 		if found && n < old.until {

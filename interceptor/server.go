@@ -281,7 +281,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	case v.keys.active == nil:
 		r = s.delegate(ctx, v, c, key, now) // nil without WithDelegatedRenewal
 	default:
-		r = s.renew(v, c, key, now)
+		r = s.renew(v, c, now)
 	}
 	if method == renewMethod {
 		ctx = context.WithValue(ctx, renewalKey{}, r) // TokenService.Renew answers it
@@ -410,7 +410,7 @@ func (s *Server) syncRemote(v *verifier) *verifier {
 // They are matched on the token as presented (its digest), never on a
 // claim such as jti: two tokens sharing a jti (from another issuer that the
 // key set trusts) must not share a renewal.
-func (s *Server) renew(v *verifier, c *verifiedClaims, key tokenKey, now time.Time) *renewal {
+func (s *Server) renew(v *verifier, c *verifiedClaims, now time.Time) *renewal {
 	if v.keys.active == nil {
 		return nil // a verify-only server renews nothing
 	}

@@ -124,14 +124,14 @@ func BenchmarkVerifyMiss(b *testing.B) {
 func BenchmarkMint(b *testing.B) {
 	for _, a := range benchAlgs {
 		bs := newBenchServer(b, a)
-		c, key, _, aerr := bs.v.verifyCached(bs.tok, bs.now)
+		c, _, _, aerr := bs.v.verifyCached(bs.tok, bs.now)
 		if aerr != nil {
 			b.Fatal(aerr)
 		}
 		b.Run(a.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				r := bs.s.renew(bs.v, c, key, bs.now)
+				r := bs.s.renew(bs.v, c, bs.now)
 				if r == nil || r.err != nil {
 					b.Fatal("no renewal")
 				}

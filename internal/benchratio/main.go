@@ -262,7 +262,21 @@ func pairedRatio(floor, s *stat) (float64, bool) {
 }
 
 // write prints one Markdown table per family, then the targets.
-func write(w io.Writer, gs []*group) {
+func write(w io.Writer, all []*group) {
+	// The paired groups get their own table, at the end; every other table
+	// is of the rest.
+	var gs, paired []*group
+	for _, g := range all {
+		if isPaired(g.family) {
+			paired = append(paired, g)
+		} else {
+			gs = append(gs, g)
+		}
+	}
+	defer writePaired(w, paired)
+	if len(gs) == 0 {
+		return
+	}
 	var families []string
 	for _, g := range gs {
 		if !slices.Contains(families, g.family) {
@@ -270,9 +284,6 @@ func write(w io.Writer, gs []*group) {
 		}
 	}
 	for _, fam := range families {
-		if isPaired(fam) {
-			continue // its own table, below
-		}
 		fmt.Fprintf(w, "### Benchmark%s (medians)\n\n", fam)
 		fmt.Fprintln(w, "| alg | case | runs | ns/op | × floor | × floor, paired | B/op | allocs/op | allocs − floor |")
 		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -303,10 +314,6 @@ func write(w io.Writer, gs []*group) {
 		fmt.Fprintln(w)
 	}
 
-	if !slices.ContainsFunc(gs, func(g *group) bool { return !isPaired(g.family) }) {
-		writePaired(w, gs)
-		return
-	}
 	fmt.Fprintln(w, "### Targets on the medians of separate runs")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Each case and floor measured a second or more apart: where BenchmarkPaired ran, its table (last) is the one")
@@ -315,9 +322,6 @@ func write(w io.Writer, gs []*group) {
 	fmt.Fprintln(w, "| benchmark | steady / floor ≤ 1.10 | steady-otel / floor ≤ 1.10 | steady-otel / steady | renew / floor ≤ 1.20 | renew-every / middleware-verify ≤ 1.5 | steady allocs − floor ≤ 15 | refresh-rpc / steady ≥ 1.8 | steady-redis / floor ≤ 1.10 | refresh-rpc-redis / refresh-rpc | steady-jwks / floor ≤ 1.10 |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, g := range gs {
-		if isPaired(g.family) {
-			continue
-		}
 		floor, steady, renew, refresh := g.get(floorCase), g.get(steadyCase), g.get(renewCase), g.get(refreshCase)
 		steadyOtel := g.get(steadyOtelCase)
 		fmt.Fprintf(w, "| %s/%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g.family, g.alg,
@@ -335,7 +339,6 @@ func write(w io.Writer, gs []*group) {
 	}
 	writeMesh(w, gs)
 	writeRedis(w, gs)
-	writePaired(w, gs)
 }
 
 // The paired families: BenchmarkPaired's, Paired/<family>/<alg>/<case>,
@@ -379,9 +382,6 @@ var pairedTargets = map[string]struct {
 func writePaired(w io.Writer, gs []*group) {
 	var rows []string
 	for _, g := range gs {
-		if !isPaired(g.family) {
-			continue
-		}
 		for _, s := range g.cases {
 			t, ok := pairedTargets[s.cas]
 			if !ok {
@@ -431,9 +431,6 @@ func writePaired(w io.Writer, gs []*group) {
 func writeMesh(w io.Writer, gs []*group) {
 	var rows []string
 	for _, g := range gs {
-		if isPaired(g.family) {
-			continue
-		}
 		jwks, delegated := g.get(steadyJWKSCase), g.get(renewDelegatedCase)
 		if jwks == nil && delegated == nil {
 			continue
@@ -466,9 +463,6 @@ func writeMesh(w io.Writer, gs []*group) {
 func writeRedis(w io.Writer, gs []*group) {
 	var rows []string
 	for _, g := range gs {
-		if isPaired(g.family) {
-			continue
-		}
 		floor, steady := g.get(floorCase), g.get(steadyCase)
 		for _, s := range g.cases {
 			rt, ok := s.extra(unitRoundTrips)

@@ -30,9 +30,9 @@ type claimsStorage struct {
 
 // claimsMember is one top-level member of a claims payload: its value is
 // data[start:end]; str tells whether that is a string whose bytes are its
-// own unescaped form.
+// own unescaped form. Its bounds are int32 for the reason dupName's are.
 type claimsMember struct {
-	start, end int
+	start, end int32
 	plain      bool
 }
 
@@ -53,9 +53,13 @@ func (c *Claims) UnmarshalJSON(data []byte) error { return c.unmarshal(data, nil
 // client reads them as exactly as encoding/json would, where Claims keeps
 // golang-jwt's jwt.TimePrecision.
 func (c *Claims) unmarshal(data []byte, rawDates *[numDates][]byte) error {
+	if len(data) >= maxJSONLen {
+		return errJSONTooLarge
+	}
 	var (
-		nameBuf   [32]dupName
-		memberBuf [32]claimsMember
+		// A session token has about a dozen members.
+		nameBuf   [16]dupName
+		memberBuf [16]claimsMember
 		names     = nameBuf[:0]
 		members   = memberBuf[:0]
 		arena     []byte // unescaped names
@@ -83,7 +87,7 @@ func (c *Claims) unmarshal(data []byte, rawDates *[numDates][]byte) error {
 			if err != nil {
 				return err
 			}
-			members = append(members, claimsMember{start: start, end: end, plain: plain})
+			members = append(members, claimsMember{start: int32(start), end: int32(end), plain: plain})
 			if i, ch = jsonNext(data, end); ch == ',' {
 				i++
 				continue
@@ -119,7 +123,7 @@ func (c *Claims) unmarshal(data []byte, rawDates *[numDates][]byte) error {
 			return errShadowClaim
 		}
 		customs++
-		customSize += members[k].end - members[k].start
+		customSize += int(members[k].end - members[k].start)
 	}
 
 	var (
@@ -236,7 +240,7 @@ func plainAudience(data []byte, m claimsMember, str string, storage func() *clai
 		buf [4]string
 		aud = buf[:0]
 	)
-	if _, ok := plainStringArray(data, m.start, func(start, end int) {
+	if _, ok := plainStringArray(data, int(m.start), func(start, end int) {
 		aud = append(aud, str[start:end])
 	}); !ok {
 		return nil, false

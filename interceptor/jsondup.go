@@ -50,11 +50,23 @@ const dupLinearMax = 16
 const dupEOF = -1
 
 // A dupName is a member name: data[start:end], or arena[start:end] when
-// the name had to be unescaped.
+// the name had to be unescaped. Its bounds are int32, which halves the
+// stack buffers of checkUniqueNames and Claims.unmarshal: they run deep in
+// a server handler's goroutine, where a larger frame can cost a stack
+// copy on every call. Their callers refuse data of maxJSONLen or more.
 type dupName struct {
-	start, end int
+	start, end int32
 	unescaped  bool
 }
+
+// maxJSONLen bounds the data that checkUniqueNames and Claims.unmarshal
+// take, so that an index fits a dupName: unescaped names fill the arena
+// with at most three bytes per byte of data (an invalid byte becomes
+// U+FFFD), which stays below 1<<31. A token is far smaller.
+const maxJSONLen = 1 << 29
+
+// errJSONTooLarge is returned for data of maxJSONLen bytes or more.
+var errJSONTooLarge = errors.New("JSON value too large")
 
 func (n dupName) bytes(data, arena []byte) []byte {
 	if n.unescaped {
@@ -88,6 +100,9 @@ type dupFrame struct {
 // helpers that take and return values, because stores through a pointer
 // would move the stack buffers to the heap.
 func checkUniqueNames(data []byte) error {
+	if len(data) >= maxJSONLen {
+		return errJSONTooLarge
+	}
 	var (
 		nameBuf  [32]dupName
 		frameBuf [16]dupFrame
@@ -221,7 +236,7 @@ func dupMember(data []byte, i int, arena []byte, names []dupName, f *dupFrame) (
 	if !ok {
 		return i, arena, names, errJSONSyntax
 	}
-	n := dupName{start: quote + 1, end: stop}
+	n := dupName{start: int32(quote + 1), end: int32(stop)}
 	if !plain {
 		// Rare: let encoding/json unescape the name, so that equality is
 		// exactly encoding/json's. The copy keeps data from escaping.
@@ -229,7 +244,7 @@ func dupMember(data []byte, i int, arena []byte, names []dupName, f *dupFrame) (
 		if err := json.Unmarshal(bytes.Clone(data[quote:stop+1]), &v); err != nil {
 			return i, arena, names, errJSONSyntax
 		}
-		n = dupName{start: len(arena), end: len(arena) + len(v), unescaped: true}
+		n = dupName{start: int32(len(arena)), end: int32(len(arena) + len(v)), unescaped: true}
 		arena = append(arena, v...)
 	}
 	b := n.bytes(data, arena)

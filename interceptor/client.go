@@ -3,7 +3,6 @@ package interceptor
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -221,48 +220,74 @@ func (s *sessionClaims) confirms(c *verifiedClaims) bool {
 	return s.bound == ok && s.cnf == t
 }
 
-// wireHeader is the part of a JOSE header the holder reads.
-type wireHeader struct {
-	Alg string `json:"alg"`
-	Typ string `json:"typ"`
-}
-
-// audience is the "aud" claim: one string or an array of strings.
-type audience []string
-
-func (a *audience) UnmarshalJSON(b []byte) error {
-	if aud, ok := plainStrings(b); ok {
-		*a = aud
-		return nil
+// readHeader reads alg and typ, the JOSE header members the holder
+// checks, from data in one pass. It refuses what the server's verifier
+// refuses before any key is looked at: anything but one JSON object, and a
+// member named twice. Names are matched exactly, as in golang-jwt's header
+// map; alg and typ must be strings, and null is taken as absent, as
+// encoding/json takes it.
+func readHeader(data []byte) (alg, typ string, err error) {
+	if len(data) >= maxJSONLen {
+		return "", "", errJSONTooLarge
 	}
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
+	var (
+		nameBuf [8]dupName
+		names   = nameBuf[:0]
+		arena   []byte // unescaped names
+		frame   = dupFrame{object: true}
+		str     string // data, once a member is wanted
+	)
+	i, ch := jsonNext(data, 0)
+	if ch != '{' {
+		return "", "", errNotObject
+	}
+	if i, ch = jsonNext(data, i+1); ch == '}' {
+		i++
+	} else {
+		for {
+			if i, arena, names, err = dupMember(data, i, arena, names, &frame); err != nil {
+				return "", "", err
+			}
+			n := names[len(names)-1]
+			if !n.unescaped && hasControl(data[n.start:n.end]) {
+				return "", "", errJSONSyntax
+			}
+			start, _ := jsonNext(data, i)
+			end, plain, err := scanValue(data, start)
+			if err != nil {
+				return "", "", err
+			}
+			var dst *string
+			switch string(n.bytes(data, arena)) {
+			case "alg":
+				dst = &alg
+			case "typ":
+				dst = &typ
+			}
+			if dst != nil {
+				if str == "" {
+					str = string(data)
+				}
+				m := claimsMember{start: int32(start), end: int32(end), plain: plain}
+				if err := decodeClaimString(dst, data[start:end], m, str); err != nil {
+					return "", "", err
+				}
+			}
+			if i, ch = jsonNext(data, end); ch == ',' {
+				i++
+				continue
+			}
+			if ch != '}' {
+				return "", "", errJSONSyntax
+			}
+			i++
+			break
 		}
-		*a = audience{s}
-		return nil
 	}
-	return json.Unmarshal(b, (*[]string)(a))
-}
-
-// plainStrings decodes b, a JSON array of strings without escapes, as the
-// usual audience is. It reports false for anything else.
-func plainStrings(b []byte) ([]string, bool) {
-	var out []string
-	i, ok := plainStringArray(b, 0, func(start, end int) {
-		out = append(out, string(b[start:end]))
-	})
-	if !ok {
-		return nil, false
+	if _, ch = jsonNext(data, i); ch != dupEOF {
+		return "", "", errJSONSyntax
 	}
-	if _, c := jsonNext(b, i); c != dupEOF {
-		return nil, false
-	}
-	if out == nil {
-		out = []string{}
-	}
-	return out, true
+	return alg, typ, nil
 }
 
 // maxNumericDate is the latest date the holder decodes: 9999-12-31T23:59:59Z.
@@ -303,14 +328,18 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	enc := base64.RawURLEncoding.Strict()
 	buf := make([]byte, enc.DecodedLen(len(hdr))+enc.DecodedLen(len(payload)))
 	hb, pb := buf[:enc.DecodedLen(len(hdr))], buf[enc.DecodedLen(len(hdr)):]
-	h := new(wireHeader) // escapes into encoding/json
-	if err := decodeSegment(hb, src[:len(hdr)], h); err != nil {
+	n, err := enc.Decode(hb, src[:len(hdr)])
+	if err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
-	if h.Alg == "" || strings.EqualFold(h.Alg, "none") {
+	alg, htyp, err := readHeader(hb[:n])
+	if err != nil {
+		return sessionClaims{}, errNotDecodable
+	}
+	if alg == "" || strings.EqualFold(alg, "none") {
 		return sessionClaims{}, errUnsigned
 	}
-	if !isType(h.Typ, typ) {
+	if !isType(htyp, typ) {
 		return sessionClaims{}, errWrongTokenTyp
 	}
 	// The payload goes through the server's own one-pass decoder, which
@@ -318,7 +347,7 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	// session claim's name in another case, a quoted date, a cnf that is
 	// not one thumbprint), with the dates read exactly from their JSON
 	// numbers.
-	n, err := base64.RawURLEncoding.Strict().Decode(pb, src[len(hdr)+1:len(hdr)+1+len(payload)])
+	n, err = enc.Decode(pb, src[len(hdr)+1:len(hdr)+1+len(payload)])
 	if err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
@@ -364,16 +393,6 @@ func exactDate(v []byte) (float64, bool) {
 	}
 	f, err := strconv.ParseFloat(string(v), 64)
 	return f, err == nil && validDate(f)
-}
-
-// decodeSegment decodes seg, one strict base64url segment of a JWS, into
-// dst, and that as JSON into v.
-func decodeSegment(dst, seg []byte, v any) error {
-	n, err := base64.RawURLEncoding.Strict().Decode(dst, seg)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(dst[:n], v)
 }
 
 func validDate(f float64) bool { return f > 0 && f <= maxNumericDate }

@@ -220,76 +220,6 @@ func (s *sessionClaims) confirms(c *verifiedClaims) bool {
 	return s.bound == ok && s.cnf == t
 }
 
-// readHeader reads alg and typ, the JOSE header members the holder
-// checks, from data in one pass. It refuses what the server's verifier
-// refuses before any key is looked at: anything but one JSON object, and a
-// member named twice. Names are matched exactly, as in golang-jwt's header
-// map; alg and typ must be strings, and null is taken as absent, as
-// encoding/json takes it.
-func readHeader(data []byte) (alg, typ string, err error) {
-	if len(data) >= maxJSONLen {
-		return "", "", errJSONTooLarge
-	}
-	var (
-		nameBuf [8]dupName
-		names   = nameBuf[:0]
-		arena   []byte // unescaped names
-		frame   = dupFrame{object: true}
-		str     string // data, once a member is wanted
-	)
-	i, ch := jsonNext(data, 0)
-	if ch != '{' {
-		return "", "", errNotObject
-	}
-	if i, ch = jsonNext(data, i+1); ch == '}' {
-		i++
-	} else {
-		for {
-			if i, arena, names, err = dupMember(data, i, arena, names, &frame); err != nil {
-				return "", "", err
-			}
-			n := names[len(names)-1]
-			if !n.unescaped && hasControl(data[n.start:n.end]) {
-				return "", "", errJSONSyntax
-			}
-			start, _ := jsonNext(data, i)
-			end, plain, err := scanValue(data, start)
-			if err != nil {
-				return "", "", err
-			}
-			var dst *string
-			switch string(n.bytes(data, arena)) {
-			case "alg":
-				dst = &alg
-			case "typ":
-				dst = &typ
-			}
-			if dst != nil {
-				if str == "" {
-					str = string(data)
-				}
-				m := claimsMember{start: int32(start), end: int32(end), plain: plain}
-				if err := decodeClaimString(dst, data[start:end], m, str); err != nil {
-					return "", "", err
-				}
-			}
-			if i, ch = jsonNext(data, end); ch == ',' {
-				i++
-				continue
-			}
-			if ch != '}' {
-				return "", "", errJSONSyntax
-			}
-			i++
-			break
-		}
-	}
-	if _, ch = jsonNext(data, i); ch != dupEOF {
-		return "", "", errJSONSyntax
-	}
-	return alg, typ, nil
-}
-
 // maxNumericDate is the latest date the holder decodes: 9999-12-31T23:59:59Z.
 const maxNumericDate = 253402300799
 
@@ -332,14 +262,14 @@ func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
-	alg, htyp, err := readHeader(hb[:n])
+	h, err := readHeader(hb[:n])
 	if err != nil {
 		return sessionClaims{}, errNotDecodable
 	}
-	if alg == "" || strings.EqualFold(alg, "none") {
+	if h.alg == "" || strings.EqualFold(h.alg, "none") {
 		return sessionClaims{}, errUnsigned
 	}
-	if !isType(htyp, typ) {
+	if !isType(h.typ, typ) {
 		return sessionClaims{}, errWrongTokenTyp
 	}
 	// The payload goes through the server's own one-pass decoder, which

@@ -2,10 +2,8 @@ package interceptor
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -21,25 +19,6 @@ var errDuplicateName = errors.New("duplicate member name")
 // checkUniqueNames, whose callers only pass bytes that encoding/json has
 // already accepted (there it means a bug rather than hostile input).
 var errJSONSyntax = errors.New("malformed JSON")
-
-// checkHeaderNames is checkUniqueNames for the JOSE header of the compact
-// JWS raw. golang-jwt decodes the header into a map, where the last of two
-// equal names silently wins, before the key function runs; so the key
-// function decodes the header segment again. Headers are small: a stack
-// buffer holds the usual one.
-func checkHeaderNames(raw string) error {
-	seg, _, _ := strings.Cut(raw, ".")
-	var buf [256]byte
-	dst := buf[:]
-	if n := base64.RawURLEncoding.DecodedLen(len(seg)); n > len(buf) {
-		dst = make([]byte, n)
-	}
-	n, err := base64.RawURLEncoding.Strict().Decode(dst, []byte(seg))
-	if err != nil {
-		return errJSONSyntax
-	}
-	return checkUniqueNames(dst[:n])
-}
 
 // dupLinearMax is the number of names in one object up to which a new name
 // is compared with each earlier one; beyond it the object's names go into

@@ -263,39 +263,30 @@ func checkKeySet(ks *KeySet) error {
 	return nil
 }
 
-// keyFunc returns the jwt.Keyfunc for tokens of JOSE type typ: it
-// enforces the header rules and returns the verification key. golang-jwt
-// calls it after decoding the header and the claims and before checking
-// the signature. It is used for access and refresh tokens alike.
-func (ks *KeySet) keyFunc(typ string) jwt.Keyfunc {
-	return func(t *jwt.Token) (any, error) {
-		// t.Header is a map, in which the last of two equal names won:
-		// look at the header's bytes. (The payload's are checked by
-		// Claims.UnmarshalJSON.)
-		if err := checkHeaderNames(t.Raw); err != nil {
+// keyFor enforces the header rules for a token of JOSE type typ signed
+// with method, and returns the key to verify it with. parseJWS calls it
+// where golang-jwt calls its key function: after decoding the header and
+// the claims, before checking the signature. It serves access and refresh
+// tokens alike. Duplicate header names were refused by readHeader.
+func (ks *KeySet) keyFor(h joseHeader, method jwt.SigningMethod, typ string) (any, error) {
+	if h.crit {
+		return nil, errCritHeader
+	}
+	if !isType(h.typ, typ) {
+		return nil, errWrongType
+	}
+	k := ks.byID[h.kid]
+	if k == nil {
+		if ks.remote == nil {
+			return nil, errUnknownKey
+		}
+		var err error
+		if k, err = ks.remote.key(h.kid); err != nil {
 			return nil, err
 		}
-		if _, ok := t.Header["crit"]; ok {
-			return nil, errCritHeader
-		}
-		got, _ := t.Header["typ"].(string)
-		if !isType(got, typ) {
-			return nil, errWrongType
-		}
-		kid, _ := t.Header["kid"].(string)
-		k := ks.byID[kid]
-		if k == nil {
-			if ks.remote == nil {
-				return nil, errUnknownKey
-			}
-			var err error
-			if k, err = ks.remote.key(kid); err != nil {
-				return nil, err
-			}
-		}
-		if t.Method == nil || t.Method.Alg() != k.method.Alg() {
-			return nil, errAlgMismatch
-		}
-		return k.verifyKey, nil
 	}
+	if method.Alg() != k.method.Alg() {
+		return nil, errAlgMismatch
+	}
+	return k.verifyKey, nil
 }

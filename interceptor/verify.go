@@ -8,7 +8,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// Header-rule failures returned by KeySet.keyFunc. golang-jwt wraps them in
+// Header-rule failures returned by KeySet.keyFor. parseJWS wraps them in
 // jwt.ErrTokenUnverifiable.
 var (
 	errCritHeader  = errors.New("crit header not supported")
@@ -56,11 +56,10 @@ var jwsChar = func() (t [256]bool) {
 // verifier checks a presented token against one key set. Its caches
 // belong to that key set: rotating keys starts new ones.
 type verifier struct {
-	keys       *KeySet
-	parser     *jwt.Parser
-	accessKey  jwt.Keyfunc
-	refreshKey jwt.Keyfunc
-	policy     Policy // the server's, normalized
+	keys         *KeySet
+	validMethods []string
+	validator    *jwt.Validator
+	policy       Policy // the server's, normalized
 
 	// verified maps a token's digest to its verified claims. Keyed on a
 	// digest of the exact bytes, a re-encoded or malleated copy is a miss
@@ -82,7 +81,6 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.policy.leeway()),
 		jwt.WithTimeFunc(cfg.now),
-		jwt.WithStrictDecoding(),
 	}
 	if cfg.issuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.issuer))
@@ -91,12 +89,11 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		opts = append(opts, jwt.WithAudience(cfg.audience...))
 	}
 	v := &verifier{
-		keys:       ks,
-		parser:     jwt.NewParser(opts...),
-		accessKey:  ks.keyFunc(accessTokenType),
-		refreshKey: ks.keyFunc(refreshTokenType),
-		policy:     cfg.policy,
-		remote:     ks.remote,
+		keys:         ks,
+		validMethods: ks.algs,
+		validator:    jwt.NewValidator(opts...),
+		policy:       cfg.policy,
+		remote:       ks.remote,
 	}
 	if v.remote != nil {
 		v.gen = v.remote.gen()
@@ -112,7 +109,7 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 // claims and ReasonTokenExpired, so that the caller can tell a lapsed
 // token from a lapsed session.
 func (v *verifier) verify(raw string) (*Claims, *authError) {
-	return v.parse(raw, v.accessKey)
+	return v.parse(raw, accessTokenType)
 }
 
 // verifyCached is verify with the verified-token cache. A hit is accepted
@@ -163,12 +160,12 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tok
 
 // verifyRefresh is verify for a refresh token.
 func (v *verifier) verifyRefresh(raw string) (*Claims, *authError) {
-	return v.parse(raw, v.refreshKey)
+	return v.parse(raw, refreshTokenType)
 }
 
-func (v *verifier) parse(raw string, key jwt.Keyfunc) (*Claims, *authError) {
+func (v *verifier) parse(raw, typ string) (*Claims, *authError) {
 	c := new(Claims)
-	_, err := v.parser.ParseWithClaims(raw, c, key)
+	err := parseJWS(raw, c, v.keys, typ, v.validMethods, v.validator)
 	if err == nil {
 		return c, nil
 	}

@@ -39,6 +39,11 @@ type tokenCache[V any] interface {
 	// getOrPut returns the live value for k, or stores and returns the
 	// one made by mk. mk may run under a lock: it must be cheap.
 	getOrPut(k tokenKey, now time.Time, mk func() (V, time.Time)) V
+	// admit reports whether a getOrPut of k should store it: always while
+	// the cache has room; once it is full, only if k was offered to admit
+	// before, recently. Callers that cache for speed alone ask it first;
+	// callers that need getOrPut to de-duplicate work do not.
+	admit(k tokenKey) bool
 	// len returns the number of entries held, dead or alive, for tests.
 	len() int
 }
@@ -75,6 +80,18 @@ type cacheEntry[V any] struct {
 // at worst lets otter evict a key that is in the array: that key is
 // verified again if it loses its slot too.
 //
+// Once the cache is full, a key goes into otter only on its second offer
+// (see admit), the doorkeeper of TinyLFU: a token verified once and not
+// again soon, such as one of more sessions in turn than the cache holds,
+// costs no insertion and evicts nothing. (The verifier does not ask admit
+// for a token whose renewal is due: requests presenting it share the
+// renewal through its cached claims.) Otter's insertion into a full cache is its
+// costliest path (its policy's maintenance runs on the inserting
+// goroutine), a few microseconds per miss in a busy server. A key is seen
+// again soon if fewer than about capacity other keys were offered in
+// between: a session calling at least that often is cached on its second
+// call.
+//
 // Expiry is decided here, on the server's clock, from the instant stored
 // with each entry, and a lookup that finds an entry dead drops it. Otter
 // is given no expiry of its own: its timer wheel, scheduled on every
@@ -83,8 +100,13 @@ type cacheEntry[V any] struct {
 // entry that nobody looks up stays until otter evicts it for room: the
 // cache still holds at most about its capacity.
 type otterCache[V any] struct {
-	c     *otter.Cache[tokenKey, *cacheEntry[V]]
-	front []atomic.Pointer[cacheEntry[V]] // len a power of two, or 0
+	c        *otter.Cache[tokenKey, *cacheEntry[V]]
+	capacity int
+	front    []atomic.Pointer[cacheEntry[V]] // len a power of two, or 0
+	// seen is the doorkeeper: a fingerprint of the key last offered to
+	// admit in each slot, chosen by other bits of the key than the front
+	// array's. Its len is a power of two, at least capacity.
+	seen []atomic.Uint32
 }
 
 // frontSlots returns the size of the front array for a cache of capacity
@@ -108,7 +130,9 @@ func newOtterCache[V any](capacity int, now func() time.Time) *otterCache[V] {
 			Clock:    noTicks{now},
 			Executor: func(fn func()) { fn() },
 		}),
-		front: make([]atomic.Pointer[cacheEntry[V]], frontSlots(capacity)),
+		capacity: capacity,
+		front:    make([]atomic.Pointer[cacheEntry[V]], frontSlots(capacity)),
+		seen:     make([]atomic.Uint32, 1<<bits.Len(uint(max(capacity, 2)-1))),
 	}
 }
 
@@ -204,6 +228,22 @@ func (c *otterCache[V]) getOrPut(k tokenKey, now time.Time, mk func() (V, time.T
 	})
 	c.remember(e)
 	return e.val
+}
+
+func (c *otterCache[V]) admit(k tokenKey) bool {
+	if c.c.EstimatedSize() < c.capacity {
+		return true
+	}
+	// The key is a SHA-256 digest: any of its bits are as good as a hash.
+	// A fingerprint is never 0, the empty slot's value; two keys sharing
+	// a slot and a fingerprint only let one in a call early.
+	s := &c.seen[binary.LittleEndian.Uint64(k[8:16])&uint64(len(c.seen)-1)]
+	fp := binary.LittleEndian.Uint32(k[16:20]) | 1
+	if s.Load() == fp {
+		return true
+	}
+	s.Store(fp)
+	return false
 }
 
 func (c *otterCache[V]) len() int { return c.c.EstimatedSize() }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/elliptic"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -269,6 +270,52 @@ func TestTokenCache_MillionKeysStayBounded(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestTokenCache_AdmitDoorkeeper: while the cache has room every key is
+// admitted; once it is full, a key only on its second offer, and only if
+// no other key took its doorkeeper slot in between.
+func TestTokenCache_AdmitDoorkeeper(t *testing.T) {
+	cacheEach(t, func(t *testing.T, newCache func(int) tokenCache[int]) {
+		const capacity = 64
+		c := newCache(capacity)
+		for i := range capacity {
+			k := ck("fill-" + strconv.Itoa(i))
+			if !c.admit(k) {
+				t.Fatalf("key %d refused with %d of %d entries", i, c.len(), capacity)
+			}
+			c.put(k, i, t0.Add(time.Hour))
+		}
+		if c.len() != capacity {
+			t.Fatalf("len() = %d after %d puts, want %d", c.len(), capacity, capacity)
+		}
+		k1 := ck("new")
+		if c.admit(k1) {
+			t.Fatal("full cache: a key admitted on its first offer")
+		}
+		if !c.admit(k1) {
+			t.Fatal("full cache: a key refused on its second offer")
+		}
+		// k2 takes k1's slot with another fingerprint: k1 starts over.
+		oc := c.(*otterCache[int])
+		slot := func(k tokenKey) uint64 { return binary.LittleEndian.Uint64(k[8:16]) & uint64(len(oc.seen)-1) }
+		var k2 tokenKey
+		for i := 0; ; i++ {
+			if k2 = ck("rival-" + strconv.Itoa(i)); slot(k2) == slot(k1) && [4]byte(k2[16:20]) != [4]byte(k1[16:20]) {
+				break
+			}
+		}
+		k3 := ck("third")
+		if c.admit(k3) || c.admit(k2) || c.admit(k1) {
+			t.Fatal("first offers admitted")
+		}
+		if c.admit(k2) {
+			t.Fatal("k1's offer took its slot back; k2 admitted")
+		}
+		if !c.admit(k3) {
+			t.Fatal("a key in another slot lost its offer")
+		}
+	})
 }
 
 // TestTokenCache_TinyCapacity documents the floor of the bound: a
@@ -824,6 +871,55 @@ func TestServerCache_RenewalDeduplicated(t *testing.T) {
 				t.Errorf("another token: renewed %d bytes, err %v, shared = %v; want its own renewal", len(rb), err, distinct[rb])
 			}
 		})
+	}
+}
+
+// TestServerCache_FullCacheSecondPresentation: in a full cache a token is
+// cached from its second presentation on, unless its renewal is due: then
+// from its first, so that requests presenting it share the renewal.
+func TestServerCache_FullCacheSecondPresentation(t *testing.T) {
+	const size = 64
+	e := newEnv(t, withServerOptions(WithCacheSize(size)))
+	client := cacheClient(t, e)
+	for range size {
+		if _, err := unaryCall(t, client, e.startSession(t, nil).AccessToken); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := cacheVerifiedLen(e); got != size {
+		t.Fatalf("verified cache len() = %d, want %d", got, size)
+	}
+	// claims presents tok and returns the claims its handler got.
+	claims := func(tok string) *verifiedClaims {
+		t.Helper()
+		if _, err := unaryCall(t, client, tok); err != nil {
+			t.Fatal(err)
+		}
+		return e.svc.lastShared.Load()
+	}
+
+	tok := e.startSession(t, nil).AccessToken
+	first, second, third := claims(tok), claims(tok), claims(tok)
+	if first == second {
+		t.Error("a token not due for renewal: its first presentation was cached in a full cache")
+	}
+	if second != third {
+		t.Error("a token not due for renewal: its second presentation was not cached")
+	}
+
+	due := e.startSession(t, nil).AccessToken
+	e.clock.Set(t0.Add(srvDueAfter))
+	r1, err := unaryCall(t, client, due)
+	if err != nil || r1 == "" {
+		t.Fatalf("due token: renewed %d bytes, err %v; want a renewal", len(r1), err)
+	}
+	first = e.svc.lastShared.Load()
+	r2, err := unaryCall(t, client, due)
+	if err != nil || r2 != r1 {
+		t.Errorf("due token, second presentation: err %v, same renewal %v; want the first's", err, r2 == r1)
+	}
+	if e.svc.lastShared.Load() != first {
+		t.Error("a token due for renewal: its first presentation was not cached in a full cache")
 	}
 }
 

@@ -288,7 +288,10 @@ func WithStreamCheckInterval(d time.Duration) ServerOption {
 // not verified again while it is valid (its signature is the costly part;
 // the session end and the revocation list are still checked on every
 // request), and requests presenting the same token while its renewal is
-// due share one renewed token. Default [DefaultCacheSize]; 0 turns both
+// due share one renewed token. Once the cache holds n tokens, a token
+// whose renewal is not due is cached from its second presentation on, so
+// that more sessions in turn than n cost no more than verifying each
+// call (the hit rate then stays about n over the number of sessions). Default [DefaultCacheSize]; 0 turns both
 // off. Each entry holds about two tokens' worth of memory plus the claims,
 // so with 1 KiB tokens the default costs some tens of MiB at most.
 func WithCacheSize(n int) ServerOption {

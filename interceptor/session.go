@@ -58,8 +58,11 @@ func (c *sessionConfig) sessionEnd(p Policy, authTime time.Time) (*jwt.NumericDa
 
 // policyFor returns the server's policy for the session of c, whose own
 // end (session_exp), if any, shortens it.
-func (s *Server) policyFor(c *verifiedClaims) Policy {
-	return s.cfg.policy.ForSession(c.authTime(), c.sessionExp())
+func (s *Server) policyFor(c *verifiedClaims) Policy { return sessionPolicy(s.cfg.policy, c) }
+
+// sessionPolicy returns p for the session of c, as [Server.policyFor] does.
+func sessionPolicy(p Policy, c *verifiedClaims) Policy {
+	return p.ForSession(c.authTime(), c.sessionExp())
 }
 
 // claimsPolicy returns p for the session of c, as [Server.policyFor] does.

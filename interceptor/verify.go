@@ -147,15 +147,26 @@ func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tok
 		return nil, k, cache, err
 	}
 	c := compactClaims(full)
-	if err == nil && v.verified != nil {
+	if err == nil && v.verified != nil && (v.renewalDue(c, now) || v.verified.admit(k)) {
 		// jwt accepts while now < exp + leeway; the entry dies then.
 		// Requests racing to verify the same token all get the claims
 		// that went in first, so that they share one renewal (see
-		// Server.renew).
+		// Server.renew). A token whose renewal is not due is cached in a
+		// full cache only from its second presentation on (see
+		// otterCache).
 		until := v.policy.AcceptExpiryUntil(c.exp())
 		c = v.verified.getOrPut(k, now, func() (*verifiedClaims, time.Time) { return c, until })
 	}
 	return c, k, cache, err
+}
+
+// renewalDue reports whether this server would renew c's token at now:
+// Server.renew's decision, made again here so that such a token is cached
+// on its first presentation even in a full cache, where requests
+// presenting it share their renewal through the cached claims.
+func (v *verifier) renewalDue(c *verifiedClaims, now time.Time) bool {
+	return v.keys.active != nil &&
+		sessionPolicy(v.policy, c).Decide(now, c.exp(), c.authTime()).Renew
 }
 
 // verifyRefresh is verify for a refresh token.

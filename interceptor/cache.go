@@ -83,14 +83,14 @@ type cacheEntry[V any] struct {
 // Once the cache is full, a key goes into otter only on its second offer
 // (see admit), the doorkeeper of TinyLFU: a token verified once and not
 // again soon, such as one of more sessions in turn than the cache holds,
-// costs no insertion and evicts nothing. (The verifier does not ask admit
-// for a token whose renewal is due: requests presenting it share the
-// renewal through its cached claims.) Otter's insertion into a full cache is its
-// costliest path (its policy's maintenance runs on the inserting
-// goroutine), a few microseconds per miss in a busy server. A key is seen
-// again soon if fewer than about capacity other keys were offered in
-// between: a session calling at least that often is cached on its second
-// call.
+// costs no insertion and evicts nothing. Otter's insertion into a full
+// cache is its costliest path (its policy's maintenance runs on the
+// inserting goroutine), a few microseconds per miss in a busy server. A
+// key is seen again soon if fewer than about capacity other keys were
+// offered in between: a session calling at least that often is cached on
+// its second call. (The verifier does not ask admit for a token whose
+// renewal is due: requests presenting it share the renewal through its
+// cached claims.)
 //
 // Expiry is decided here, on the server's clock, from the instant stored
 // with each entry, and a lookup that finds an entry dead drops it. Otter

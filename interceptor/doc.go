@@ -111,10 +111,12 @@
 // # Cost per call
 //
 // A token that verified once is served from a bounded cache while it is
-// valid, keyed on the exact token string; the session end and the
+// valid, keyed on the SHA-256 digest of the exact token (once the cache is
+// full, from the token's second presentation on); the session end and the
 // revocation list are still checked on every call. Requests presenting the
 // same token while its renewal is due share one renewed token. See
-// [WithCacheSize].
+// [WithCacheSize]. A miss decodes each segment of the token once, with
+// golang-jwt's signing methods and claims validator.
 //
 // # Events
 //

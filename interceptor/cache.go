@@ -105,7 +105,7 @@ type otterCache[V any] struct {
 	front    []atomic.Pointer[cacheEntry[V]] // len a power of two, or 0
 	// seen is the doorkeeper: a fingerprint of the key last offered to
 	// admit in each slot, chosen by other bits of the key than the front
-	// array's. Its len is a power of two, at least capacity.
+	// array's. Its len is seenSlots(capacity).
 	seen []atomic.Uint32
 }
 
@@ -132,7 +132,7 @@ func newOtterCache[V any](capacity int, now func() time.Time) *otterCache[V] {
 		}),
 		capacity: capacity,
 		front:    make([]atomic.Pointer[cacheEntry[V]], frontSlots(capacity)),
-		seen:     make([]atomic.Uint32, 1<<bits.Len(uint(max(capacity, 2)-1))),
+		seen:     make([]atomic.Uint32, seenSlots(capacity)),
 	}
 }
 
@@ -142,6 +142,18 @@ type noTicks struct{ now func() time.Time }
 
 func (c noTicks) NowNano() int64                    { return c.now().UnixNano() }
 func (noTicks) Tick(time.Duration) <-chan time.Time { return nil }
+
+// maxSeenSlots bounds the doorkeeper at 4 MiB. Past a capacity of about a
+// million, a key must come back within that many other offers to be
+// admitted, rather than within capacity.
+const maxSeenSlots = 1 << 20
+
+// seenSlots returns the size of the doorkeeper for a cache of capacity
+// entries: the smallest power of two at least capacity (and 2), at most
+// maxSeenSlots. It is made with the cache, 4 bytes a slot.
+func seenSlots(capacity int) int {
+	return 1 << bits.Len(uint(min(max(capacity, 2), maxSeenSlots)-1))
+}
 
 // slot returns k's slot of the front array, or nil without one. The key
 // is a SHA-256 digest: its first bits are as good as any hash of it.

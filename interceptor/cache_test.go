@@ -318,6 +318,19 @@ func TestTokenCache_AdmitDoorkeeper(t *testing.T) {
 	})
 }
 
+// TestSeenSlots: the doorkeeper has a slot per entry of the capacity,
+// rounded up to a power of two, and no more than maxSeenSlots.
+func TestSeenSlots(t *testing.T) {
+	for _, tc := range []struct{ capacity, want int }{
+		{1, 2}, {2, 2}, {3, 4}, {64, 64}, {65, 128}, {DefaultCacheSize, 16384},
+		{maxSeenSlots, maxSeenSlots}, {maxSeenSlots + 1, maxSeenSlots}, {50_000_000, maxSeenSlots},
+	} {
+		if got := seenSlots(tc.capacity); got != tc.want {
+			t.Errorf("seenSlots(%d) = %d, want %d", tc.capacity, got, tc.want)
+		}
+	}
+}
+
 // TestTokenCache_TinyCapacity documents the floor of the bound: a
 // capacity of 1 holds about one entry.
 func TestTokenCache_TinyCapacity(t *testing.T) {

@@ -3,7 +3,6 @@ package bench
 import (
 	"math/rand/v2"
 	"runtime"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,24 +25,11 @@ var sessionPairs = []struct{ cas, baseline string }{
 // and the times add up. It reports ns/op as the case's time per call,
 // <baseline>-ns/op and x-<baseline>, and hit% as BenchmarkSessions does.
 func BenchmarkSessionsPaired(b *testing.B) {
-	keys := mustKeys(b)
-	sessionsCountVerify()
-	for _, alg := range algs {
-		b.Run(alg, func(b *testing.B) {
-			for _, n := range sessionCounts {
-				b.Run(strconv.Itoa(n), func(b *testing.B) {
-					sw := newSweep(b, keys[alg], n)
-					for _, load := range sessionLoads {
-						b.Run(load, func(b *testing.B) {
-							for _, p := range sessionPairs {
-								b.Run(p.cas, func(b *testing.B) { sw.runPaired(b, p.cas, p.baseline, load) })
-							}
-						})
-					}
-				})
-			}
-		})
-	}
+	eachSweepLoad(b, func(b *testing.B, sw *sweep, _, load string) {
+		for _, p := range sessionPairs {
+			b.Run(p.cas, func(b *testing.B) { sw.runPaired(b, p.cas, p.baseline, load) })
+		}
+	})
 }
 
 // runPaired is one timed pair of cases in load.

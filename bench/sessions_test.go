@@ -79,6 +79,17 @@ var sessionsCountVerify = sync.OnceFunc(func() {
 })
 
 func BenchmarkSessions(b *testing.B) {
+	eachSweepLoad(b, func(b *testing.B, sw *sweep, alg, load string) {
+		for _, c := range sessionCasesOf(alg, load) {
+			b.Run(c, func(b *testing.B) { sw.run(b, c, load) })
+		}
+	})
+}
+
+// eachSweepLoad runs f as the sub-benchmark alg/n/load for every alg,
+// session count n and load of the sweep, with the sweep of alg and n,
+// made once for its loads.
+func eachSweepLoad(b *testing.B, f func(b *testing.B, sw *sweep, alg, load string)) {
 	keys := mustKeys(b)
 	sessionsCountVerify()
 	for _, alg := range algs {
@@ -87,11 +98,7 @@ func BenchmarkSessions(b *testing.B) {
 				b.Run(strconv.Itoa(n), func(b *testing.B) {
 					sw := newSweep(b, keys[alg], n)
 					for _, load := range sessionLoads {
-						b.Run(load, func(b *testing.B) {
-							for _, c := range sessionCasesOf(alg, load) {
-								b.Run(c, func(b *testing.B) { sw.run(b, c, load) })
-							}
-						})
+						b.Run(load, func(b *testing.B) { f(b, sw, alg, load) })
 					}
 				})
 			}

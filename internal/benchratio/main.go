@@ -409,17 +409,9 @@ func writePaired(w io.Writer, gs []*group) {
 				g.family, g.alg, s.cas, t.baseline, len(vs), med, slices.Min(vs), slices.Max(vs), hit, target))
 		}
 	}
-	if len(rows) == 0 {
-		return
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "### Paired: each case against its baseline, call by call in one loop")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| benchmark | case | baseline | runs | × baseline (median) | range | hit% | target |")
-	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
-	for _, r := range rows {
-		fmt.Fprintln(w, r)
-	}
+	writeTable(w, "### Paired: each case against its baseline, call by call in one loop",
+		"| benchmark | case | baseline | runs | × baseline (median) | range | hit% | target |",
+		"| --- | --- | --- | ---: | ---: | ---: | ---: | --- |", rows)
 }
 
 // writeMesh prints, for the groups where a mesh case ran, the verify-only
@@ -440,17 +432,9 @@ func writeMesh(w io.Writer, gs []*group) {
 			ratio(floor, jwks), ratio(steady, jwks), pairedOrDash(steady, jwks),
 			ratio(floor, every), ratio(floor, delegated), ratio(every, delegated), pairedOrDash(every, delegated)))
 	}
-	if len(rows) == 0 {
-		return
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "### Mesh: verify-only (JWKS) and delegated renewal against local (medians)")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| benchmark | steady-jwks / floor | steady-jwks / steady | steady-jwks / steady, paired | renew-every / floor | renew-delegated / floor | renew-delegated / renew-every | renew-delegated / renew-every, paired |")
-	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-	for _, r := range rows {
-		fmt.Fprintln(w, r)
-	}
+	writeTable(w, "### Mesh: verify-only (JWKS) and delegated renewal against local (medians)",
+		"| benchmark | steady-jwks / floor | steady-jwks / steady | steady-jwks / steady, paired | renew-every / floor | renew-delegated / floor | renew-delegated / renew-every | renew-delegated / renew-every, paired |",
+		"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", rows)
 }
 
 // writeRedis prints the cases that report round trips to Redis: time as a
@@ -481,14 +465,18 @@ func writeRedis(w io.Writer, gs []*group) {
 				fmt.Sprintf("%.4f", rt), predicted, metric(s, unitHit, "%.1f"), metric(s, unitCacheBytes, "%.0f")))
 		}
 	}
+	writeTable(w, "### Redis round trips (medians)",
+		"| benchmark | case | runs | × floor | × floor, paired | × steady | TTL (s) | interval I (ms) | primed for I (ms) | redis-rt/op | I/(I+T) | hit% | csc-B/session |",
+		"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", rows)
+}
+
+// writeTable prints a Markdown table under a heading, or nothing when it
+// has no rows.
+func writeTable(w io.Writer, title, head, align string, rows []string) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "### Redis round trips (medians)")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| benchmark | case | runs | × floor | × floor, paired | × steady | TTL (s) | interval I (ms) | primed for I (ms) | redis-rt/op | I/(I+T) | hit% | csc-B/session |")
-	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintf(w, "\n%s\n\n%s\n%s\n", title, head, align)
 	for _, r := range rows {
 		fmt.Fprintln(w, r)
 	}

@@ -27,36 +27,31 @@ type instruments struct {
 
 func (in instruments) counter(name, unit, desc string) metric.Int64Counter {
 	c, err := in.m.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-	if err != nil {
-		in.errs(err)
-	}
-	if c == nil {
-		return noop.Int64Counter{}
-	}
-	return c
+	return made(in, c, err, metric.Int64Counter(noop.Int64Counter{}))
 }
 
 // observableCounter is counter for a count the hook keeps itself and the
 // SDK reads at each collection.
 func (in instruments) observableCounter(name, unit, desc string) metric.Int64ObservableCounter {
 	c, err := in.m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-	if err != nil {
-		in.errs(err)
-	}
-	if c == nil {
-		return noop.Int64ObservableCounter{}
-	}
-	return c
+	return made(in, c, err, metric.Int64ObservableCounter(noop.Int64ObservableCounter{}))
 }
 
 func (in instruments) histogram(name, desc string) metric.Float64Histogram {
 	h, err := in.m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	return made(in, h, err, metric.Float64Histogram(noop.Float64Histogram{}))
+}
+
+// made reports err, if any, and returns the instrument inst, or none if
+// the meter gave none.
+func made[T comparable](in instruments, inst T, err error, none T) T {
 	if err != nil {
 		in.errs(err)
 	}
-	if h == nil {
-		return noop.Float64Histogram{}
+	var zero T
+	if inst == zero {
+		return none
 	}
-	return h
+	return inst
 }

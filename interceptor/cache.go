@@ -164,49 +164,65 @@ func (c *otterCache[V]) slot(k tokenKey) *atomic.Pointer[cacheEntry[V]] {
 	return &c.front[binary.LittleEndian.Uint64(k[:8])&uint64(len(c.front)-1)]
 }
 
-// remember puts e into its slot of the front array.
-func (c *otterCache[V]) remember(e *cacheEntry[V]) {
-	if s := c.slot(e.key); s != nil && s.Load() != e {
-		s.Store(e)
+// inFront looks k up in its slot s of the front array (s may be nil). It
+// returns the entry if it is k's and alive at n (Unix nanoseconds), and
+// drops it from the slot if it is k's and dead. It also returns what the
+// slot held after that, for promote.
+//
+// Writes to a slot keep it from going back to an older entry of a key
+// than otter holds: put and getOrPut store a new entry from inside otter's
+// per-key Compute, in the order otter takes them; a lookup that found an
+// entry in otter promotes it only if the slot still holds what the lookup
+// saw before it asked otter (promote). Otherwise a lookup that read entry
+// E1 from otter could write it over the E2 that a concurrent put had just
+// stored, and serve E1 past the shorter life E2 gave the key.
+func inFront[V any](s *atomic.Pointer[cacheEntry[V]], k tokenKey, n int64) (e, seen *cacheEntry[V], ok bool) {
+	if s == nil {
+		return nil, nil, false
 	}
+	seen = s.Load()
+	if seen == nil || seen.key != k {
+		return nil, seen, false
+	}
+	if n < seen.until {
+		return seen, seen, true
+	}
+	if s.CompareAndSwap(seen, nil) {
+		seen = nil
+	}
+	return nil, seen, false
 }
 
-// inFront returns the entry for k in the front array if it is alive at n
-// (Unix nanoseconds), and drops it from its slot if it is dead. s is k's
-// slot, or nil.
-func (c *otterCache[V]) inFront(s *atomic.Pointer[cacheEntry[V]], k tokenKey, n int64) (*cacheEntry[V], bool) {
-	if s == nil {
-		return nil, false
+// promote puts e, found in otter, into its slot s unless the slot changed
+// since it held seen.
+func promote[V any](s *atomic.Pointer[cacheEntry[V]], seen, e *cacheEntry[V]) {
+	if s != nil && seen != e {
+		s.CompareAndSwap(seen, e)
 	}
-	e := s.Load()
-	if e == nil || e.key != k {
-		return nil, false
-	}
-	if n < e.until {
-		return e, true
-	}
-	s.CompareAndSwap(e, nil)
-	return nil, false
 }
 
 // lookup returns the entry for k alive at now, n in Unix nanoseconds,
 // from the front array or otter, and drops a dead one.
 func (c *otterCache[V]) lookup(k tokenKey, n int64) (*cacheEntry[V], bool) {
 	s := c.slot(k)
-	if e, ok := c.inFront(s, k, n); ok {
+	e, seen, ok := inFront(s, k, n)
+	if ok {
 		return e, true
 	}
-	e, ok := c.c.GetIfPresent(k)
-	if !ok {
+	if e, ok = c.c.GetIfPresent(k); !ok {
 		return nil, false
 	}
 	if n >= e.until {
-		c.c.Invalidate(k)
+		// Only that entry: a put may have replaced it since.
+		c.c.Compute(k, func(old *cacheEntry[V], found bool) (*cacheEntry[V], otter.ComputeOp) {
+			if found && old == e {
+				return nil, otter.InvalidateOp
+			}
+			return old, otter.CancelOp
+		})
 		return nil, false
 	}
-	if s != nil {
-		s.Store(e)
-	}
+	promote(s, seen, e)
 	return e, true
 }
 
@@ -220,25 +236,36 @@ func (c *otterCache[V]) get(k tokenKey, now time.Time) (V, bool) {
 
 func (c *otterCache[V]) put(k tokenKey, v V, until time.Time) {
 	e := &cacheEntry[V]{key: k, val: v, until: until.UnixNano()}
-	c.c.Set(k, e)
-	c.remember(e)
+	s := c.slot(k)
+	c.c.Compute(k, func(*cacheEntry[V], bool) (*cacheEntry[V], otter.ComputeOp) {
+		if s != nil {
+			s.Store(e)
+		}
+		return e, otter.WriteOp
+	})
 }
 
 func (c *otterCache[V]) getOrPut(k tokenKey, now time.Time, mk func() (V, time.Time)) V {
 	n := now.UnixNano()
 	// The front array only: otter's Compute below finds a live entry as
 	// well, and a lookup in otter first would cost a miss twice.
-	if e, ok := c.inFront(c.slot(k), k, n); ok {
+	s := c.slot(k)
+	e, seen, ok := inFront(s, k, n)
+	if ok {
 		return e.val
 	}
-	e, _ := c.c.Compute(k, func(old *cacheEntry[V], found bool) (*cacheEntry[V], otter.ComputeOp) {
+	e, _ = c.c.Compute(k, func(old *cacheEntry[V], found bool) (*cacheEntry[V], otter.ComputeOp) {
 		if found && n < old.until {
 			return old, otter.CancelOp
 		}
 		v, until := mk()
-		return &cacheEntry[V]{key: k, val: v, until: until.UnixNano()}, otter.WriteOp
+		e := &cacheEntry[V]{key: k, val: v, until: until.UnixNano()}
+		if s != nil {
+			s.Store(e)
+		}
+		return e, otter.WriteOp
 	})
-	c.remember(e)
+	promote(s, seen, e) // a live entry found in otter
 	return e.val
 }
 

@@ -331,6 +331,47 @@ func TestSeenSlots(t *testing.T) {
 	}
 }
 
+// TestTokenCache_FrontNeverGoesBack: a lookup that read an entry from
+// otter while a put replaced it must not leave the older entry in the
+// front array, where it would be served for the life the put took away
+// (the delegation cache shortens an entry's life with put). The
+// interleaving is played step by step: the lookup's read of its slot, its
+// read from otter, the put, then the lookup's promotion.
+func TestTokenCache_FrontNeverGoesBack(t *testing.T) {
+	c := newOtterCache[int](64, func() time.Time { return t0 })
+	k := ck("k")
+	c.put(k, 1, t0.Add(time.Hour))
+	s := c.slot(k)
+	if s == nil {
+		t.Fatal("no front slot at capacity 64")
+	}
+	s.Store(nil) // the entry is in otter only, as after the slot went to another key
+	_, seen, _ := inFront(s, k, t0.UnixNano())
+	old, ok := c.c.GetIfPresent(k)
+	if !ok {
+		t.Fatal("entry not in otter")
+	}
+	c.put(k, 2, t0.Add(time.Minute))
+	promote(s, seen, old)
+	if e := s.Load(); e == nil || e.val != 2 {
+		t.Fatalf("front slot holds %v after the put, want the put's entry", e)
+	}
+	if v, ok := c.get(k, t0.Add(30*time.Minute)); ok {
+		t.Fatalf("get after the put's entry died = %d, want a miss", v)
+	}
+
+	// getOrPut's promotion of a live entry it found in otter, likewise.
+	c.put(k, 3, t0.Add(time.Hour))
+	s.Store(nil)
+	_, seen, _ = inFront(s, k, t0.UnixNano())
+	old, _ = c.c.GetIfPresent(k)
+	c.put(k, 4, t0.Add(time.Minute))
+	promote(s, seen, old)
+	if v := c.getOrPut(k, t0.Add(30*time.Minute), func() (int, time.Time) { return 5, t0.Add(time.Hour) }); v != 5 {
+		t.Fatalf("getOrPut after the put's entry died = %d, want a new value", v)
+	}
+}
+
 // TestTokenCache_TinyCapacity documents the floor of the bound: a
 // capacity of 1 holds about one entry.
 func TestTokenCache_TinyCapacity(t *testing.T) {

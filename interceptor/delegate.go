@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -127,7 +128,11 @@ type delegator struct {
 // which every request presenting the token shares while it is in flight,
 // and its outcome, which the requests that follow share.
 type delegation struct {
-	v     *verifier // the key set that verified the presented token
+	// v is the verifier that verified the presented token, held weakly:
+	// it only tells whether a later request was verified by the same one
+	// (an entry can outlive its verifier's key set; it must not keep that
+	// verifier's caches alive).
+	v     weak.Pointer[verifier]
 	until time.Time // when the entry dies, unless the outcome shortens it
 	done  chan struct{}
 	// out is set before done is closed: the renewal to send; one with
@@ -163,13 +168,13 @@ func (s *Server) delegate(ctx context.Context, v *verifier, c *verifiedClaims, k
 	until := earliest(s.cfg.policy.AcceptExpiryUntil(c.exp()), d.Expiry)
 	var mine *delegation
 	e := dg.cache.getOrPut(key, now, func() (*delegation, time.Time) {
-		mine = &delegation{v: v, until: until, done: make(chan struct{})}
+		mine = &delegation{v: weak.Make(v), until: until, done: make(chan struct{})}
 		return mine, until
 	})
-	if e != mine && e.v != v {
+	if e != mine && e.v != weak.Make(v) {
 		// Asked under a key set the server no longer uses: its answer
 		// was checked against keys that may be gone. Ask again.
-		mine = &delegation{v: v, until: until, done: make(chan struct{})}
+		mine = &delegation{v: weak.Make(v), until: until, done: make(chan struct{})}
 		dg.cache.put(key, mine, until)
 		e = mine
 	}
@@ -177,7 +182,7 @@ func (s *Server) delegate(ctx context.Context, v *verifier, c *verifiedClaims, k
 		if raw == "" {
 			raw = presentedToken(ctx)
 		}
-		go s.runDelegation(dg, e, key, c, raw)
+		go s.runDelegation(dg, e, v, key, c, raw)
 	}
 	select {
 	case <-e.done:
@@ -212,8 +217,9 @@ func presentedToken(ctx context.Context) string {
 }
 
 // runDelegation makes e's call to the renewal service for the presented
-// token raw, whose verified claims are c, and records its outcome.
-func (s *Server) runDelegation(dg *delegator, e *delegation, key tokenKey, c *verifiedClaims, raw string) {
+// token raw, whose verified claims are c (verified by v), and records its
+// outcome.
+func (s *Server) runDelegation(dg *delegator, e *delegation, v *verifier, key tokenKey, c *verifiedClaims, raw string) {
 	start := s.startTimer()
 	ctx, cancel := context.WithTimeout(context.Background(), dg.timeout)
 	ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs("authorization", "Bearer "+raw))
@@ -224,7 +230,7 @@ func (s *Server) runDelegation(dg *delegator, e *delegation, key tokenKey, c *ve
 	case err != nil:
 		out = &renewal{err: serviceError(err)}
 	case resp.GetAccessToken() != "":
-		out = s.acceptDelegated(e.v, c, resp.GetAccessToken())
+		out = s.acceptDelegated(v, c, resp.GetAccessToken())
 	}
 	e.out = out
 	switch now := s.cfg.now(); {

@@ -3,6 +3,7 @@ package interceptor
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,6 +301,49 @@ func TestDelegated_OneRenewPerWindow(t *testing.T) {
 	}
 	if got := m.renews(); got != 2 {
 		t.Errorf("%d Renew calls after two windows, want 2", got)
+	}
+}
+
+// TestDelegated_NewVerifierAsksAgain: a renewal got under one verifier
+// is not handed out under the next (its answer was checked against keys
+// the server may no longer trust): after RotateKeys the same token's
+// renewal is asked for again. The delegation left in the cache does not
+// keep the old verifier, and its caches, alive.
+func TestDelegated_NewVerifierAsksAgain(t *testing.T) {
+	m := newDelMesh(t, nil, nil)
+	s := m.auth.startSession(t, nil)
+	m.clock.Advance(delDue)
+	first, err := unaryCall(t, m.svcC, s.AccessToken)
+	if err != nil || first == "" || m.renews() != 1 {
+		t.Fatalf("first call: err %v, renewed %t, %d Renew calls; want a renewal from one", err, first != "", m.renews())
+	}
+
+	cleaned := make(chan struct{})
+	runtime.AddCleanup(m.svc.server.ver.Load(), func(ch chan struct{}) { close(ch) }, cleaned)
+	if err := m.svc.server.RotateKeys(m.remote.KeySet()); err != nil {
+		t.Fatal(err)
+	}
+	// The delegation for the token is still in the cache, unlooked-up.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		runtime.GC()
+		select {
+		case <-cleaned:
+		case <-time.After(10 * time.Millisecond):
+			if time.Now().Before(deadline) {
+				continue
+			}
+			t.Fatal("the verifier replaced by RotateKeys is still reachable")
+		}
+		break
+	}
+
+	m.clock.Advance(time.Second)
+	again, err := unaryCall(t, m.svcC, s.AccessToken)
+	if err != nil || again == "" {
+		t.Fatalf("after RotateKeys: err %v, renewed %t; want a renewal", err, again != "")
+	}
+	if got := m.renews(); got != 2 {
+		t.Fatalf("%d Renew calls after RotateKeys, want 2 (asked again)", got)
 	}
 }
 

@@ -236,8 +236,9 @@ var (
 )
 
 // decodeSession reads the claims the holder checks from raw, a session
-// token of type typ, without verifying its signature. It allocates little:
-// it decodes only the header fields and claims it checks.
+// token of type typ, without verifying its signature, with the server's
+// decoders: readHeader, and Claims.unmarshal for the payload, which
+// refuses what a server would.
 func decodeSession(raw, typ string, maxSize int) (sessionClaims, error) {
 	if len(raw) > maxSize {
 		return sessionClaims{}, errTokenTooLong

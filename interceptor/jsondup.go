@@ -15,7 +15,7 @@ import (
 var errDuplicateName = errors.New("duplicate member name")
 
 // errJSONSyntax is returned for input that is not one JSON value: by
-// Claims.UnmarshalJSON, which validates the payload itself, and by
+// Claims.UnmarshalJSON and readHeader, which validate their input, and by
 // checkUniqueNames, whose callers only pass bytes that encoding/json has
 // already accepted (there it means a bug rather than hostile input).
 var errJSONSyntax = errors.New("malformed JSON")

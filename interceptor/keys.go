@@ -263,12 +263,12 @@ func checkKeySet(ks *KeySet) error {
 	return nil
 }
 
-// keyFor enforces the header rules for a token of JOSE type typ signed
-// with method, and returns the key to verify it with. parseJWS calls it
+// keyFor enforces the header rules for a token of JOSE type typ, and
+// returns the key to verify it with. parseJWS calls it
 // where golang-jwt calls its key function: after decoding the header and
 // the claims, before checking the signature. It serves access and refresh
 // tokens alike. Duplicate header names were refused by readHeader.
-func (ks *KeySet) keyFor(h joseHeader, method jwt.SigningMethod, typ string) (any, error) {
+func (ks *KeySet) keyFor(h joseHeader, typ string) (any, error) {
 	if h.crit {
 		return nil, errCritHeader
 	}
@@ -285,7 +285,7 @@ func (ks *KeySet) keyFor(h joseHeader, method jwt.SigningMethod, typ string) (an
 			return nil, err
 		}
 	}
-	if method.Alg() != k.method.Alg() {
+	if h.alg != k.method.Alg() {
 		return nil, errAlgMismatch
 	}
 	return k.verifyKey, nil

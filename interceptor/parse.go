@@ -3,6 +3,7 @@ package interceptor
 import (
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -21,7 +22,7 @@ import (
 //
 // c receives the claims; on a validation error (an expired token, say)
 // they are set and signature-verified, as with golang-jwt.
-func parseJWS(raw string, c *Claims, ks *KeySet, typ string, validMethods []string, validator *jwt.Validator) error {
+func parseJWS(raw string, c *Claims, ks *KeySet, typ string, validator *jwt.Validator) error {
 	hdr, rest, ok1 := strings.Cut(raw, ".")
 	payload, sig, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.IndexByte(sig, '.') >= 0 {
@@ -57,14 +58,10 @@ func parseJWS(raw string, c *Claims, ks *KeySet, typ string, validMethods []stri
 		return fmt.Errorf("%w: could not base64 decode signature: %w", jwt.ErrTokenMalformed, err)
 	}
 	signature := buf[:n]
-	valid := false
-	for _, m := range validMethods {
-		valid = valid || m == h.alg
-	}
-	if !valid {
+	if !slices.Contains(ks.algs, h.alg) {
 		return fmt.Errorf("%w: signing method is invalid", jwt.ErrTokenSignatureInvalid)
 	}
-	key, err := ks.keyFor(h, method, typ)
+	key, err := ks.keyFor(h, typ)
 	if err != nil {
 		return fmt.Errorf("%w: error while executing keyfunc: %w", jwt.ErrTokenUnverifiable, err)
 	}

@@ -400,8 +400,8 @@ func (s *Server) syncRemote(v *verifier) *verifier {
 }
 
 // renew mints, under v, the renewed token for the verified claims c of the
-// token whose cache key is key when the policy says one is due; it returns
-// nil otherwise.
+// presented token when the policy says one is due; it returns nil
+// otherwise.
 // Everything but exp, iat, jti and the freshness marker is copied from c,
 // session_exp and cnf included.
 //

@@ -323,7 +323,7 @@ func (g *guardedStream) check() error {
 		return err
 	}
 	now := g.s.cfg.now()
-	if g.s.policyFor(g.c).SessionEnded(now, g.c.authTime()) {
+	if !now.Before(g.until) { // the session's end: Policy.SessionEnded
 		return g.end(reject(ReasonSessionExpired, "stream outlived its session"))
 	}
 	// A stream whose context is done (its caller left, or the call

@@ -802,7 +802,8 @@ func TestStream_CheckAfterCallerLeft(t *testing.T) {
 		t.Fatalf("verify: %v", aerr)
 	}
 	caller, cancel := context.WithCancelCause(context.Background())
-	g := &guardedStream{ctx: lazyCancelCtx{Context: caller}, s: e.server, c: c, method: "/test/Stream", wake: make(chan struct{})}
+	g := &guardedStream{ctx: lazyCancelCtx{Context: caller}, s: e.server, c: c, method: "/test/Stream", wake: make(chan struct{}),
+		until: e.server.policyFor(c).AcceptUntil(c.authTime())}
 	if err := g.check(); err != nil {
 		t.Fatalf("check of a live stream: %v", err)
 	}

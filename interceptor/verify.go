@@ -56,10 +56,9 @@ var jwsChar = func() (t [256]bool) {
 // verifier checks a presented token against one key set. Its caches
 // belong to that key set: rotating keys starts new ones.
 type verifier struct {
-	keys         *KeySet
-	validMethods []string
-	validator    *jwt.Validator
-	policy       Policy // the server's, normalized
+	keys      *KeySet
+	validator *jwt.Validator // golang-jwt's claims checks, with the server's options
+	policy    Policy         // the server's, normalized
 
 	// verified maps a token's digest to its verified claims. Keyed on a
 	// digest of the exact bytes, a re-encoded or malleated copy is a miss
@@ -76,7 +75,6 @@ type verifier struct {
 
 func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(ks.algs),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.policy.leeway()),
@@ -89,11 +87,10 @@ func newVerifier(ks *KeySet, cfg *serverConfig) *verifier {
 		opts = append(opts, jwt.WithAudience(cfg.audience...))
 	}
 	v := &verifier{
-		keys:         ks,
-		validMethods: ks.algs,
-		validator:    jwt.NewValidator(opts...),
-		policy:       cfg.policy,
-		remote:       ks.remote,
+		keys:      ks,
+		validator: jwt.NewValidator(opts...),
+		policy:    cfg.policy,
+		remote:    ks.remote,
 	}
 	if v.remote != nil {
 		v.gen = v.remote.gen()
@@ -121,8 +118,8 @@ func (v *verifier) verify(raw string) (*Claims, *authError) {
 // It returns the claims in the compact form that the cache holds, also
 // without a cache, and for an expired token as verify does.
 //
-// It also returns the token's cache key, computed once for the call (the
-// renewal de-duplication uses it too), zero when the caches are off, and
+// It also returns the token's cache key, computed once for the call (a
+// delegated renewal is cached under it too), zero when the caches are off, and
 // whether the cache held the token (CacheNone when the caches are off).
 func (v *verifier) verifyCached(raw string, now time.Time) (*verifiedClaims, tokenKey, CacheResult, *authError) {
 	var k tokenKey
@@ -176,7 +173,7 @@ func (v *verifier) verifyRefresh(raw string) (*Claims, *authError) {
 
 func (v *verifier) parse(raw, typ string) (*Claims, *authError) {
 	c := new(Claims)
-	err := parseJWS(raw, c, v.keys, typ, v.validMethods, v.validator)
+	err := parseJWS(raw, c, v.keys, typ, v.validator)
 	if err == nil {
 		return c, nil
 	}

@@ -64,43 +64,20 @@ func (c *Claims) unmarshal(data []byte, rawDates *[numDates][]byte) error {
 		members   = memberBuf[:0]
 		arena     []byte // unescaped names
 		frame     = dupFrame{object: true}
-		err       error
 	)
-	i, ch := jsonNext(data, 0)
-	if ch != '{' {
-		return errNotObject
+	i, more, err := objectStart(data)
+	if err != nil {
+		return err
 	}
-	if i, ch = jsonNext(data, i+1); ch == '}' {
-		i++
-	} else {
-		for {
-			// dupMember refuses a name seen before in this object; a plain
-			// name is not validated by it, an escaped one is.
-			if i, arena, names, err = dupMember(data, i, arena, names, &frame); err != nil {
-				return err
-			}
-			if n := names[len(names)-1]; !n.unescaped && hasControl(data[n.start:n.end]) {
-				return errJSONSyntax
-			}
-			start, _ := jsonNext(data, i)
-			end, plain, err := scanValue(data, start)
-			if err != nil {
-				return err
-			}
-			members = append(members, claimsMember{start: int32(start), end: int32(end), plain: plain})
-			if i, ch = jsonNext(data, end); ch == ',' {
-				i++
-				continue
-			}
-			if ch != '}' {
-				return errJSONSyntax
-			}
-			i++
-			break
+	for more {
+		var m claimsMember
+		if m, arena, names, err = objectMember(data, i, arena, names, &frame); err != nil {
+			return err
 		}
-	}
-	if _, ch = jsonNext(data, i); ch != dupEOF {
-		return errJSONSyntax
+		members = append(members, m)
+		if i, more, err = objectNext(data, int(m.end)); err != nil {
+			return err
+		}
 	}
 
 	// One copy of the payload, of which the names and string claims are
@@ -220,6 +197,64 @@ func (c *Claims) unmarshal(data []byte, rawDates *[numDates][]byte) error {
 		}
 	}
 	*c = out
+	return nil
+}
+
+// objectStart begins the walk of data as one JSON object, the whole of
+// data, member by member (Claims.unmarshal and readHeader walk a token's
+// payload and header so): it returns the index of the first member, or
+// more false for an empty object.
+func objectStart(data []byte) (i int, more bool, err error) {
+	i, ch := jsonNext(data, 0)
+	if ch != '{' {
+		return i, false, errNotObject
+	}
+	if i, ch = jsonNext(data, i+1); ch == '}' {
+		return i, false, objectEnd(data, i+1)
+	}
+	return i, true, nil
+}
+
+// objectMember scans the member that starts at data[i]: its name goes into
+// names (refused if the object f already has it, or if it holds a raw
+// control byte), and it returns the bounds of its value, valid JSON.
+func objectMember(data []byte, i int, arena []byte, names []dupName, f *dupFrame) (claimsMember, []byte, []dupName, error) {
+	var err error
+	// dupMember refuses a name seen before in this object; a plain name is
+	// not validated by it, an escaped one is.
+	if i, arena, names, err = dupMember(data, i, arena, names, f); err != nil {
+		return claimsMember{}, arena, names, err
+	}
+	if n := names[len(names)-1]; !n.unescaped && hasControl(data[n.start:n.end]) {
+		return claimsMember{}, arena, names, errJSONSyntax
+	}
+	start, _ := jsonNext(data, i)
+	end, plain, err := scanValue(data, start)
+	if err != nil {
+		return claimsMember{}, arena, names, err
+	}
+	return claimsMember{start: int32(start), end: int32(end), plain: plain}, arena, names, nil
+}
+
+// objectNext reads what follows the value that ends at data[end]: it
+// returns the index of the next member, or more false at the object's
+// end, which must be the end of data.
+func objectNext(data []byte, end int) (i int, more bool, err error) {
+	i, ch := jsonNext(data, end)
+	switch ch {
+	case ',':
+		return i + 1, true, nil
+	case '}':
+		return i + 1, false, objectEnd(data, i+1)
+	}
+	return i, false, errJSONSyntax
+}
+
+// objectEnd returns errJSONSyntax unless only white space follows data[i].
+func objectEnd(data []byte, i int) error {
+	if _, ch := jsonNext(data, i); ch != dupEOF {
+		return errJSONSyntax
+	}
 	return nil
 }
 

@@ -100,62 +100,39 @@ func readHeader(data []byte) (joseHeader, error) {
 		arena   []byte // unescaped names
 		frame   = dupFrame{object: true}
 		str     string // data, once a member is wanted
-		err     error
 	)
-	i, ch := jsonNext(data, 0)
-	if ch != '{' {
-		return joseHeader{}, errNotObject
+	i, more, err := objectStart(data)
+	if err != nil {
+		return joseHeader{}, err
 	}
-	if i, ch = jsonNext(data, i+1); ch == '}' {
-		i++
-	} else {
-		for {
-			if i, arena, names, err = dupMember(data, i, arena, names, &frame); err != nil {
-				return joseHeader{}, err
-			}
-			n := names[len(names)-1]
-			if !n.unescaped && hasControl(data[n.start:n.end]) {
-				return joseHeader{}, errJSONSyntax
-			}
-			start, _ := jsonNext(data, i)
-			end, plain, err := scanValue(data, start)
-			if err != nil {
-				return joseHeader{}, err
-			}
-			var dst *string
-			switch string(n.bytes(data, arena)) {
-			case "alg":
-				dst = &h.alg
-				h.hasAlg = data[start] == '"'
-			case "typ":
-				dst = &h.typ
-			case "kid":
-				dst = &h.kid
-			case "crit":
-				h.crit = true
-			}
-			if dst != nil {
-				if str == "" {
-					str = string(data)
-				}
-				m := claimsMember{start: int32(start), end: int32(end), plain: plain}
-				if err := decodeClaimString(dst, data[start:end], m, str); err != nil {
-					return joseHeader{}, err
-				}
-			}
-			if i, ch = jsonNext(data, end); ch == ',' {
-				i++
-				continue
-			}
-			if ch != '}' {
-				return joseHeader{}, errJSONSyntax
-			}
-			i++
-			break
+	for more {
+		var m claimsMember
+		if m, arena, names, err = objectMember(data, i, arena, names, &frame); err != nil {
+			return joseHeader{}, err
 		}
-	}
-	if _, ch = jsonNext(data, i); ch != dupEOF {
-		return joseHeader{}, errJSONSyntax
+		var dst *string
+		switch string(names[len(names)-1].bytes(data, arena)) {
+		case "alg":
+			dst = &h.alg
+			h.hasAlg = data[m.start] == '"'
+		case "typ":
+			dst = &h.typ
+		case "kid":
+			dst = &h.kid
+		case "crit":
+			h.crit = true
+		}
+		if dst != nil {
+			if str == "" {
+				str = string(data)
+			}
+			if err := decodeClaimString(dst, data[m.start:m.end], m, str); err != nil {
+				return joseHeader{}, err
+			}
+		}
+		if i, more, err = objectNext(data, int(m.end)); err != nil {
+			return joseHeader{}, err
+		}
 	}
 	return h, nil
 }

@@ -201,16 +201,17 @@ func promote[V any](s *atomic.Pointer[cacheEntry[V]], seen, e *cacheEntry[V]) {
 	}
 }
 
-// lookup returns the entry for k alive at now, n in Unix nanoseconds,
-// from the front array or otter, and drops a dead one.
-func (c *otterCache[V]) lookup(k tokenKey, n int64) (*cacheEntry[V], bool) {
+// get looks in the front array, then in otter, and drops a dead entry.
+func (c *otterCache[V]) get(k tokenKey, now time.Time) (V, bool) {
+	var zero V
+	n := now.UnixNano()
 	s := c.slot(k)
 	e, seen, ok := inFront(s, k, n)
 	if ok {
-		return e, true
+		return e.val, true
 	}
 	if e, ok = c.c.GetIfPresent(k); !ok {
-		return nil, false
+		return zero, false
 	}
 	if n >= e.until {
 		// Only that entry: a put may have replaced it since.
@@ -220,18 +221,10 @@ func (c *otterCache[V]) lookup(k tokenKey, n int64) (*cacheEntry[V], bool) {
 			}
 			return old, otter.CancelOp
 		})
-		return nil, false
+		return zero, false
 	}
 	promote(s, seen, e)
-	return e, true
-}
-
-func (c *otterCache[V]) get(k tokenKey, now time.Time) (V, bool) {
-	if e, ok := c.lookup(k, now.UnixNano()); ok {
-		return e.val, true
-	}
-	var zero V
-	return zero, false
+	return e.val, true
 }
 
 func (c *otterCache[V]) put(k tokenKey, v V, until time.Time) {
